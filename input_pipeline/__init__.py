@@ -1,0 +1,1 @@
+"""From mammograms (DICOM, PNG, PGM) and their findings to batches of patches."""

@@ -1,0 +1,102 @@
+"""The annotation manifest: one CSV schema for findings, whatever the source.
+
+One row per finding; an image without findings has one row with `abnormality='none'`, so the
+manifest also lists the normal images that background patches come from. Coordinates are in the
+ORIGINAL file's pixels (column from the left, row from the top); `image_path` and `mask_path` are
+relative to the manifest's folder unless absolute.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Iterable
+
+ABNORMALITIES = ("calcification", "mass", "distortion", "asymmetry", "other", "none")
+LABELS = ("benign", "malignant", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One row of the manifest."""
+
+  patient_id: str
+  image_path: str
+  finding_id: str = ""
+  abnormality: str = "none"
+  label: str = ""
+  col: float | None = None
+  row: float | None = None
+  radius: float | None = None
+  mask_path: str = ""
+  density: str = ""
+  view: str = ""
+  laterality: str = ""
+  subtype: str = ""
+  note: str = ""
+
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(Finding))
+_FLOAT_COLUMNS = ("col", "row", "radius")
+
+
+class ManifestError(ValueError):
+  """A manifest row that breaks the schema; the message names the file and line."""
+
+
+def _parse_row(raw: dict[str, str], where: str) -> Finding:
+  values: dict[str, object] = {}
+  for name in COLUMNS:
+    text = (raw.get(name) or "").strip()
+    if name in _FLOAT_COLUMNS:
+      try:
+        values[name] = float(text) if text else None
+      except ValueError as e:
+        raise ManifestError(f"{where}: column {name!r} is not a number: {text!r}") from e
+    else:
+      values[name] = text
+  finding = Finding(**values)
+  if not finding.patient_id or not finding.image_path:
+    raise ManifestError(f"{where}: patient_id and image_path are required")
+  if finding.abnormality not in ABNORMALITIES:
+    raise ManifestError(f"{where}: abnormality {finding.abnormality!r} not in {ABNORMALITIES}")
+  if finding.label not in LABELS:
+    raise ManifestError(f"{where}: label {finding.label!r} not in {LABELS}")
+  return finding
+
+
+def read_manifest(path: str | os.PathLike) -> list[Finding]:
+  """Reads a manifest CSV; relative image and mask paths become absolute."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"manifest not found: {path}")
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = {"patient_id", "image_path"} - set(reader.fieldnames or ())
+    if missing:
+      raise ManifestError(f"{path}: missing columns {sorted(missing)}")
+    findings = [_parse_row(raw, f"{path}:{i + 2}") for i, raw in enumerate(reader)]
+  return [_absolute(f, base) for f in findings]
+
+
+def _absolute(finding: Finding, base: str) -> Finding:
+  def resolve(p: str) -> str:
+    return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+  return dataclasses.replace(
+      finding, image_path=resolve(finding.image_path), mask_path=resolve(finding.mask_path))
+
+
+def write_manifest(path: str | os.PathLike, findings: Iterable[Finding]) -> None:
+  """Writes findings as a manifest CSV (atomically: a temporary file renamed into place)."""
+  path = os.fspath(path)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    for finding in findings:
+      row = dataclasses.asdict(finding)
+      writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Microcalcification detection and classification on mammograms, in JAX/Flax."""
