@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_classes = 2
   config.dtype = "float32"  # compute dtype; parameters stay float32. bfloat16 on accelerators.
 
-  # Data: a TFDS patch dataset built by `mcalc-prepare`.
+  # Data: a TFDS patch dataset built by `mcalc-prepare`, or "synthetic" (generated patches for
+  # smoke tests and benchmarks, mcalc_jax.train.SyntheticPatchData).
   config.dataset = "mcalc_patches/mias"  # name/builder_config of the TFDS builder
   config.data_dir = ""  # TFDS data_dir; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.train_split = "train"
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = True  # random flips and 90-degree rotations
   config.num_workers = 0  # grain worker processes (0: in-process)
   config.prefetch = 2
+  config.patch_size = 112  # side of the stored patches in native pixels; scoring tiles with it
 
   # Preprocessing on the device, shared by training, evaluation and scoring.
   config.preprocess = ml_collections.ConfigDict()
@@ -48,5 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.async_checkpointing = True
+
+  # Multi-host: leave empty on one host. JAX_COORDINATOR_ADDRESS or a SLURM / Open MPI launch with
+  # more than one process also configures a cluster (mcalc_jax.parallel.maybe_initialize_distributed).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ""  # host:port of process 0
+  config.distributed.num_processes = 0  # 0: detected
+  config.distributed.process_id = -1  # -1: detected
 
   return config

@@ -3,15 +3,20 @@
 One row per finding; an image without findings has one row with `abnormality='none'`, so the
 manifest also lists the normal images that background patches come from. Coordinates are in the
 ORIGINAL file's pixels (column from the left, row from the top); `image_path` and `mask_path` are
-relative to the manifest's folder unless absolute.
+relative to the manifest's folder unless absolute. `density` is ACR A-D / 1-4 where the source
+gives it, else the source's own category (mini-MIAS: fatty, fatty-glandular, dense-glandular).
+`note` is one token that downstream stages may act on: `annotation_outside_breast` (excluded
+from patch extraction), `no_coordinates`, `diffuse_calcification_no_coordinates`,
+`benign_without_callback`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 ABNORMALITIES = ("calcification", "mass", "distortion", "asymmetry", "other", "none")
 LABELS = ("benign", "malignant", "")
@@ -45,25 +50,35 @@ class ManifestError(ValueError):
   """A manifest row that breaks the schema; the message names the file and line."""
 
 
-def _parse_row(raw: dict[str, str], where: str) -> Finding:
+def parse_finding(raw: Mapping[str, str | None], where: str) -> Finding:
+  """Validates one row (column name -> text) into a Finding; `where` prefixes any error."""
   values: dict[str, object] = {}
   for name in COLUMNS:
     text = (raw.get(name) or "").strip()
     if name in _FLOAT_COLUMNS:
-      try:
-        values[name] = float(text) if text else None
-      except ValueError as e:
-        raise ManifestError(f"{where}: column {name!r} is not a number: {text!r}") from e
-    else:
+      values[name] = _number(name, text, where)
+    elif text:  # a blank keeps the default (abnormality 'none')
       values[name] = text
-  finding = Finding(**values)
-  if not finding.patient_id or not finding.image_path:
+  if not values.get("patient_id") or not values.get("image_path"):
     raise ManifestError(f"{where}: patient_id and image_path are required")
+  finding = Finding(**values)
   if finding.abnormality not in ABNORMALITIES:
     raise ManifestError(f"{where}: abnormality {finding.abnormality!r} not in {ABNORMALITIES}")
   if finding.label not in LABELS:
     raise ManifestError(f"{where}: label {finding.label!r} not in {LABELS}")
   return finding
+
+
+def _number(name: str, text: str, where: str) -> float | None:
+  if not text:
+    return None
+  try:
+    value = float(text)
+  except ValueError as e:
+    raise ManifestError(f"{where}: column {name!r} is not a number: {text!r}") from e
+  if not math.isfinite(value):
+    raise ManifestError(f"{where}: column {name!r} is not finite: {text!r}")
+  return value
 
 
 def read_manifest(path: str | os.PathLike) -> list[Finding]:
@@ -77,7 +92,7 @@ def read_manifest(path: str | os.PathLike) -> list[Finding]:
     missing = {"patient_id", "image_path"} - set(reader.fieldnames or ())
     if missing:
       raise ManifestError(f"{path}: missing columns {sorted(missing)}")
-    findings = [_parse_row(raw, f"{path}:{i + 2}") for i, raw in enumerate(reader)]
+    findings = [parse_finding(raw, f"{path}:{i + 2}") for i, raw in enumerate(reader)]
   return [_absolute(f, base) for f in findings]
 
 

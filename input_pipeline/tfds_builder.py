@@ -1,0 +1,313 @@
+"""`mcalc_patches`: the TFDS patch dataset, built and read without TensorFlow.
+
+Patches are `tfds.features.Tensor(uint16, encoding=ZLIB)` in array_record files: lossless at the
+detector's bit depth (the public CBIS-DDSM builder's 8-bit JPEG loses exactly the specks we need),
+and `Image` features would need TensorFlow to encode. Read with `builder.as_data_source(split)`
+(or `open_builder`), never `as_dataset`, which needs TensorFlow.
+
+One `BuilderConfig` per source holds everything that defines the examples (registered ones for
+mias, cbis_ddsm, synthetic and a generic manifest; `builder_config` turns a data config from
+configs/data/ into one); the data's location is passed to the builder (`location`) or comes from
+`manual_dir`. Splits are by patient (`input_pipeline.splits`), and the split
+of every patient, the settings and every skipped image are recorded in the dataset's
+`metadata.json` (`builder.info.metadata`). A mammogram that cannot be read is logged with its path
+and reason, recorded under `skipped`, and left out: one bad file never stops a build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+
+from input_pipeline import breast, errors, mammogram, patches, splits
+from input_pipeline.manifest import Finding, read_manifest
+
+SOURCES = ("mias", "cbis_ddsm", "synthetic", "manifest")
+
+
+@dataclasses.dataclass
+class McalcPatchesConfig(tfds.core.BuilderConfig):
+  """What defines the data: the source kind, how patches are cut and how patients are split.
+
+  The data's location is not part of it (it differs per machine): pass `location` to the builder
+  or `manual_dir` to the download config.
+  """
+
+  source: str = "manifest"
+  patch: patches.PatchSettings = dataclasses.field(default_factory=patches.PatchSettings)
+  split_fractions: tuple[float, ...] = (0.7, 0.2, 0.1)
+  split_seed: int = 0
+
+  def settings(self) -> tuple:
+    """Everything that changes the examples (equal settings give identical datasets)."""
+    return self.source, self.patch, tuple(self.split_fractions), self.split_seed
+
+
+# Per-source extraction: MIAS clusters are few (18 usable here), so 8 ROIs per cluster; the
+# synthetic and CBIS-DDSM clusters 4; a generic manifest follows the paper (one per annotation).
+_PER_CLUSTER = {"mias": 8, "cbis_ddsm": 4, "synthetic": 4, "manifest": 1}
+
+
+class McalcPatches(tfds.core.GeneratorBasedBuilder):
+  """Calcification and background patches at native bit depth, split by patient.
+
+  `location`: for 'mias' / 'cbis_ddsm' the source folder (the importer reads it); for
+  'synthetic' / 'manifest' the manifest CSV or the folder holding `manifest.csv`. Without it,
+  `manual_dir` is used.
+  """
+
+  # Any change to the examples (patches.py, splits.py, the features) bumps the version.
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Paper's extraction: annotation-centred ROIs, tissue background."}
+  BUILDER_CONFIGS = [
+      McalcPatchesConfig(name=s, source=s, description=f"{s} findings",
+                         patch=patches.PatchSettings(per_cluster=_PER_CLUSTER[s]))
+      for s in SOURCES]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Pass --manual_dir: the MIAS or CBIS-DDSM folder, or a manifest.csv's folder.")
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This file; tfds's own lookup needs importlib_resources, which tfds does not install
+    (tensorflow/datasets#11212)."""
+    return epath.Path(__file__)
+
+  def __init__(self, *, location: str | os.PathLike | None = None, **kwargs):
+    super().__init__(**kwargs)
+    self._location = os.fspath(location) if location else None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.patch.size
+    text, int32 = tfds.features.Text(), np.int32
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.splitlines()[0],
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint16,
+                                          encoding=tfds.features.Encoding.ZLIB),
+            "max_value": tfds.features.Scalar(int32),
+            "task1_label": tfds.features.Scalar(int32),
+            "task2_label": tfds.features.Scalar(int32),
+            "patient_id": text, "image_id": text, "finding_id": text, "patch_id": text,
+            "center_row": tfds.features.Scalar(np.float32),
+            "center_col": tfds.features.Scalar(np.float32),
+            "source": text, "severity": text, "density": text,
+        }),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config = self.builder_config
+    location = self._location or (_has_manual(dl_manager) and os.fspath(dl_manager.manual_dir))
+    if not location:
+      raise ValueError(f"{config.name}: no data location (pass location or manual_dir)")
+    findings = load_findings(config.source, location)
+    labels = splits.patient_labels(findings, config.patch.positive_abnormalities)
+    assignment = splits.split_patients(labels, config.split_fractions, config.split_seed)
+    self.info.metadata.update(
+        source=config.source, patch_settings=dataclasses.asdict(config.patch),
+        split_fractions=list(config.split_fractions), split_seed=config.split_seed,
+        patients={p: {"split": assignment[p], "label": labels[p]} for p in sorted(labels)},
+        skipped=[], counts={})
+    images = group_images(findings)
+    by_split = {name: [im for im in images if assignment[im.patient_id] == name]
+                for name in splits.SPLITS}
+    rate = _positives(images, config.patch) / max(1, len(images))
+    return {name: self._generate_examples(name, ims, _background_total(ims, rate, config.patch))
+            for name, ims in by_split.items() if ims}
+
+  def _generate_examples(self, split: str, images: Sequence[ImageFindings],
+                         num_background: int) -> Iterator[tuple[str, dict]]:
+    settings = self.builder_config.patch
+    quota = patches.background_quota([im.image_id for im in images], num_background,
+                                     settings.seed)
+    counts = self.info.metadata["counts"].setdefault(split, {})
+    for i, im in enumerate(images):
+      if i % max(1, len(images) // 10) == 0:
+        logging.info("%s %s: image %d of %d", self.builder_config.name, split, i + 1, len(images))
+      for patch in self._image_patches(im, quota[im.image_id]):
+        counts[patch_class(patch)] = counts.get(patch_class(patch), 0) + 1
+        yield patch.patch_id, _example(patch, im, self.builder_config.source)
+
+  def _image_patches(self, im: ImageFindings, num_background: int) -> list[patches.Patch]:
+    """Every patch of one image; a failure is logged, recorded and skipped."""
+    settings = self.builder_config.patch
+    try:
+      mg = mammogram.read_mammogram(im.path)
+    except errors.MammogramError as e:
+      self._skip(im.path, e.reason)
+      return []
+    masks = self._masks(mg, im.findings)
+    found = patches.positive_patches(mg, im.findings, im.image_id, settings, masks=masks)
+    try:
+      found += patches.background_patches(mg, im.findings, im.image_id, num_background, settings,
+                                          breast=breast.breast_mask(mg.pixels), masks=masks)
+    except patches.PatchSamplingError as e:
+      self._skip(im.path, str(e))
+      found += e.patches
+    return found
+
+  def _masks(self, mg: mammogram.Mammogram, findings: Sequence[Finding]) -> dict[str, np.ndarray]:
+    """ROI masks in the canonical orientation; an unreadable mask falls back to the circle."""
+    masks = {}
+    for f in findings:
+      if not f.mask_path:
+        continue
+      try:
+        mask = mammogram.read_mammogram(f.mask_path)
+      except errors.MammogramError as e:
+        self._skip(f.mask_path, f"mask unreadable, circle used instead: {e.reason}")
+        continue
+      if mask.original_shape != mg.original_shape:
+        self._skip(f.mask_path, f"mask shape {mask.original_shape} is not the image's "
+                   f"{mg.original_shape}, circle used instead")
+        continue
+      # The reader orients each file on its own; undo the mask's flip and apply the image's.
+      inside = mask.pixels > 0
+      masks[f.finding_id] = inside[:, ::-1] if mask.flipped != mg.flipped else inside
+    return masks
+
+  def _skip(self, path: str, reason: str) -> None:
+    logging.warning("skipped %s: %s", path, reason)
+    self.info.metadata["skipped"].append({"path": path, "reason": reason})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFindings:
+  """One image of the manifest with all its findings."""
+
+  image_id: str
+  path: str
+  patient_id: str
+  findings: tuple[Finding, ...]
+
+  @property
+  def density(self) -> str:
+    return next((f.density for f in self.findings if f.density), "")
+
+
+def group_images(findings: Sequence[Finding]) -> list[ImageFindings]:
+  """Findings grouped by image, sorted by image id.
+
+  The id is the file name without extension when those are unique, else the path (without
+  extension) relative to the images' common folder.
+  """
+  by_path: dict[str, list[Finding]] = {}
+  for f in findings:
+    by_path.setdefault(f.image_path, []).append(f)
+  paths = sorted(by_path)
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  if len(set(stems)) < len(stems):
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    stems = [os.path.splitext(os.path.relpath(p, root))[0] for p in paths]
+  images = [ImageFindings(s, p, by_path[p][0].patient_id, tuple(by_path[p]))
+            for s, p in zip(stems, paths, strict=True)]
+  return sorted(images, key=lambda im: im.image_id)
+
+
+def load_findings(source: str, location: str) -> list[Finding]:
+  """The findings of a source: its importer's, or the manifest's at `location`."""
+  if source in ("mias", "cbis_ddsm"):
+    from input_pipeline import importers  # only the importing sources need it
+
+    return getattr(importers, f"import_{source}")(location)
+  if os.path.isdir(location):
+    location = os.path.join(location, "manifest.csv")
+  return read_manifest(location)
+
+
+def _positives(images: Sequence[ImageFindings], settings: patches.PatchSettings) -> int:
+  return sum(patches.num_positive_patches(im.findings, settings) for im in images)
+
+
+def _background_total(images: Sequence[ImageFindings], rate: float,
+                      settings: patches.PatchSettings) -> int:
+  """`background_ratio` x the split's calcification patches; a split without calcifications
+  gets background at the dataset's rate per image, so its specificity can still be measured."""
+  positives = _positives(images, settings) or rate * len(images)
+  return round(settings.background_ratio * positives)
+
+
+def patch_class(patch: patches.Patch) -> str:
+  """'background', 'benign', 'malignant' or 'calcification' (severity unknown)."""
+  if not patch.task1_label:
+    return "background"
+  return patch.severity or "calcification"
+
+
+def data_config(source: str, location: str) -> ml_collections.ConfigDict:
+  """A data config (configs/data/*.py) holding the registered settings of `source`."""
+  registered = McalcPatches.builder_configs[source]
+  config = ml_collections.ConfigDict()
+  config.source = source
+  config.name = source  # the builder config: <data_dir>/mcalc_patches/<name>/<version>
+  config.location = location
+  config.seed = registered.split_seed  # patch sampling and patient split
+  config.patch = {k: v for k, v in dataclasses.asdict(registered.patch).items() if k != "seed"}
+  config.split = ml_collections.ConfigDict({"fractions": registered.split_fractions})
+  return config
+
+
+def builder_config(config: ml_collections.ConfigDict) -> McalcPatchesConfig:
+  """The BuilderConfig a data config describes; the registered object when the settings match.
+
+  tfds refuses a custom config named like a registered one, so changed settings need a new
+  `config.name`; the error says so.
+  """
+  patch = patches.PatchSettings.from_config({**config.patch, "seed": config.seed})
+  custom = McalcPatchesConfig(name=config.name, source=config.source, patch=patch,
+                              split_fractions=tuple(config.split.fractions),
+                              split_seed=config.seed, description=f"{config.source} findings")
+  registered = McalcPatches.builder_configs.get(config.name)
+  if registered is None:
+    return custom
+  if registered.settings() != custom.settings():
+    raise ValueError(f"settings differ from the registered config {config.name!r}; give them a "
+                     f"new name, e.g. --config.name={config.name}_custom")
+  return registered
+
+
+def _has_manual(dl_manager: tfds.download.DownloadManager) -> bool:
+  try:
+    return bool(dl_manager.manual_dir)
+  except AssertionError:  # tfds asserts when no manual_dir was given
+    return False
+
+
+def _example(patch: patches.Patch, im: ImageFindings, source: str) -> dict:
+  return {
+      "image": patch.image[..., None], "max_value": patch.max_value, "task1_label":
+      patch.task1_label, "task2_label": patch.task2_label, "patient_id": im.patient_id,
+      "image_id": im.image_id, "finding_id": patch.finding_id, "patch_id": patch.patch_id,
+      "center_row": patch.center_row, "center_col": patch.center_col, "source": source,
+      "severity": patch.severity, "density": im.density,
+  }
+
+
+def open_builder(dataset: str = "mcalc_patches/mias",
+                 data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The built `name/config` dataset (newest version), restored from its own files.
+
+  Reading from the directory (not the registered config) finds datasets built with any settings,
+  and avoids `tfds.data_source`'s lookup, which can miss local array_record datasets.
+  """
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+  config_dir = os.path.join(data_dir, *dataset.split("/"))
+  versions = sorted((tfds.core.Version(v) for v in _listdir(config_dir)
+                     if tfds.core.Version.is_valid(v)), reverse=True)
+  if not versions:
+    raise FileNotFoundError(f"no built dataset in {config_dir}: run mcalc-prepare first")
+  return tfds.builder_from_directory(os.path.join(config_dir, str(versions[0])))
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []

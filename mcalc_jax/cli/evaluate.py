@@ -1,0 +1,47 @@
+"""mcalc-evaluate: metrics, predictions and plots of a trained run, in WORKDIR/eval/<split>/.
+
+  mcalc-evaluate --workdir=runs/task1_alexnet [--split=test] [--checkpoint=best|latest]
+      [--threshold=youden|fixed:T|sensitivity:S] [--bootstrap_resamples=1000] [--seed=0]
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags, logging
+
+from mcalc_jax import evaluation, metrics
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (threshold from validation).")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Checkpoint to load.")
+_THRESHOLD = flags.DEFINE_string(
+  "threshold", "youden", "Threshold policy on validation: youden, fixed:T or sensitivity:S."
+)
+_RESAMPLES = flags.DEFINE_integer(
+  "bootstrap_resamples", evaluation.BOOTSTRAP_RESAMPLES, "Patient bootstrap resamples."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the patient bootstrap.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    metrics.ThresholdPolicy.parse(_THRESHOLD.value)  # fail before loading a model
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  result = evaluation.evaluate_run(
+    _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, threshold_policy=_THRESHOLD.value,
+    seed=_SEED.value, resamples=_RESAMPLES.value,
+  )
+  values = {name: m["value"] for name, m in result["metrics"].items()}
+  logging.info("%s split, threshold %s: %s", _SPLIT.value, result["threshold"], json.dumps(values))
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,139 @@
+"""Scoring outputs on disk: the probability grids (npz, lossless) and an overlay PNG for review.
+
+Every file is written atomically (a hidden temporary file beside it, fsynced, then renamed), so
+a killed run leaves either the old file, the new file or no file, never half of one.
+
+npz keys (one image):
+  task1            float32 [gh, gw]  P(calcification) per tile; NaN where not scored (no breast)
+  task2            float32 [gh, gw]  P(malignant) per tile; NaN where not scored (Task 1 below
+                                     task1_threshold, or no Task 2 classifier: has_task2=False)
+  has_task2        bool
+  task1_threshold  float64
+  tile_rows        int32 [gh]        top row of each grid row, canonical pixels
+  tile_cols        int32 [gw]        left column of each grid column, canonical pixels
+  patch_size       int64             tile (i, j) covers rows tile_rows[i]:+patch_size, cols
+                                     tile_cols[j]:+patch_size (canonical; tiles of an image
+  stride           int64             smaller than a tile reach into zero padding)
+  image_shape      int64 [2]         canonical (rows, cols)
+  original_shape   int64 [2]         the original file's (rows, cols)
+  flipped          bool              canonical = original flipped left-right: original col =
+                                     original_shape[1] - 1 - canonical col
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import IO, NamedTuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle as CirclePatch
+
+from mcalc_jax.scoring import ImageScores, TileGeometry, average_map
+
+_DISPLAY_PIXELS = 1024  # longer side of the mammogram in the overlay
+_ALPHA = 0.45
+
+
+class Circle(NamedTuple):
+  """A known finding drawn on the overlay, in ORIGINAL pixel coordinates."""
+
+  row: float
+  col: float
+  radius: float
+
+
+def temporary_path(path: str | os.PathLike) -> str:
+  """The hidden file `path` is written to before the rename (left behind only by a kill)."""
+  head, tail = os.path.split(os.fspath(path))
+  return os.path.join(head, f".{tail}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+  """Opens a temporary file that replaces `path` only once it is complete and on disk."""
+  tmp = temporary_path(path)
+  try:
+    with open(tmp, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+
+
+def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:
+  """Saves the grids and their geometry (see the module docstring for the keys)."""
+  g = scores.geometry
+  task2 = scores.task2 if scores.task2 is not None else np.full_like(scores.task1, np.nan)
+  with atomic_write(path) as f:
+    np.savez_compressed(
+        f, task1=scores.task1, task2=task2, has_task2=scores.task2 is not None,
+        task1_threshold=scores.task1_threshold, tile_rows=g.tile_rows, tile_cols=g.tile_cols,
+        patch_size=g.patch_size, stride=g.stride, image_shape=g.image_shape,
+        original_shape=g.original_shape, flipped=g.flipped)
+
+
+def read_scores(path: str | os.PathLike) -> ImageScores:
+  """Loads what `write_scores` saved (`seconds` is not stored: 0)."""
+  with np.load(path) as z:
+    geometry = TileGeometry(
+        tile_rows=z["tile_rows"], tile_cols=z["tile_cols"], patch_size=int(z["patch_size"]),
+        stride=int(z["stride"]), image_shape=tuple(int(n) for n in z["image_shape"]),
+        original_shape=tuple(int(n) for n in z["original_shape"]), flipped=bool(z["flipped"]))
+    return ImageScores(
+        geometry=geometry, task1=z["task1"], task2=z["task2"] if z["has_task2"] else None,
+        task1_threshold=float(z["task1_threshold"]), seconds=0.0)
+
+
+def write_overlay(
+    path: str | os.PathLike, pixels: np.ndarray, scores: ImageScores, *,
+    annotations: Sequence[Circle] = (), title: str = "") -> None:
+  """Renders the mammogram in grey under its heatmaps (blue 0 to red 1), as in the paper's Fig. 3.
+
+  One panel per task, in the ORIGINAL orientation, the mammogram's longer side at about 1024
+  pixels; known findings are drawn as circles. `pixels` are the canonical pixels scored.
+  """
+  g = scores.geometry
+  scale = max(1, math.ceil(max(g.image_shape) / _DISPLAY_PIXELS))
+  grey = _to_original(pixels[: g.image_shape[0] : scale, : g.image_shape[1] : scale], g)
+  panels = [("Task 1: P(calcification)", scores.task1)]
+  if scores.task2 is not None:
+    panels.append(("Task 2: P(malignant)", scores.task2))
+  height = 8.0
+  fig = Figure(figsize=(len(panels) * (height * grey.shape[1] / grey.shape[0] + 1.5), height))
+  FigureCanvasAgg(fig)
+  extent = (0, g.image_shape[1], g.image_shape[0], 0)  # original pixel coordinates on the axes
+  vmax = float(np.percentile(grey, 99.5)) or 1.0  # burned-in labels are brighter than tissue
+  for n, (label, grid) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), n + 1)
+    ax.imshow(grey, cmap="gray", vmin=float(grey.min()), vmax=vmax, extent=extent)
+    heat = np.ma.masked_invalid(_to_original(average_map(grid, g, scale), g))
+    image = ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=_ALPHA, extent=extent)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label=label)
+    for c in annotations:
+      ax.add_patch(_circle(c))
+    ax.set_title(_panel_title(title, grid), fontsize="small")
+    ax.set_axis_off()
+  fig.tight_layout()
+  with atomic_write(path) as f:
+    fig.savefig(f, format="png", dpi=_DISPLAY_PIXELS / height)
+
+
+def _to_original(canonical: np.ndarray, geometry: TileGeometry) -> np.ndarray:
+  return np.fliplr(canonical) if geometry.flipped else canonical
+
+
+def _circle(c: Circle) -> CirclePatch:
+  return CirclePatch((c.col, c.row), c.radius, fill=False, edgecolor="white", linewidth=1.5)
+
+
+def _panel_title(title: str, grid: np.ndarray) -> str:
+  peak = "no tile scored" if np.isnan(grid).all() else f"max {np.nanmax(grid):.3f}"
+  return f"{title}  ({peak})" if title else peak

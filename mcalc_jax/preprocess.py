@@ -1,0 +1,86 @@
+"""On-device patch preprocessing shared by training, evaluation and whole-mammogram scoring.
+
+Batches leave the input pipeline as float32 [N, S, S, 1] in [0, 1]; everything after that runs
+inside the jitted model function, so one code path defines what the network sees. The order is
+Gaussian blur (noise suppression at native resolution), normalisation, then resize to the
+network's input size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+NORMALIZATIONS = ("zscore", "unit")
+# Std floor for the z-score: about half a 12-bit grey level. Flatter patches (empty background)
+# are flat for the network too instead of amplified float32 rounding noise.
+_MIN_STD = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+  """Hashable preprocessing settings, so jitted functions can take them as a static argument."""
+
+  blur_sigma: float = 0.0  # Gaussian sigma in pixels; 0 disables the blur
+  normalization: str = "zscore"  # zscore: per-patch mean 0, std 1; unit: [0, 1] as stored
+  input_size: int = 112  # side the network sees; patches of another size are resized
+
+  def __post_init__(self):
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
+    if self.blur_sigma < 0:
+      raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> PreprocessOptions:
+    """Reads `config.preprocess` of a run configuration."""
+    p = config.preprocess
+    return cls(float(p.blur_sigma), str(p.normalization), int(p.input_size))
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+  """Normalised 1-D Gaussian taps out to 3 sigma, rounded as scipy.ndimage does (a trace-time
+  constant)."""
+  radius = max(1, int(3.0 * sigma + 0.5))
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  return (taps / taps.sum()).astype(np.float32)
+
+
+def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
+  """Separable Gaussian blur of [N, H, W, C] images with reflected borders."""
+  taps = gaussian_kernel(sigma)
+  radius = len(taps) // 2
+  x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+  n, h, w, c = x.shape
+  x = x.transpose(0, 3, 1, 2).reshape(n * c, 1, h, w)  # channels as batch: a depthwise blur
+  for kernel in (taps.reshape(1, 1, -1, 1), taps.reshape(1, 1, 1, -1)):
+    x = jax.lax.conv_general_dilated(x, jnp.asarray(kernel, x.dtype), (1, 1), "VALID")
+  return x.reshape(n, c, *x.shape[2:]).transpose(0, 2, 3, 1)
+
+
+def normalize(images: jax.Array, normalization: str) -> jax.Array:
+  """Per-patch z-score (each patch to mean 0, std 1) or the stored [0, 1] range."""
+  if normalization == "unit":
+    return images
+  # Shifting by one pixel first keeps float32 sums accurate (the shifted-data variance algorithm).
+  shifted = images - images[:, :1, :1, :]
+  mean = shifted.mean(axis=(1, 2, 3), keepdims=True)
+  std = shifted.std(axis=(1, 2, 3), keepdims=True)
+  return (shifted - mean) / jnp.maximum(std, _MIN_STD)
+
+
+def preprocess(images: jax.Array, options: PreprocessOptions) -> jax.Array:
+  """Blur, normalise and resize float32 [N, S, S, 1] patches in [0, 1] for the network."""
+  x = jnp.asarray(images, jnp.float32)
+  if options.blur_sigma > 0:
+    x = gaussian_blur(x, options.blur_sigma)
+  x = normalize(x, options.normalization)
+  if x.shape[1:3] != (options.input_size, options.input_size):
+    x = jax.image.resize(
+      x, (x.shape[0], options.input_size, options.input_size, x.shape[3]), "linear"
+    )
+  return x

@@ -1,0 +1,443 @@
+"""Whole-mammogram scoring: a patch classifier slid over the breast, at archive throughput.
+
+Tiles of the classifier's patch size are laid every `stride` pixels from the top-left corner; when
+the stride leaves a strip at the far edge, one more tile is laid flush with that edge (so every
+pixel is covered, deterministically; an image smaller than a tile is zero-padded to one tile).
+Tiles whose breast fraction (from `input_pipeline.breast.breast_mask`, on a strided copy) is
+below a threshold are skipped and counted, not scored.
+
+Throughput comes from doing on the host only what must happen there:
+- each image goes to the devices once, packed with its neighbours into one flat uint16 buffer
+  of fixed length (replicated over the local devices); tiles are cut from it ON the devices;
+- the host sends only tile origins, in batches of one fixed shape (padded; padded slots are
+  ignored), sharded over a 'data' mesh of the local devices, so the network compiles once and
+  tiles of several small images share a batch;
+- work for the next pack is dispatched before the results of the previous one are read back.
+Every process scores its own images on its own devices (no collectives), so a multi-process run
+is as many independent scorers as processes.
+
+Task 1 gives a probability grid (one value per tile); a second classifier, if given, scores the
+tiles whose Task 1 probability reaches `task1_threshold` (Task 2, malignancy).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from input_pipeline import breast
+from input_pipeline.mammogram import Mammogram
+from mcalc_jax import checkpointing, parallel
+from mcalc_jax.preprocess import PreprocessOptions
+
+ProbabilitiesFn = Callable[[jax.Array], jax.Array]
+Key = TypeVar("Key")
+
+# Breast fraction of a tile is measured on about this many samples per tile side.
+_MASK_SAMPLES_PER_SIDE = 16
+DEFAULT_BUFFER_PIXELS = 2**25  # 64 MiB of uint16: two or three full-field mammograms
+
+
+class ClassifierLike(Protocol):
+  """A patch classifier whose `probabilities` is jit-able (device arrays in and out)."""
+
+  patch_size: int
+
+  def probabilities(self, images: jax.Array) -> jax.Array: ...
+
+
+def tile_origins(length: int, patch_size: int, stride: int) -> np.ndarray:
+  """Tile starts every `stride` pixels, plus one flush with the far edge if a strip is left."""
+  if length <= patch_size:
+    return np.zeros(1, np.int32)
+  origins = np.arange(0, length - patch_size + 1, stride)
+  if origins[-1] + patch_size < length:
+    origins = np.append(origins, length - patch_size)
+  return origins.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGeometry:
+  """Where grid cell (i, j) lies: rows tile_rows[i]:+patch_size, cols tile_cols[j]:+patch_size.
+
+  Coordinates are in the canonical `Mammogram.pixels` (chest wall left); `flipped` and
+  `original_shape` map them back to the original file.
+  """
+
+  tile_rows: np.ndarray
+  tile_cols: np.ndarray
+  patch_size: int
+  stride: int
+  image_shape: tuple[int, int]
+  original_shape: tuple[int, int]
+  flipped: bool
+
+  @property
+  def grid_shape(self) -> tuple[int, int]:
+    return len(self.tile_rows), len(self.tile_cols)
+
+  def tile_center(self, i: int, j: int) -> tuple[float, float]:
+    """Centre of tile (i, j) in ORIGINAL pixel coordinates (row, col)."""
+    half = (self.patch_size - 1) / 2
+    row, col = self.tile_rows[i] + half, self.tile_cols[j] + half
+    if self.flipped:
+      col = self.original_shape[1] - 1 - col
+    return float(row), float(col)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+  """An image ready for the devices: pixels (padded to at least one tile) and its tiles."""
+
+  pixels: np.ndarray
+  max_value: int
+  geometry: TileGeometry
+  in_breast: np.ndarray  # bool [gh, gw]: the tiles to score
+
+  @property
+  def breast_tiles(self) -> np.ndarray:
+    """Flat grid indices of the tiles to score."""
+    return np.flatnonzero(self.in_breast)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageScores:
+  """Probability grids of one image: NaN where a tile was not scored."""
+
+  geometry: TileGeometry
+  task1: np.ndarray  # float32 [gh, gw], P(calcification); NaN outside the breast
+  task2: np.ndarray | None  # float32 [gh, gw], P(malignant); NaN below task1_threshold
+  task1_threshold: float
+  seconds: float  # this image's share (by tiles) of the wall time between two finished packs
+
+  @property
+  def tiles_scored(self) -> int:
+    return int(np.count_nonzero(~np.isnan(self.task1)))
+
+  @property
+  def tiles_skipped(self) -> int:
+    return self.task1.size - self.tiles_scored
+
+  @property
+  def tiles_task2(self) -> int:
+    return 0 if self.task2 is None else int(np.count_nonzero(~np.isnan(self.task2)))
+
+  def hottest(self) -> tuple[int, int] | None:
+    """Grid index of the highest Task 1 probability (first in row-major order), None if none."""
+    if self.tiles_scored == 0:
+      return None
+    flat = int(np.nanargmax(self.task1))
+    i, j = np.unravel_index(flat, self.task1.shape)
+    return int(i), int(j)
+
+
+def average_map(grid: np.ndarray, geometry: TileGeometry, scale: int = 1) -> np.ndarray:
+  """Per-pixel mean of the scored tiles covering each pixel (NaN where none does).
+
+  Canonical orientation, `scale` times coarser than the image (ceil division), so overlapping
+  tiles (stride < patch size) are averaged as in the nyukat heatmaps.
+  """
+  height, width = (-(-n // scale) for n in geometry.image_shape)
+  i, j = np.nonzero(~np.isnan(grid))
+  values = grid[i, j].astype(np.float64)
+  r0, c0 = geometry.tile_rows[i] // scale, geometry.tile_cols[j] // scale
+  r1 = np.minimum(-(-(geometry.tile_rows[i] + geometry.patch_size) // scale), height)
+  c1 = np.minimum(-(-(geometry.tile_cols[j] + geometry.patch_size) // scale), width)
+  total = np.zeros((height + 1, width + 1))
+  count = np.zeros((height + 1, width + 1))
+  for weights, out in ((values, total), (np.ones_like(values), count)):
+    for rows, cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+      np.add.at(out, (rows, cols), sign * weights)
+  total = total.cumsum(0).cumsum(1)[:height, :width]
+  count = np.rint(count.cumsum(0).cumsum(1)[:height, :width])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, total / count, np.nan).astype(np.float32)
+
+
+def _breast_fractions(mask: np.ndarray, geometry: TileGeometry) -> np.ndarray:
+  """Fraction of each tile inside the breast, from a summed-area table of a strided mask."""
+  step = max(1, geometry.patch_size // _MASK_SAMPLES_PER_SIDE)
+  sample = mask[::step, ::step]
+  table = np.zeros((sample.shape[0] + 1, sample.shape[1] + 1), np.int64)
+  table[1:, 1:] = sample.cumsum(0).cumsum(1)
+
+  def bounds(origins: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    start = -(-origins // step)
+    return start, np.maximum(np.minimum(-(-(origins + geometry.patch_size) // step), length), start)
+
+  r0, r1 = bounds(geometry.tile_rows, sample.shape[0])
+  c0, c1 = bounds(geometry.tile_cols, sample.shape[1])
+  r0, r1, c0, c1 = r0[:, None], r1[:, None], c0[None, :], c1[None, :]
+  inside = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+  return inside / np.maximum((r1 - r0) * (c1 - c0), 1)
+
+
+@dataclasses.dataclass
+class _Pack:
+  """Images sharing one device buffer; `offsets` are where each image's pixels start in it."""
+
+  keys: list[Any]
+  images: list[PreparedImage]
+  offsets: list[int]
+  buffer: jax.Array | None = None
+  task1: list[jax.Array] = dataclasses.field(default_factory=list)
+
+
+class Scorer:
+  """Scores whole mammograms with a Task 1 classifier and, optionally, a Task 2 classifier.
+
+  `task1`/`task2` are `checkpointing.Classifier`s, other `ClassifierLike` objects, or bare
+  jit-able probabilities functions (float32 [N, S, S, 1] in [0, 1] -> [N, 2]; then give
+  `patch_size`).
+  `batch_size` is the global tile batch over the local devices (rounded up to a multiple of
+  their number); `buffer_pixels` is the length of the device buffer that images are packed into
+  (grown, with one recompile of the cheap tile cutter, when an image is larger).
+  """
+
+  def __init__(
+      self,
+      task1: ClassifierLike | ProbabilitiesFn,
+      *,
+      task2: ClassifierLike | ProbabilitiesFn | None = None,
+      patch_size: int | None = None,
+      stride: int | None = None,
+      batch_size: int = 256,
+      task1_threshold: float = 0.5,
+      min_breast_fraction: float = 0.1,
+      buffer_pixels: int = DEFAULT_BUFFER_PIXELS,
+      breast_mask_fn: Callable[[np.ndarray], np.ndarray] = breast.breast_mask,
+      devices: list[jax.Device] | None = None,
+  ):
+    self.patch_size = _patch_size(patch_size, task1, task2)
+    self.stride = stride or self.patch_size
+    if not 0 < self.stride <= self.patch_size:
+      raise ValueError(f"stride must be in 1..{self.patch_size} (the patch size), got {stride}")
+    self.task1_threshold = task1_threshold
+    self.min_breast_fraction = min_breast_fraction
+    self._breast_mask_fn = breast_mask_fn
+    mesh = parallel.make_mesh(devices or jax.local_devices())
+    self.batch_size = -(-batch_size // mesh.size) * mesh.size
+    self._replicated = parallel.replicated(mesh)
+    self._batched = parallel.batch_sharded(mesh)
+    self._task1 = _device_probabilities(task1, self._replicated)
+    self._task2 = _device_probabilities(task2, self._replicated) if task2 is not None else None
+    self._buffer_pixels = buffer_pixels
+    self._cut = jax.jit(
+        functools.partial(_cut_tiles, patch_size=self.patch_size), out_shardings=self._batched)
+
+  def prepare(self, mammogram: Mammogram) -> PreparedImage:
+    """Host-side work for one image (tiles, breast fractions); thread-safe, no device use."""
+    pixels = _pad_to_tile(mammogram.pixels, self.patch_size)
+    geometry = TileGeometry(
+        tile_rows=tile_origins(mammogram.pixels.shape[0], self.patch_size, self.stride),
+        tile_cols=tile_origins(mammogram.pixels.shape[1], self.patch_size, self.stride),
+        patch_size=self.patch_size,
+        stride=self.stride,
+        image_shape=tuple(mammogram.pixels.shape),
+        original_shape=tuple(mammogram.original_shape),
+        flipped=mammogram.flipped,
+    )
+    if self.min_breast_fraction > 0:
+      fractions = _breast_fractions(self._breast_mask_fn(pixels), geometry)
+      in_breast = fractions >= self.min_breast_fraction
+    else:
+      in_breast = np.ones(geometry.grid_shape, bool)
+    return PreparedImage(pixels, mammogram.max_value, geometry, in_breast)
+
+  def score(self, mammogram: Mammogram) -> ImageScores:
+    """Scores one image (for many, `score_stream` overlaps host and device work)."""
+    [(_, scores)] = list(self.score_stream([(None, self.prepare(mammogram))]))
+    return scores
+
+  def score_stream(
+      self, items: Iterable[tuple[Key, PreparedImage]]) -> Iterator[tuple[Key, ImageScores]]:
+    """Scores (key, prepared image) pairs lazily, in order, one pack in flight ahead."""
+    in_flight: collections.deque[_Pack] = collections.deque()
+    last = time.perf_counter()
+
+    def finish(pack: _Pack) -> list[tuple[Key, ImageScores]]:
+      nonlocal last
+      results = self._finish(pack)
+      now = time.perf_counter()
+      shares = _shares(now - last, [s.tiles_scored for _, s in results])
+      last = now
+      return [(k, dataclasses.replace(s, seconds=t))
+              for (k, s), t in zip(results, shares, strict=True)]
+
+    for pack in self._packs(items):
+      self._launch_task1(pack)
+      in_flight.append(pack)
+      if len(in_flight) > 1:
+        yield from finish(in_flight.popleft())
+    while in_flight:
+      yield from finish(in_flight.popleft())
+
+  def _packs(self, items: Iterable[tuple[Key, PreparedImage]]) -> Iterator[_Pack]:
+    pack = _Pack([], [], [])
+    used = 0
+    for key, image in items:
+      if pack.keys and used + image.pixels.size > self._buffer_pixels:
+        yield pack
+        pack, used = _Pack([], [], []), 0
+      self._buffer_pixels = max(self._buffer_pixels, image.pixels.size)
+      pack.keys.append(key)
+      pack.images.append(image)
+      pack.offsets.append(used)
+      used += image.pixels.size
+    if pack.keys:
+      yield pack
+
+  def _launch_task1(self, pack: _Pack) -> None:
+    """Sends the pack's pixels once, then dispatches Task 1 on every in-breast tile."""
+    host = np.empty(self._buffer_pixels, np.uint16)
+    for image, offset in zip(pack.images, pack.offsets, strict=True):
+      host[offset : offset + image.pixels.size] = image.pixels.ravel()
+    pack.buffer = jax.device_put(host, self._replicated)
+    pack.task1 = self._dispatch(self._task1, pack, [im.breast_tiles for im in pack.images])
+
+  def _dispatch(
+      self, fn: ProbabilitiesFn, pack: _Pack, tiles: list[np.ndarray]) -> list[jax.Array]:
+    """Queues fixed-shape batches of the given flat tile indices of each image of the pack."""
+    table = _tile_table(pack, tiles, self.batch_size)
+    results = []
+    for b in range(0, len(table[0]), self.batch_size):
+      batch = jax.device_put(tuple(c[b : b + self.batch_size] for c in table), self._batched)
+      results.append(fn(self._cut(pack.buffer, *batch)))
+    return results
+
+  def _finish(self, pack: _Pack) -> list[tuple[Any, ImageScores]]:
+    """Reads Task 1 back, runs Task 2 on the tiles above threshold, and splits the results."""
+    breast_tiles = [im.breast_tiles for im in pack.images]
+    task1 = _split(_positive_class(pack.task1), breast_tiles)
+    task2 = None
+    if self._task2 is not None:
+      hot = [t[p >= self.task1_threshold] for t, p in zip(breast_tiles, task1, strict=True)]
+      task2 = _split(_positive_class(self._dispatch(self._task2, pack, hot)), hot)
+    pack.buffer = None
+    return [
+        (key, ImageScores(
+            geometry=image.geometry,
+            task1=_grid(task1[n], breast_tiles[n], image.geometry.grid_shape),
+            task2=None if task2 is None else _grid(task2[n], hot[n], image.geometry.grid_shape),
+            task1_threshold=self.task1_threshold,
+            seconds=0.0,
+        ))
+        for n, (key, image) in enumerate(zip(pack.keys, pack.images, strict=True))
+    ]
+
+
+def _cut_tiles(
+    buffer: jax.Array, starts: jax.Array, pitches: jax.Array, scales: jax.Array, *,
+    patch_size: int) -> jax.Array:
+  """Cuts [B, S, S, 1] float32 tiles in [0, 1] out of the flat pixel buffer, on the device."""
+  rows = jnp.arange(patch_size)
+
+  def cut(start: jax.Array, pitch: jax.Array) -> jax.Array:
+    return jax.vmap(
+        lambda row: jax.lax.dynamic_slice(buffer, (start + row * pitch,), (patch_size,)))(rows)
+
+  tiles = jax.vmap(cut)(starts, pitches).astype(jnp.float32)
+  return (tiles * scales[:, None, None])[..., None]
+
+
+def _positive_class(batches: list[jax.Array]) -> np.ndarray:
+  """P(class 1) of every slot of the batches, padding included, on the host."""
+  if not batches:
+    return np.zeros(0, np.float32)
+  return np.concatenate([b[:, 1] for b in jax.device_get(batches)]).astype(np.float32)
+
+
+def _split(values: np.ndarray, tiles: list[np.ndarray]) -> list[np.ndarray]:
+  """Splits concatenated per-tile values back into one array per image (padding dropped)."""
+  ends = np.cumsum([t.size for t in tiles])
+  return np.split(values[: ends[-1]], ends[:-1])
+
+
+def _tile_table(
+    pack: _Pack, tiles: list[np.ndarray], batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per tile: buffer index of its top-left pixel, row pitch, 1 / max value; in whole batches.
+
+  Padding slots are zeros: they cut a harmless tile at index 0, and `_split` drops their results.
+  """
+  starts, pitches, scales = [], [], []
+  for image, offset, flat in zip(pack.images, pack.offsets, tiles, strict=True):
+    i, j = np.unravel_index(flat, image.geometry.grid_shape)
+    pitch = image.pixels.shape[1]
+    starts.append(offset + image.geometry.tile_rows[i].astype(np.int64) * pitch
+                  + image.geometry.tile_cols[j])
+    pitches.append(np.full(flat.size, pitch))
+    scales.append(np.full(flat.size, 1.0 / image.max_value))
+  total = sum(t.size for t in tiles)
+  padding = -(-total // batch_size) * batch_size - total
+  return tuple(np.pad(np.concatenate(c), (0, padding)).astype(dtype)
+               for c, dtype in ((starts, np.int32), (pitches, np.int32), (scales, np.float32)))
+
+
+def _grid(values: np.ndarray, flat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """A NaN grid of `shape` holding `values` at flat tile indices `flat`."""
+  grid = np.full(shape, np.nan, np.float32)
+  grid.flat[flat] = values
+  return grid
+
+
+def _shares(seconds: float, tiles: list[int]) -> list[float]:
+  """Splits a pack's seconds over its images by their number of tiles scored."""
+  total = sum(tiles)
+  if total == 0:
+    return [seconds / len(tiles)] * len(tiles)
+  return [seconds * n / total for n in tiles]
+
+
+def _pad_to_tile(pixels: np.ndarray, patch_size: int) -> np.ndarray:
+  """Zero-pads an image smaller than one tile up to one tile (otherwise returns it as is)."""
+  pad = [(0, max(0, patch_size - n)) for n in pixels.shape]
+  pixels = np.ascontiguousarray(pixels, dtype=np.uint16)
+  return np.pad(pixels, pad) if any(p for _, p in pad) else pixels
+
+
+def _device_probabilities(
+    model: ClassifierLike | ProbabilitiesFn, replicated: jax.sharding.NamedSharding,
+) -> ProbabilitiesFn:
+  """A jit-able, asynchronous probabilities function of device arrays on this process's mesh.
+
+  `checkpointing.Classifier.probabilities` takes host arrays and runs SPMD over every process's
+  devices; scoring keeps tiles on this process's devices, so it calls the same jitted model
+  function (same preprocessing) with the variables' local copies.
+  """
+  if isinstance(model, checkpointing.Classifier):
+    variables = jax.tree.map(lambda x: _local_copy(x, replicated), model.variables)
+    options = PreprocessOptions.from_config(model.config)
+    return functools.partial(
+        checkpointing._probabilities, model.graphdef, variables, options=options)
+  return getattr(model, "probabilities", model)
+
+
+def _local_copy(array: jax.Array, replicated: jax.sharding.NamedSharding) -> jax.Array:
+  """A replicated array over this process's devices, from this process's replicas of `array`."""
+  if array.sharding == replicated:
+    return array
+  replicas = {shard.device: shard.data for shard in array.addressable_shards}
+  devices = replicated.mesh.devices.flat
+  return jax.make_array_from_single_device_arrays(
+      array.shape, replicated, [replicas[d] for d in devices])
+
+
+def _patch_size(
+    patch_size: int | None, *models: ClassifierLike | ProbabilitiesFn | None) -> int:
+  """The one patch size of the classifiers (and `patch_size`, if given); they must agree."""
+  sizes = {getattr(m, "patch_size", None) for m in models if m is not None} - {None}
+  if patch_size is not None:
+    sizes.add(patch_size)
+  if len(sizes) != 1:
+    raise ValueError(f"need exactly one patch size for the classifiers, got {sorted(sizes)}")
+  return int(sizes.pop())
+

@@ -1,0 +1,485 @@
+"""Training loop: cross-entropy + Adam, data parallel with jit, early stopping, exact resume.
+
+The model runs as a functional loop (Flax's advice for small models): `nnx.split` once, then
+jitted pure functions over (graphdef static, state) that `nnx.merge` inside the trace. State is
+replicated and batches are sharded over a ('data',) mesh, so BatchNorm statistics and gradients
+cover the global batch. Dropout keys are `fold_in(seed, step)` and the data source replays from any
+step, so a run restarted from its latest checkpoint ends with the same parameters as one that was
+never interrupted.
+
+Library entry: `train_and_evaluate(config, workdir, data=None)`; `mcalc-train` is a thin CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import scipy.stats
+from absl import logging
+from clu import parameter_overview
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from mcalc_jax import checkpointing, models, parallel, writers
+from mcalc_jax.preprocess import PreprocessOptions, preprocess
+
+SYNTHETIC_DATASET = "synthetic"
+_NON_ID_FIELDS = ("image", "label", "mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step changes. The model structure (graphdef) stays outside, static."""
+
+  step: jax.Array  # number of updates applied
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: optax.OptState
+
+  def variables(self) -> dict[str, nnx.State]:
+    """The model variables, as `checkpointing.Classifier` and the 'model' checkpoint item hold them."""
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState]:
+  """Initialises the model and Adam from `config.seed`, replicated over `mesh`."""
+  tx = optax.adam(config.learning_rate)
+  graphdef, _ = checkpointing.abstract_variables(config, mesh)
+
+  def init() -> TrainState:
+    model = models.create_model(config, nnx.Rngs(config.seed))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return graphdef, tx, state
+
+
+def train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  options: PreprocessOptions,
+  seed: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on the mean cross-entropy of `batch`; returns the new state and batch metrics."""
+  dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  images = preprocess(batch["image"], options)
+  # Merging inside the trace costs nothing per step; nnx.value_and_grad differentiates the Params
+  # and carries the BatchNorm statistics' updates back into `model`.
+  model = nnx.merge(graphdef, state.params, state.batch_stats)
+
+  def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
+    logits = model(images, train=True, dropout_key=dropout_key)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, logits
+
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = TrainState(
+    state.step + 1,
+    optax.apply_updates(state.params, updates),
+    nnx.state(model, nnx.BatchStat),
+    opt_state,
+  )
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+  return new_state, {"loss": loss, "accuracy": accuracy}
+
+
+def make_train_step(
+  config: ml_collections.ConfigDict,
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+  """`train_step` jit-compiled for `mesh`: state donated and replicated, batch sharded."""
+  step = functools.partial(
+    train_step,
+    graphdef=graphdef,
+    tx=tx,
+    options=PreprocessOptions.from_config(config),
+    seed=config.seed,
+  )
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def predict(
+  classifier: checkpointing.Classifier, batches: Iterable[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+  """P(class 1), label and id fields of every unmasked example in `batches` (this process's)."""
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in batches:
+    keep = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)), bool)
+    fields = {"prob": classifier.probabilities(batch["image"])[:, 1], "label": batch["label"]}
+    fields |= {k: v for k, v in batch.items() if k not in _NON_ID_FIELDS}
+    for key, value in fields.items():
+      parts.setdefault(key, []).append(np.asarray(value)[keep])
+  return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Exact ROC AUC (Mann-Whitney U with tied ranks averaged); NaN when a class is absent."""
+  positive = labels == 1
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = scipy.stats.rankdata(scores)
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def evaluate(
+  classifier: checkpointing.Classifier, batches: Iterable[Mapping[str, np.ndarray]]
+) -> dict[str, float]:
+  """Loss, accuracy (threshold 0.5) and AUC over all processes' unmasked examples."""
+  predictions = predict(classifier, batches)
+  prob = _gather_from_processes(predictions["prob"].astype(np.float64))
+  label = _gather_from_processes(predictions["label"].astype(np.int64))
+  p_true = np.clip(np.where(label == 1, prob, 1.0 - prob), 1e-7, 1.0)
+  return {
+    "loss": float(-np.log(p_true).mean()),
+    "accuracy": float(((prob >= 0.5) == (label == 1)).mean()),
+    "auc": rank_auc(label, prob),
+    "num_examples": float(len(label)),
+  }
+
+
+def _gather_from_processes(values: np.ndarray) -> np.ndarray:
+  """Concatenates 1-D arrays of different lengths from all processes (identity on one)."""
+  if jax.process_count() == 1:
+    return values
+  lengths = multihost_utils.process_allgather(np.array([len(values)]))
+  padded = np.zeros(int(lengths.max()), values.dtype)
+  padded[: len(values)] = values
+  gathered = multihost_utils.process_allgather(padded)
+  return np.concatenate([row[:n] for row, n in zip(gathered, lengths.ravel(), strict=True)])
+
+
+class SyntheticPatchData:
+  """A PatchData source of generated patches: smoke tests, CLI checks and benchmarks.
+
+  Background patches are smooth noise; calcification patches (label 1) add a few bright specks,
+  so the task is learnable. Batch contents depend only on (seed, step, process), which makes
+  `train_batches(start_step)` replay exactly.
+  """
+
+  def __init__(
+    self, config: ml_collections.ConfigDict, *, train_examples: int = 256, eval_examples: int = 64
+  ):
+    self._size = int(config.patch_size)
+    self._seed = int(config.seed)
+    self._local_batch = config.batch_size // jax.process_count()
+    self._eval_batch = config.eval_batch_size // jax.process_count()
+    self._examples = {config.train_split: train_examples}
+    self._examples |= {config.eval_split: eval_examples, config.test_split: eval_examples}
+
+  def num_examples(self, split: str) -> int:
+    return self._examples[split]
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    for step in range(start_step, 2**62):
+      rng = np.random.default_rng([self._seed, step, jax.process_index()])
+      yield self._patches(rng, self._local_batch)
+
+  def eval_batches(self, split: str) -> Iterator[dict[str, Any]]:
+    rng = np.random.default_rng([self._seed, len(split), 2**31])
+    examples = self._patches(rng, self._examples[split])
+    ids = np.array([f"synthetic-{i}" for i in range(self._examples[split])], object)
+    examples |= {"patient_id": ids, "image_id": ids, "finding_id": ids, "patch_id": ids}
+    mine = {k: v[jax.process_index() :: jax.process_count()] for k, v in examples.items()}
+    for start in range(0, len(mine["label"]), self._eval_batch):
+      chunk = {k: v[start : start + self._eval_batch] for k, v in mine.items()}
+      yield {k: _pad_rows(v, self._eval_batch) for k, v in chunk.items()}
+
+  def _patches(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    images = 0.3 + 0.05 * rng.standard_normal((n, self._size, self._size, 1))
+    for i in np.flatnonzero(labels):
+      rows, cols = rng.integers(2, self._size - 2, (2, 5))
+      for r, c in zip(rows, cols, strict=True):
+        images[i, r - 1 : r + 2, c - 1 : c + 2] = 0.9
+    return {
+      "image": np.clip(images, 0, 1).astype(np.float32),
+      "label": labels,
+      "mask": np.ones(n, bool),
+    }
+
+
+def _pad_rows(values: np.ndarray, size: int) -> np.ndarray:
+  """Pads to `size` rows: zeros (mask False for 'mask'), empty strings for ids."""
+  if values.dtype == object:
+    return np.concatenate([values, np.full(size - len(values), "", object)])
+  return parallel.pad_to_multiple(values, size)[0]
+
+
+def create_data(config: ml_collections.ConfigDict) -> Any:
+  """The PatchData source named by `config.dataset`: 'synthetic' or a TFDS patch dataset."""
+  if config.dataset == SYNTHETIC_DATASET:
+    return SyntheticPatchData(config)
+  from input_pipeline import pipeline  # noqa: PLC0415  (the data issue's module; heavy imports)
+
+  return pipeline.TfdsPatchData(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When to stop, log, evaluate and checkpoint, in steps; -1 fields resolved from the data."""
+
+  num_steps: int
+  steps_per_epoch: int
+  eval_every: int
+  checkpoint_every: int
+  log_every: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: Any) -> Schedule:
+    steps_per_epoch = data.num_examples(config.train_split) // config.batch_size
+    if steps_per_epoch == 0:
+      raise ValueError(
+        f"split {config.train_split!r} has fewer examples than one batch ({config.batch_size})"
+      )
+    num_steps = (
+      config.num_train_steps
+      if config.num_train_steps > 0
+      else (config.num_epochs * steps_per_epoch)
+    )
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+    checkpoint_every = (
+      config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
+    )
+    return cls(num_steps, steps_per_epoch, eval_every, checkpoint_every, config.log_every_steps)
+
+  def is_due(self, step: int, every: int) -> bool:
+    return step % every == 0 or step == self.num_steps
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """Best validation metric so far and evaluations since it improved; saved with checkpoints."""
+
+  metric: str
+  patience: int  # evaluations without improvement before stopping; <= 0 never stops
+  best_value: float | None = None
+  best_step: int | None = None
+  evals_without_improvement: int = 0
+
+  def update(self, step: int, value: float) -> None:
+    """Records an evaluation. A tie moves the best step (as Orbax's BestN keeps the later
+    checkpoint) but does not reset the patience."""
+    improved = checkpointing.metric_is_better(self.metric, value, self.best_value)
+    if improved or value == self.best_value:
+      self.best_value, self.best_step = value, step
+    self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+
+  @property
+  def should_stop(self) -> bool:
+    return 0 < self.patience <= self.evals_without_improvement
+
+  def progress(self) -> dict[str, Any]:
+    """The counters a checkpoint keeps; metric and patience come from the run's config."""
+    return {k: getattr(self, k) for k in ("best_value", "best_step", "evals_without_improvement")}
+
+
+class ProgressLog:
+  """Logs steps/s, samples/s and ETA every `log_every` steps, with the mean train metrics."""
+
+  def __init__(self, schedule: Schedule, start_step: int, batch_size: int):
+    self._schedule, self._batch_size = schedule, batch_size
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._metrics: list[dict[str, jax.Array]] = []
+
+  def record(self, step: int, metrics: dict[str, jax.Array], writer: writers.MetricWriter) -> None:
+    self._metrics.append(metrics)
+    if not self._schedule.is_due(step, self._schedule.log_every):
+      return
+    now = time.perf_counter()
+    steps_per_sec = (step - self._last_step) / (now - self._last_time)
+    means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(self._metrics)).items()}
+    eta_min = (self._schedule.num_steps - step) / steps_per_sec / 60
+    logging.info(
+      "step %d/%d: %.2f steps/s, ETA %.1f min",
+      step,
+      self._schedule.num_steps,
+      steps_per_sec,
+      eta_min,
+    )
+    writer.write_scalars(
+      step,
+      {f"train/{k}": v for k, v in means.items()}
+      | {"steps_per_sec": steps_per_sec, "samples_per_sec": steps_per_sec * self._batch_size},
+    )
+    self._last_step, self._last_time, self._metrics = step, now, []
+
+
+def _stack(metrics: list[dict[str, jax.Array]]) -> dict[str, list[jax.Array]]:
+  return {k: [m[k] for m in metrics] for k in metrics[0]}
+
+
+def _raise_if_not_finite(step: int, loss: jax.Array) -> None:
+  value = float(loss)
+  if not np.isfinite(value):
+    raise FloatingPointError(
+      f"training loss is {value} at step {step}; stopping (lower the learning rate or check the "
+      "input batches)."
+    )
+
+
+def _check_batch_shape(batch: Mapping[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
+  expected = (config.patch_size, config.patch_size, 1)
+  if tuple(np.shape(batch["image"])[1:]) != expected:
+    raise ValueError(
+      f"train batches hold {np.shape(batch['image'])[1:]} images but config.patch_size gives "
+      f"{expected}; set --config.patch_size to the dataset's patch size."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What stays fixed while a run trains."""
+
+  config: ml_collections.ConfigDict
+  data: Any
+  mesh: jax.sharding.Mesh
+  schedule: Schedule
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  manager: ocp.CheckpointManager
+  writer: writers.MetricWriter
+
+
+def _checkpoint_arrays(state: TrainState) -> dict[str, Any]:
+  """'model' is all a classifier needs; 'optimizer' only matters for resuming."""
+  return {"model": state.variables(), "optimizer": {"step": state.step, "opt": state.opt_state}}
+
+
+def _restore_or_start(
+  run: _Run, state: TrainState, early_stopping: EarlyStopping
+) -> tuple[TrainState, EarlyStopping]:
+  """Continues from the latest checkpoint when there is one."""
+  step = run.manager.latest_step()
+  if step is None:
+    return state, early_stopping
+  arrays, progress = checkpointing.restore(run.manager, step, _checkpoint_arrays(state))
+  logging.info("Resuming from the checkpoint of step %d.", step)
+  model, optimizer = arrays["model"], arrays["optimizer"]
+  restored = TrainState(optimizer["step"], model["params"], model["batch_stats"], optimizer["opt"])
+  return restored, dataclasses.replace(early_stopping, **progress)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}, for hyper-parameter tables."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat |= _flatten(value, f"{prefix}{key}.")
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Any = None
+) -> dict[str, Any]:
+  """Trains `config.model`, evaluating and checkpointing into `workdir`; resumes if it can.
+
+  Args:
+    config: the run configuration (configs/default.py).
+    workdir: checkpoints, config.json and TensorBoard events go here.
+    data: a PatchData source (docs/design.md); default: `create_data(config)`.
+
+  Returns:
+    A summary: the step this invocation started from and ended at, the best step and metric
+    value, whether early stopping fired, and the last validation metrics of this invocation.
+  """
+  if config.batch_size % jax.device_count():
+    raise ValueError(
+      f"batch_size {config.batch_size} is not a multiple of the {jax.device_count()} devices"
+    )
+  data = create_data(config) if data is None else data
+  mesh = parallel.make_mesh()
+  schedule = Schedule.from_config(config, data)
+  graphdef, tx, state = create_train_state(config, mesh)
+  checkpointing.save_config(config, workdir)
+  parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), msg=config.model)
+  writer = writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  try:
+    writer.write_hparams(_flatten(config.to_dict()))
+    with checkpointing.create_manager(workdir, config) as manager:
+      run = _Run(config, data, mesh, schedule, graphdef, tx, manager, writer)
+      early_stopping = EarlyStopping(config.early_stopping_metric, config.early_stopping_patience)
+      summary = _train_loop(run, *_restore_or_start(run, state, early_stopping))
+      manager.wait_until_finished()
+  finally:
+    writer.close()
+  return summary
+
+
+def _train_loop(run: _Run, state: TrainState, early_stopping: EarlyStopping) -> dict[str, Any]:
+  """Steps from the state's step to the schedule's end or early stopping."""
+  config, schedule = run.config, run.schedule
+  start_step = step = int(state.step)
+  step_fn = make_train_step(config, run.graphdef, run.tx, run.mesh)
+  progress = ProgressLog(schedule, start_step, config.batch_size)
+  validation: dict[str, float] = {}
+  batches = run.data.train_batches(start_step)
+  pending_loss = None
+  if step < schedule.num_steps and not early_stopping.should_stop:
+    logging.info("Training steps %d..%d; the first step compiles.", step + 1, schedule.num_steps)
+  while step < schedule.num_steps and not early_stopping.should_stop:
+    batch = next(batches)
+    if step == start_step:
+      _check_batch_shape(batch, config)
+    state, metrics = step_fn(state, parallel.global_batch(batch, run.mesh))
+    if pending_loss is not None:  # checked one step late, so the host never waits on the device
+      _raise_if_not_finite(step, pending_loss)
+    step, pending_loss = step + 1, metrics["loss"]
+    progress.record(step, metrics, run.writer)
+    evaluate_now = schedule.is_due(step, schedule.eval_every)
+    if not (evaluate_now or schedule.is_due(step, schedule.checkpoint_every)):
+      continue
+    _raise_if_not_finite(step, pending_loss)  # never checkpoint a diverged state
+    if evaluate_now:
+      classifier = checkpointing.Classifier(config, run.graphdef, state.variables(), run.mesh)
+      validation = evaluate(classifier, run.data.eval_batches(config.eval_split))
+      early_stopping.update(step, validation[config.early_stopping_metric])
+      run.writer.write_scalars(step, {f"validation/{k}": v for k, v in validation.items()})
+    checkpointing.save(
+      run.manager,
+      step,
+      _checkpoint_arrays(state),
+      early_stopping.progress(),
+      validation if evaluate_now else None,
+    )
+  if early_stopping.should_stop:
+    logging.info(
+      "Early stopping at step %d: best %s %.4f at step %s.",
+      step,
+      early_stopping.metric,
+      early_stopping.best_value,
+      early_stopping.best_step,
+    )
+  run.writer.flush()
+  return {
+    "start_step": start_step,
+    "step": step,
+    "best_step": early_stopping.best_step,
+    "best_value": early_stopping.best_value,
+    "stopped_early": early_stopping.should_stop,
+    "validation": validation,
+  }

@@ -1,0 +1,96 @@
+"""mcalc-report: evaluated runs -> the paper's Table 2 layout, checked against golden files."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mcalc_jax import evaluation, report
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+def fixed_predictions(patients: int, per_patient: int, offset: int) -> dict[str, np.ndarray]:
+  """Deterministic predictions (no random generator), so the golden table never drifts."""
+  i = np.arange(patients * per_patient) + offset
+  label = (i * 7 % 5 < 2).astype(int)
+  prob = np.round(0.35 * label + 0.65 * (i * 37 % 61) / 61, 3)
+  patient = np.array([f"P{k // per_patient:03d}" for k in i])
+  return {
+    "prob": prob, "label": label, "patient_id": patient, "image_id": patient,
+    "finding_id": np.full(i.size, ""), "patch_id": np.array([f"p{k}" for k in i]),
+  }
+
+
+def write_run(run_dir: pathlib.Path, task: int, network: str, test: dict) -> None:
+  """What mcalc-evaluate leaves in RUN_DIR/eval/test/metrics.json (without the plots)."""
+  val = fixed_predictions(patients=12, per_patient=5, offset=1000)
+  result = evaluation.evaluate_predictions(val, test, seed=0, resamples=200)
+  result["run"] = {"task": task, "network": network, "checkpoint": "best"}
+  (run_dir / "eval" / "test").mkdir(parents=True)
+  (run_dir / "eval" / "test" / "metrics.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> list[str]:
+  """Three evaluated runs, not in Table 2's order; the first has benign test patches only."""
+  monkeypatch.chdir(tmp_path)
+  benign_only = fixed_predictions(patients=3, per_patient=4, offset=0)
+  benign_only["label"][:] = 0
+  specs = {
+    "runs/t2_resnet34": (2, "resnet34", benign_only),
+    "runs/t1_alexnet": (1, "alexnet", fixed_predictions(patients=16, per_patient=5, offset=0)),
+    "runs/t2_alexnet": (2, "alexnet", fixed_predictions(patients=10, per_patient=4, offset=300)),
+  }
+  for run_dir, (task, network, test) in specs.items():
+    write_run(tmp_path / run_dir, task, network, test)
+  return list(specs)
+
+
+def test_report_matches_golden_markdown_and_csv(runs):
+  md_path, csv_path = report.write_report(runs, "out/table2")
+  assert (md_path, csv_path) == ("out/table2.md", "out/table2.csv")
+  assert pathlib.Path(md_path).read_text(encoding="utf-8") == (GOLDEN / "table2.md").read_text(
+    encoding="utf-8"
+  )
+  assert pathlib.Path(csv_path).read_text(encoding="utf-8") == (GOLDEN / "table2.csv").read_text(
+    encoding="utf-8"
+  )
+
+
+def test_cells_say_why_a_value_is_missing_and_never_show_nan(runs):
+  rows = report.table_rows([report.load_evaluation(d) for d in runs])
+  benign_only = [r for r in rows if r["Run"] == "runs/t2_resnet34"]
+  assert benign_only[0]["Sensitivity"] == (
+    "n/a (no positive examples; test: 12 examples (0 positive, 12 negative))"
+  )
+  assert all("nan" not in cell.lower() for row in rows for cell in row.values())
+
+
+def test_format_cell():
+  metric = {
+    "value": 0.9512, "denominator": 300,
+    "ci": {"paper": {"low": 0.94, "high": 0.9624}, "wald": {"reason": "n = 0"}},
+  }
+  assert report.format_cell(metric, "paper") == "0.95 (0.94–0.96)"
+  assert report.format_cell(metric, "paper", digits=3) == "0.951 (0.940–0.962)"
+  assert report.format_cell(metric, "wald") == "0.95 (n/a: n = 0)"
+
+
+def test_missing_evaluation_says_how_to_make_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match="run `mcalc-evaluate --workdir="):
+    report.load_evaluation(tmp_path)
+
+
+def test_command_line_writes_both_tables(runs):
+  command = [sys.executable, "-m", "mcalc_jax.cli.report", *runs, "--output=cli/table2"]
+  printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  assert printed.split() == ["cli/table2.md", "cli/table2.csv"]
+  assert pathlib.Path("cli/table2.csv").read_text(encoding="utf-8") == (
+    GOLDEN / "table2.csv"
+  ).read_text(encoding="utf-8")

@@ -1,0 +1,211 @@
+"""mcalc-score over real archives: every image scored, failures listed, nothing lost to kill -9."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from configs import default
+from input_pipeline import manifest
+from mcalc_jax import checkpointing, heatmaps, models, scoring
+from mcalc_jax.cli import score
+from tests.test_scoring import PATCH, speck_probabilities, synthetic_mammogram
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> pathlib.Path:
+  """A randomly initialised ResNet18 run: 224-pixel tiles shrunk to 32 pixels, unblurred: cheap."""
+  workdir = tmp_path_factory.mktemp("run")
+  config = default.get_config()
+  config.model = "resnet18"
+  config.patch_size = 224
+  config.preprocess.input_size = 32
+  config.preprocess.blur_sigma = 0.0
+  config.async_checkpointing = False
+  _, params, batch_stats = nnx.split(
+      models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+  checkpointing.save_config(config, workdir)
+  with checkpointing.create_manager(workdir, config) as manager:
+    checkpointing.save(manager, 1, {"model": {"params": params, "batch_stats": batch_stats}},
+                       progress={}, metrics={config.early_stopping_metric: 0.5})
+  return workdir
+
+
+def archive_of(tmp_path: pathlib.Path, *folders: pathlib.Path) -> pathlib.Path:
+  """Links every file of the real data folders into one archive, plus two corrupt files."""
+  root = tmp_path / "archive"
+  for folder in folders:
+    for path in folder.rglob("*"):
+      if path.is_file() and path.suffix.lower() in score.IMAGE_SUFFIXES:
+        link = root / folder.name / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+  (root / "corrupt").mkdir(parents=True)
+  (root / "corrupt" / "truncated.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
+  (root / "corrupt" / "noise.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+  return root
+
+
+def mcalc_score(*args: str, **kwargs) -> subprocess.Popen:
+  """Starts mcalc-score (the console script's module) in a subprocess."""
+  return subprocess.Popen([sys.executable, "-m", "mcalc_jax.cli.score", *args], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> None:
+  out, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, out[-3000:]
+
+
+def rows_of(path: pathlib.Path) -> list[dict[str, str]]:
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def assert_complete(output: pathlib.Path, archive: pathlib.Path, scored: int, failed: int):
+  """Every image has exactly one whole row; every scored one has its npz and overlay."""
+  scores, errors = rows_of(output / "scores.csv"), rows_of(output / "errors.csv")
+  keys = [r["key"] for r in scores + errors]
+  expected = {i.key for i in score.find_inputs(str(archive))}
+  assert sorted(keys) == sorted(expected) and len(keys) == len(set(keys))
+  assert (len(scores), len(errors)) == (scored, failed)
+  for row in scores:
+    assert None not in row.values() and float(row["tiles_scored"]) > 0
+    loaded = heatmaps.read_scores(output / f"{row['key']}.npz")
+    assert loaded.tiles_scored == int(row["tiles_scored"])
+    assert np.nanmax(loaded.task1) == pytest.approx(float(row["task1_max"]), abs=1e-6)
+    assert (output / f"{row['key']}.png").stat().st_size > 0
+  assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_every_real_image_scores_and_corrupt_files_are_listed(
+    tmp_path, checkpoint, nyu_dir, cbis_dir):
+  archive = archive_of(tmp_path, nyu_dir, cbis_dir)
+  output = tmp_path / "scores"
+  finish(mcalc_score(f"--workdir={checkpoint}", f"--input={archive}", f"--output={output}",
+                     f"--task2_workdir={checkpoint}", "--task1_threshold=0.735"))
+
+  assert_complete(output, archive, scored=12, failed=2)
+  for row in rows_of(output / "scores.csv"):  # Task 2 ran where Task 1 reached the threshold
+    assert (row["task2_at_max"] != "") == (float(row["task1_max"]) >= 0.735)
+  assert "archive" not in (output / "errors.csv").read_text()  # no paths without the flag
+
+
+def test_the_scorer_gives_what_the_classifier_gives_tile_by_tile(checkpoint):
+  classifier = checkpointing.load_classifier(checkpoint)
+  mammogram = synthetic_mammogram((700, 500))
+  scores = scoring.Scorer(classifier, min_breast_fraction=0).score(mammogram)
+
+  size, g = classifier.patch_size, scores.geometry
+  tiles = np.stack([mammogram.pixels[r : r + size, c : c + size]
+                    for r in g.tile_rows for c in g.tile_cols])
+  expected = classifier.probabilities(tiles[..., None] / np.float32(mammogram.max_value))[:, 1]
+  np.testing.assert_allclose(scores.task1.ravel(), expected, atol=1e-5)
+
+
+def test_kill_9_then_rerun_leaves_no_duplicate_or_partial_rows(tmp_path, checkpoint, nyu_dir):
+  archive = archive_of(tmp_path, nyu_dir)
+  output = tmp_path / "scores"
+  args = (f"--workdir={checkpoint}", f"--input={archive}", f"--output={output}", "--num_workers=1")
+  first = mcalc_score(*args)
+  deadline = time.monotonic() + 240
+  while not (output / "scores.csv").exists() or len(rows_of(output / "scores.csv")) < 1:
+    assert first.poll() is None and time.monotonic() < deadline, "no image scored in time"
+    time.sleep(0.2)
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  with open(output / "scores.csv", "a") as f:
+    f.write("deadbeef,L,CC,3328,25")  # what a kill in the middle of a row would leave
+  done_before = len(rows_of(output / "scores.csv")) - 1
+
+  finish(mcalc_score(*args))
+
+  assert done_before < 8
+  assert_complete(output, archive, scored=8, failed=2)
+
+
+@pytest.fixture
+def synthetic_archive(tmp_path) -> pathlib.Path:
+  """Three 12-bit PNG mammograms with speck clusters, a corrupt one, and a manifest."""
+  root = tmp_path / "archive"
+  (root / "site").mkdir(parents=True)
+  for n in range(3):
+    pixels = synthetic_mammogram((600 + 100 * n, 450), clusters=[(300, 200)], seed=n).pixels
+    Image.fromarray(pixels).save(root / "site" / f"case{n}.png")
+  (root / "site" / "broken.png").write_bytes(b"not a png")
+  findings = [manifest.Finding("p0", "site/case0.png", "f1", "calcification", "benign",
+                               col=200, row=300, radius=40),
+              manifest.Finding("p1", "site/case1.png"), manifest.Finding("p2", "site/broken.png")]
+  manifest.write_manifest(root / "manifest.csv", findings)
+  return root
+
+
+def speck_scorer() -> scoring.Scorer:
+  return scoring.Scorer(speck_probabilities, patch_size=PATCH, batch_size=64)
+
+
+def test_a_rerun_skips_finished_images_and_keeps_identifiers_out(synthetic_archive):
+  inputs = score.find_inputs(str(synthetic_archive))
+  output = synthetic_archive / "out"  # inside the input: its overlays are no inputs
+  score.score_archive(speck_scorer(), inputs[:2], str(output))
+  first = (output / "scores.csv").read_text()
+  score.score_archive(speck_scorer(), inputs, str(output))
+
+  scores, errors = rows_of(output / "scores.csv"), rows_of(output / "errors.csv")
+  assert (output / "scores.csv").read_text().startswith(first)  # old rows untouched
+  assert [r["key"] for r in scores] == [i.key for i in inputs if "broken" not in i.path]
+  assert [r["key"] for r in errors] == [inputs[0].key] and errors[0]["reason"]
+  assert "site" not in (output / "scores.csv").read_text() + (output / "errors.csv").read_text()
+  assert inputs[1].key == score.image_key("site/case0.png")
+  assert score.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
+
+
+def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, tmp_path):
+  inputs = score.find_inputs(str(synthetic_archive / "manifest.csv"))
+  output = tmp_path / "out"
+  score.score_archive(speck_scorer(), inputs, str(output), keep_identifiers=True)
+
+  case0 = next(r for r in rows_of(output / "scores.csv") if r["path"] == "site/case0.png")
+  assert float(case0["task1_max"]) == 1.0
+  assert abs(float(case0["task1_max_row"]) - 300) < PATCH and abs(
+      float(case0["task1_max_col"]) - 200) < PATCH
+  assert inputs[0].annotations == (heatmaps.Circle(300, 200, 40),)
+  assert "site/broken.png" in (output / "errors.csv").read_text()
+
+
+def test_each_process_scores_its_own_share(synthetic_archive, tmp_path, monkeypatch):
+  inputs = [i for i in score.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
+  output = tmp_path / "out"
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for index in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+    score.score_archive(speck_scorer(), inputs, str(output))
+
+  for index in (0, 1):
+    keys = [r["key"] for r in rows_of(output / f"scores.{index}-of-2.csv")]
+    assert keys == [i.key for i in inputs[index::2]]
+  assert score.finished_keys(str(output)) == {i.key for i in inputs}
+
+
+def test_opening_a_log_drops_a_torn_row_and_repeated_keys(tmp_path):
+  path = tmp_path / "scores.csv"
+  path.write_text("key,value\na,1\nb,2\na,3\nc,")
+  log = score.CsvLog(str(path), ("key", "value"))
+  log.append(["c", "4"])
+  log.close()
+
+  assert path.read_text() == "key,value\na,1\nb,2\nc,4\n"
+

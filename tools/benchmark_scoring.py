@@ -1,0 +1,152 @@
+"""Whole-mammogram scoring speed: the scorer against a naive tile loop and PyTorch, in one run.
+
+  python -m tools.benchmark_scoring [--models=alexnet,resnet18] [--strides=112,56] [--images=2]
+      [--batch_size=256] [--naive_tiles=64]
+
+A 4000x3000 12-bit synthetic mammogram is scored tile by tile over its whole area (no
+background skipping, so every method scores the same tiles) with randomly initialised networks
+(timing needs no trained weights). Reported per model and stride: seconds per mammogram and
+tiles/s for
+  - mcalc_jax.scoring.Scorer: tiles cut on the devices, fixed batches, `--images` mammograms
+    streamed (compilation excluded, on a small warm-up image);
+  - a naive loop: one tile cut on the host and scored per call (`Classifier.probabilities`),
+    timed on `--naive_tiles` tiles and extrapolated;
+  - the same network in PyTorch (torchvision layout, channels_last, batches of `--batch_size`
+    tiles cut with `unfold`), when torch is importable (the optional `torch` extra);
+with the scorer's speed-up over each as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from configs import default
+from input_pipeline.mammogram import Mammogram
+from mcalc_jax import checkpointing, models, parallel, preprocess, scoring
+
+_SHAPE = (4000, 3000)
+_PATCH = 112
+_MAX_VALUE = 4095
+
+
+def synthetic_mammogram(shape: tuple[int, int], seed: int = 0) -> Mammogram:
+  """A 12-bit image: noisy tissue in a half ellipse on the chest wall (left)."""
+  rng = np.random.default_rng(seed)
+  rows, cols = np.mgrid[: shape[0], : shape[1]]
+  breast = ((rows - shape[0] / 2) / (0.45 * shape[0])) ** 2 + (cols / (0.9 * shape[1])) ** 2 < 1
+  pixels = np.where(breast, rng.normal(1800, 300, shape), 40).clip(0, _MAX_VALUE)
+  return Mammogram(
+      pixels=pixels.astype(np.uint16), max_value=_MAX_VALUE, bits_stored=12,
+      pixel_spacing_mm=(0.07, 0.07), spacing_assumed=True, laterality="L", view="CC",
+      flipped=False, original_shape=shape, path="synthetic")
+
+
+def random_classifier(model: str) -> checkpointing.Classifier:
+  """A randomly initialised classifier of the default configuration (the paper's preprocessing)."""
+  config = default.get_config()
+  config.model = model
+  config.patch_size = _PATCH
+  graphdef, params, batch_stats = nnx.split(
+      models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+  mesh = parallel.make_mesh()
+  variables = jax.device_put(
+      {"params": params, "batch_stats": batch_stats}, parallel.replicated(mesh))
+  return checkpointing.Classifier(config, graphdef, variables, mesh)
+
+
+def time_scorer(
+    classifier: checkpointing.Classifier, stride: int, images: int, batch_size: int,
+) -> tuple[float, int]:
+  """Seconds per mammogram and tiles per mammogram of the scorer, after a warm-up."""
+  scorer = scoring.Scorer(classifier, stride=stride, batch_size=batch_size, min_breast_fraction=0)
+  scorer.score(synthetic_mammogram((1000, 800)))  # compiles the network and the tile cutter
+  prepared = scorer.prepare(synthetic_mammogram(_SHAPE))
+  start = time.perf_counter()
+  results = list(scorer.score_stream((n, prepared) for n in range(images)))
+  seconds = (time.perf_counter() - start) / images
+  return seconds, results[0][1].tiles_scored
+
+
+def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
+  """Tiles per second of one host-cut tile per call."""
+  pixels = synthetic_mammogram(_SHAPE).pixels
+  origins = [(r, c) for r in range(0, 4000 - _PATCH, 560) for c in range(0, 3000 - _PATCH, 336)]
+
+  def tile(n: int) -> np.ndarray:
+    r, c = origins[n % len(origins)]
+    return (pixels[r : r + _PATCH, c : c + _PATCH] / _MAX_VALUE).astype(np.float32)[None, ..., None]
+
+  classifier.probabilities(tile(0))  # compile
+  start = time.perf_counter()
+  for n in range(tiles):
+    classifier.probabilities(tile(n))
+  return tiles / (time.perf_counter() - start)
+
+
+def torch_tiles_per_second(model: str, stride: int, batch_size: int) -> float:
+  """Tiles per second of the same network and preprocessing in PyTorch (raises ImportError)."""
+  import torch  # noqa: PLC0415 (the optional extra)
+  import torchvision  # noqa: PLC0415
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  net = getattr(torchvision.models, model)(num_classes=2)
+  if model == "alexnet":
+    net.features[0] = torch.nn.Conv2d(1, 64, 11, 4, 2)
+  else:
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+  net = net.eval().to(memory_format=torch.channels_last)
+  taps = torch.from_numpy(preprocess.gaussian_kernel(default.get_config().preprocess.blur_sigma))
+  blur = (taps[:, None] * taps[None, :])[None, None]
+  image = torch.from_numpy(synthetic_mammogram(_SHAPE).pixels.astype(np.float32) / _MAX_VALUE)
+  tiles = image.unfold(0, _PATCH, stride).unfold(1, _PATCH, stride).reshape(-1, 1, _PATCH, _PATCH)
+
+  def score(batch: torch.Tensor) -> torch.Tensor:
+    x = torch.nn.functional.conv2d(batch, blur, padding=blur.shape[-1] // 2)
+    x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
+    return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)), -1)
+
+  with torch.inference_mode():
+    score(tiles[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for b in range(0, len(tiles), batch_size):
+      score(tiles[b : b + batch_size])
+    return len(tiles) / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="alexnet,resnet18")
+  parser.add_argument("--strides", default="112,56")
+  parser.add_argument("--images", type=int, default=2)
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--naive_tiles", type=int, default=64)
+  args = parser.parse_args()
+  print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()}), jax {jax.__version__}; image {_SHAPE[0]}x{_SHAPE[1]} "
+        f"12-bit, all tiles scored, batch {args.batch_size}")
+  for model in args.models.split(","):
+    classifier = random_classifier(model)
+    naive = time_naive_loop(classifier, args.naive_tiles)
+    for stride in map(int, args.strides.split(",")):
+      seconds, tiles = time_scorer(classifier, stride, args.images, args.batch_size)
+      rate = tiles / seconds
+      print(f"{model} stride {stride}: {tiles} tiles; scorer {seconds:.2f} s/mammogram, "
+            f"{rate:.0f} tiles/s | naive loop {tiles / naive:.1f} s/mammogram, {naive:.0f} "
+            f"tiles/s (scorer {rate / naive:.1f}x)", end=" | ", flush=True)
+      try:
+        torch_rate = torch_tiles_per_second(model, stride, args.batch_size)
+        print(f"PyTorch {tiles / torch_rate:.2f} s/mammogram, {torch_rate:.0f} tiles/s "
+              f"(scorer {rate / torch_rate:.2f}x)")
+      except ImportError:
+        print("PyTorch: torch/torchvision not importable here (optional extra mcalc_jax[torch]), "
+              "not compared")
+
+
+if __name__ == "__main__":
+  main()
