@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.async_checkpointing = True
+  config.evaluate_at_end = True  # mcalc-train ends with mcalc-evaluate on config.test_split
 
   # Multi-host: leave empty on one host. JAX_COORDINATOR_ADDRESS or a SLURM / Open MPI launch with
   # more than one process also configures a cluster (mcalc_jax.parallel.maybe_initialize_distributed).

@@ -176,7 +176,6 @@ def evaluate_run(
   # Imported here so the metric code above stays usable (and testable) without a trained model.
   import jax
 
-  from input_pipeline import pipeline
   from mcalc_jax import checkpointing, train
 
   if jax.process_count() > 1:
@@ -185,7 +184,7 @@ def evaluate_run(
   workdir = os.fspath(workdir)
   classifier = checkpointing.load_classifier(workdir, checkpoint)
   config = classifier.config
-  data = pipeline.TfdsPatchData(config)
+  data = train.create_data(config)  # the run's own data source (TFDS or synthetic)
   val_split = config.eval_split
   splits = dict.fromkeys((val_split, split))  # one prediction pass when split is validation
   preds = {s: train.predict(classifier, data.eval_batches(s)) for s in splits}

@@ -26,13 +26,12 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import scipy.stats
 from absl import logging
 from clu import parameter_overview
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mcalc_jax import checkpointing, models, parallel, writers
+from mcalc_jax import checkpointing, metrics, models, parallel, writers
 from mcalc_jax.preprocess import PreprocessOptions, preprocess
 
 SYNTHETIC_DATASET = "synthetic"
@@ -134,14 +133,12 @@ def predict(
   return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Exact ROC AUC (Mann-Whitney U with tied ranks averaged); NaN when a class is absent."""
-  positive = labels == 1
-  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-  if n_pos == 0 or n_neg == 0:
+def validation_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """AUC of the validation split; NaN when it lacks a class, so early stopping waits it out."""
+  try:
+    return metrics.roc_auc(labels, scores, split="validation")
+  except metrics.UndefinedMetricError:
     return float("nan")
-  ranks = scipy.stats.rankdata(scores)
-  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate(
@@ -155,7 +152,7 @@ def evaluate(
   return {
     "loss": float(-np.log(p_true).mean()),
     "accuracy": float(((prob >= 0.5) == (label == 1)).mean()),
-    "auc": rank_auc(label, prob),
+    "auc": validation_auc(label, prob),
     "num_examples": float(len(label)),
   }
 

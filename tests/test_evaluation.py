@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-import input_pipeline
 import mcalc_jax
 from mcalc_jax import evaluation, metrics
 
@@ -149,9 +148,9 @@ def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch
     return types.SimpleNamespace(config=config)
 
   _install(monkeypatch, mcalc_jax, "checkpointing", types.SimpleNamespace(load_classifier=load))
-  _install(monkeypatch, mcalc_jax, "train", types.SimpleNamespace(predict=predict))
   data = lambda cfg: types.SimpleNamespace(eval_batches=lambda split: split)  # noqa: E731
-  _install(monkeypatch, input_pipeline, "pipeline", types.SimpleNamespace(TfdsPatchData=data))
+  _install(monkeypatch, mcalc_jax, "train",
+           types.SimpleNamespace(predict=predict, create_data=data))
 
   result = evaluation.evaluate_run(tmp_path, "test", "latest", resamples=100)
 

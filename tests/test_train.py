@@ -50,14 +50,14 @@ def _data(config: ml_collections.ConfigDict) -> train.SyntheticPatchData:
 # --- host-side pieces ----------------------------------------------------------------------
 
 
-def test_rank_auc_matches_sklearn_with_ties():
+def test_validation_auc_matches_sklearn_with_ties():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 200)
   scores = np.round(rng.uniform(size=200) + 0.3 * labels, 1)  # rounding makes many ties
-  assert train.rank_auc(labels, scores) == pytest.approx(
+  assert train.validation_auc(labels, scores) == pytest.approx(
     sklearn.metrics.roc_auc_score(labels, scores)
   )
-  assert np.isnan(train.rank_auc(np.ones(3), np.arange(3.0)))
+  assert np.isnan(train.validation_auc(np.ones(3), np.arange(3.0)))
 
 
 def test_early_stopping_counts_evaluations_without_improvement():

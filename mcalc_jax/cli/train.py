@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcalc_jax import parallel, train
+from mcalc_jax import evaluation, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py).", lock_config=True
@@ -38,6 +38,17 @@ def main(argv: Sequence[str]) -> None:
   )
   summary = train.train_and_evaluate(config, _WORKDIR.value)
   logging.info("Done: %s", summary)
+  if config.evaluate_at_end:
+    _evaluate(config)
+
+
+def _evaluate(config) -> None:
+  """The evaluation job on the finished run (single process: it pools every patient's rows)."""
+  if jax.process_count() > 1:
+    logging.warning("Skipping the final evaluation in a multi-process run: run mcalc-evaluate "
+                    "--workdir=%s in one process.", _WORKDIR.value)
+    return
+  evaluation.evaluate_run(_WORKDIR.value, split=config.test_split)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
