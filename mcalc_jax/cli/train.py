@@ -9,7 +9,6 @@ error (the config is locked). Restarting with the same --workdir resumes the run
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -17,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mcalc_jax import evaluation, parallel, train
+from mcalc_jax.cli.flag_parsing import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py).", lock_config=True
@@ -49,17 +49,6 @@ def _evaluate(config) -> None:
                     "--workdir=%s in one process.", _WORKDIR.value)
     return
   evaluation.evaluate_run(_WORKDIR.value, split=config.test_split)
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's flag parsing, with one-line errors for bad flags and misspelt --config fields."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"{argv[0]}: {e}")
-  except AttributeError as e:  # the locked ConfigDict lacks an overridden field
-    key_error = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e
-    sys.exit(f"{argv[0]}: unknown --config field {key_error.args[0]}")
 
 
 def run() -> None:

@@ -1,0 +1,210 @@
+"""Patient-grouped k-fold cross-validation, so every patient of a small cohort is evaluated once.
+
+A single 70/20/10 split of a cohort like mini-MIAS leaves one or two clusters in test; here the
+patches of all three stored splits are pooled, patients are dealt into k folds stratified by their
+label (`input_pipeline.splits.kfold_assignments`), and fold i trains on the other folds (with a
+patient-grouped validation part for early stopping and the threshold) and predicts fold i. Layout:
+
+  WORKDIR/folds.json                       the fold assignment (k, seed, patients per part)
+  WORKDIR/fold_<i>/                        an ordinary training run (checkpoints, config.json)
+  WORKDIR/fold_<i>/oof_predictions.npz     its test and validation predictions (marks it done)
+  WORKDIR/eval/test/                       the pooled evaluation (mcalc-report WORKDIR reads it)
+  WORKDIR/cv_summary.json                  per-fold AUC and accuracy, their mean and spread
+
+A rerun skips folds whose predictions exist; a half-trained fold resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from input_pipeline import pipeline, splits
+from mcalc_jax import checkpointing, evaluation, metrics, train
+
+FOLDS_FILE = "folds.json"
+SUMMARY_FILE = "cv_summary.json"
+PREDICTIONS_FILE = "oof_predictions.npz"
+_PARTS = ("test", "validation")
+
+
+def load_patches(dataset: str, data_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Every patch of the TFDS dataset's stored splits, in memory, and each patient's label.
+
+  Returns arrays keyed like the TFDS features (ids as str) and patient -> 'malignant' | 'benign' |
+  'none' (from the dataset's metadata, else from the patches), for stratifying the folds.
+  """
+  from input_pipeline import tfds_builder  # noqa: PLC0415  (tfds only for this path)
+
+  builder = tfds_builder.open_builder(dataset, data_dir or None)
+  records = []
+  for split in sorted(builder.info.splits):
+    source = builder.as_data_source(split)
+    records += [source[i] for i in range(len(source))]
+  if not records:
+    raise ValueError(f"dataset {dataset} in {data_dir or 'the default data_dir'} has no patches")
+  arrays = {
+    "image": np.stack([np.asarray(r["image"]) for r in records]),
+    **{k: np.array([int(r[k]) for r in records], np.int32)
+       for k in ("max_value", "task1_label", "task2_label")},
+    **{k: np.array([_text(r[k]) for r in records]) for k in pipeline.ID_FIELDS},
+  }
+  recorded = builder.info.metadata.get("patients", {}) if builder.info.metadata else {}
+  labels = {p: str(recorded[p]["label"]) for p in np.unique(arrays["patient_id"])
+            if p in recorded and "label" in recorded[p]}
+  if len(labels) < len(np.unique(arrays["patient_id"])):
+    labels = patient_labels(arrays)
+  return arrays, labels
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def patient_labels(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+  """Patient -> worst calcification label of its patches (malignant > benign > none)."""
+  rank: dict[str, int] = {}
+  for patient, t1, t2 in zip(arrays["patient_id"], arrays["task1_label"], arrays["task2_label"],
+                             strict=True):
+    worst = 0 if t1 != 1 else (2 if t2 == 1 else 1 if t2 == 0 else 0)
+    rank[str(patient)] = max(rank.get(str(patient), 0), worst)
+  return {p: ("none", "benign", "malignant")[r] for p, r in rank.items()}
+
+
+def fold_data(arrays: Mapping[str, np.ndarray], fold: Mapping[str, Sequence[str]],
+              config: ml_collections.ConfigDict) -> pipeline.ArrayPatchData:
+  """The fold's train / validation / test patients' patches as the config's three splits."""
+  names = {"train": config.train_split, "validation": config.eval_split, "test": config.test_split}
+  parts = {}
+  for part, split in names.items():
+    keep = np.isin(arrays["patient_id"], list(fold[part]))
+    parts[split] = {k: v[keep] for k, v in arrays.items()}
+  data = pipeline.ArrayPatchData(parts, config)
+  for part, split in names.items():  # a part without patches of the task cannot train or score
+    if data.num_examples(split) == 0:
+      raise ValueError(f"the fold's {part} part ({len(fold[part])} patients) has no task "
+                       f"{config.task} patches; use fewer folds")
+  return data
+
+
+def _save_predictions(path: pathlib.Path, preds: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+  """Writes atomically (tmp + rename): the file's existence marks a finished fold."""
+  flat = {f"{part}__{k}": (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
+          for part, p in preds.items() for k, v in p.items()}
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    np.savez(f, **flat)
+  os.replace(tmp, path)
+
+
+def load_predictions(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+  """A fold's {'test': preds, 'validation': preds}, as `_save_predictions` wrote them."""
+  out: dict[str, dict[str, np.ndarray]] = {}
+  with np.load(path) as f:
+    for key in f.files:
+      part, field = key.split("__", 1)
+      out.setdefault(part, {})[field] = f[key]
+  return out
+
+
+def _pool(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.concatenate([p[k] for p in parts]) for k in ("prob", "label", *pipeline.ID_FIELDS)}
+
+
+def _fold_metrics(preds: Mapping[str, Mapping[str, np.ndarray]], policy: str) -> dict[str, Any]:
+  """Test AUC and accuracy of one fold, at the threshold its own validation part chose."""
+  val, test = preds["validation"], preds["test"]
+  try:
+    threshold = metrics.choose_threshold(val["label"], val["prob"],
+                                         metrics.ThresholdPolicy.parse(policy))
+  except metrics.UndefinedMetricError:
+    threshold = 0.5  # validation part lacks a class: the untuned threshold
+  points = metrics.point_metrics(test["label"], test["prob"], threshold, split="test")
+  return {"auc": points["auc"].value, "accuracy": points["accuracy"].value, "threshold": threshold,
+          "examples": int(len(test["label"])), "patients": int(len(np.unique(test["patient_id"])))}
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+  defined = np.array([v for v in values if v is not None], np.float64)
+  return {"mean": float(defined.mean()) if defined.size else None,
+          "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
+          "folds_defined": int(defined.size)}
+
+
+def _assignment(workdir: pathlib.Path, record: dict) -> list[dict[str, list[str]]]:
+  """Writes folds.json, or checks that a rerun uses the same folds (no silent mixing)."""
+  path = workdir / FOLDS_FILE
+  if path.exists():
+    previous = json.loads(path.read_text())
+    if previous != record:
+      raise ValueError(f"{path} holds other folds (k, seed or dataset changed): use a new workdir")
+  else:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+  return record["folds"]
+
+
+def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, folds: int = 5,
+                   seed: int = 0, *, arrays: Mapping[str, np.ndarray] | None = None,
+                   labels: Mapping[str, str] | None = None, threshold_policy: str = "youden",
+                   resamples: int = evaluation.BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+  """Trains `folds` patient-grouped models, pools their out-of-fold predictions, evaluates them.
+
+  `arrays`/`labels` default to `load_patches(config.dataset, config.data_dir)`. Returns the
+  summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
+  """
+  import jax  # noqa: PLC0415
+
+  if jax.process_count() > 1:
+    raise NotImplementedError("run mcalc-cv in a single process (predictions are per host)")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if arrays is None:
+    arrays, labels = load_patches(config.dataset, config.data_dir)
+  if labels is None:
+    labels = patient_labels(arrays)
+  patients = sorted(labels)
+  assignment = _assignment(workdir, {
+    "k": folds, "seed": seed, "dataset": str(config.dataset), "labels": dict(sorted(labels.items())),
+    "folds": splits.kfold_assignments(patients, labels, folds, seed)})
+
+  per_fold = []
+  for i, fold in enumerate(assignment):
+    fold_dir = workdir / f"fold_{i}"
+    path = fold_dir / PREDICTIONS_FILE
+    if not path.exists():
+      data = fold_data(arrays, fold, config)
+      train.train_and_evaluate(config, fold_dir, data=data)
+      classifier = checkpointing.load_classifier(fold_dir, "best")
+      _save_predictions(path, {
+        "test": train.predict(classifier, data.eval_batches(config.test_split)),
+        "validation": train.predict(classifier, data.eval_batches(config.eval_split))})
+    per_fold.append(load_predictions(path))
+
+  pooled = {part: _pool([p[part] for p in per_fold]) for part in _PARTS}
+  result = evaluation.evaluate_predictions(
+    pooled["validation"], pooled["test"], threshold_policy=threshold_policy, seed=seed,
+    resamples=resamples)
+  result["run"] = {"workdir": os.fspath(workdir), "checkpoint": "best", "task": int(config.task),
+                   "network": str(config.model), "dataset": str(config.dataset),
+                   "cross_validation": {"folds": folds, "seed": seed}}
+  class_names = evaluation.CLASS_NAMES.get(int(config.task), ("negative", "positive"))
+  evaluation.write_outputs(workdir / "eval" / "test", result, pooled, class_names)
+
+  fold_metrics = [_fold_metrics(p, threshold_policy) for p in per_fold]
+  summary = {
+    "folds": folds, "seed": seed, "task": int(config.task), "network": str(config.model),
+    "dataset": str(config.dataset), "per_fold": fold_metrics,
+    "spread": {m: _spread([f[m] for f in fold_metrics]) for m in ("auc", "accuracy")},
+    "pooled": {m: result["metrics"][m]["value"] for m in ("auc", "accuracy")},
+    "pooled_counts": result["counts"],
+  }
+  (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+  return summary

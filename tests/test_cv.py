@@ -1,0 +1,152 @@
+"""Cross-validation: every patient predicted once by a model that never saw it; reruns resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from input_pipeline import tfds_builder
+from input_pipeline.manifest import Finding, write_manifest
+from mcalc_jax import cv, report
+
+REPO = pathlib.Path(__file__).parents[1]
+NUM_PATIENTS = 10
+FOLDS = 3
+
+
+def write_png(path, calcifications=()) -> None:
+  """A 160x120 8-bit image: a bright half-disc of breast against the left edge."""
+  rows, cols = np.mgrid[:160, :120]
+  inside = (rows - 80) ** 2 + cols**2 < 110**2
+  pixels = np.where(inside, 120 + np.random.default_rng(0).integers(0, 40, (160, 120)), 3)
+  for row, col in calcifications:
+    pixels[row - 1:row + 2, col - 1:col + 2] = 255
+  Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def build_dataset(folder) -> str:
+  """A tiny patch dataset: two views per patient, a benign or malignant cluster in each.
+
+  Every patient has a cluster so that each fold's validation part (20% of each label stratum of
+  its training part) holds calcification patches.
+  """
+  findings = []
+  for p in range(NUM_PATIENTS):
+    for view in ("CC", "MLO"):
+      name = f"p{p}_{view}.png"
+      if view == "CC":
+        write_png(folder / name, [(60, 40)])
+        label = "malignant" if p % 2 == 0 else "benign"
+        findings.append(Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60,
+                                radius=5))
+      else:
+        write_png(folder / name)
+        findings.append(Finding(f"p{p}", name, view=view))
+  write_manifest(folder / "manifest.csv", findings)
+  config = tfds_builder.data_config("manifest", str(folder / "manifest.csv"))
+  config.name, config.patch.size, config.patch.per_cluster = "cvtiny", 32, 3
+  builder = tfds_builder.McalcPatches(
+      config=tfds_builder.builder_config(config), data_dir=str(folder / "tfds"),
+      file_format="array_record", location=config.location)
+  builder.download_and_prepare()
+  return str(builder.data_dir_root)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A 3-fold cross-validation of ResNet18 on 32x32 patches, 2 steps per fold."""
+  folder = tmp_path_factory.mktemp("cv")
+  config = default.get_config()
+  config.update(dict(model="resnet18", dataset="mcalc_patches/cvtiny",
+                     data_dir=build_dataset(folder), patch_size=32, batch_size=4, eval_batch_size=8,
+                     num_train_steps=2, eval_every_steps=2, log_every_steps=1,
+                     async_checkpointing=False))
+  config.preprocess.input_size = 32
+  workdir = folder / "run"
+  summary = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
+  return config, workdir, summary
+
+
+def test_no_patient_is_predicted_by_a_model_that_trained_on_it(finished):
+  _, workdir, _ = finished
+  folds = json.loads((workdir / cv.FOLDS_FILE).read_text())["folds"]
+  assert len(folds) == FOLDS
+  for i, fold in enumerate(folds):
+    seen = set(fold["train"]) | set(fold["validation"])
+    assert not seen & set(fold["test"])
+    preds = cv.load_predictions(workdir / f"fold_{i}" / cv.PREDICTIONS_FILE)
+    assert set(preds["test"]["patient_id"]) <= set(fold["test"])
+    assert not set(preds["test"]["patient_id"]) & seen
+    assert set(preds["validation"]["patient_id"]) <= set(fold["validation"])
+
+
+def test_every_patient_is_predicted_exactly_once(finished):
+  _, workdir, summary = finished
+  folds = json.loads((workdir / cv.FOLDS_FILE).read_text())["folds"]
+  assert sorted(p for f in folds for p in f["test"]) == [f"p{p}" for p in range(NUM_PATIENTS)]
+  predicted_by = {}
+  for i in range(FOLDS):
+    preds = cv.load_predictions(workdir / f"fold_{i}" / cv.PREDICTIONS_FILE)
+    for patient in set(preds["test"]["patient_id"]):
+      assert patient not in predicted_by, f"{patient} predicted by folds {predicted_by[patient]}, {i}"
+      predicted_by[patient] = i
+  assert sorted(predicted_by) == sorted(f"p{p}" for p in range(NUM_PATIENTS))
+  assert summary["pooled_counts"]["patients"] == NUM_PATIENTS
+
+
+def test_pooled_evaluation_is_readable_by_the_report(finished):
+  config, workdir, summary = finished
+  assert (workdir / "eval" / "test" / "metrics.json").is_file()
+  evaluation = report.load_evaluation(workdir)
+  assert evaluation["run"]["network"] == "resnet18" and evaluation["run"]["task"] == 1
+  assert report.table_rows([evaluation])
+  on_disk = json.loads((workdir / cv.SUMMARY_FILE).read_text())
+  assert len(on_disk["per_fold"]) == FOLDS and set(on_disk["spread"]) == {"auc", "accuracy"}
+  assert on_disk == json.loads(json.dumps(summary))
+
+
+def test_rerun_skips_finished_folds(finished):
+  config, workdir, summary = finished
+  paths = [workdir / f"fold_{i}" / cv.PREDICTIONS_FILE for i in range(FOLDS)]
+  before = [os.stat(p).st_mtime_ns for p in paths]
+  again = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
+  assert [os.stat(p).st_mtime_ns for p in paths] == before
+  assert again["per_fold"] == summary["per_fold"]
+  with pytest.raises(ValueError, match="other folds"):
+    cv.cross_validate(config, workdir, FOLDS, seed=1, resamples=20)
+
+
+def test_lost_fold_predictions_are_redone_from_its_checkpoint(finished):
+  config, workdir, summary = finished
+  path = workdir / "fold_1" / cv.PREDICTIONS_FILE
+  before = cv.load_predictions(path)
+  path.unlink()
+  again = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
+  after = cv.load_predictions(path)
+  np.testing.assert_allclose(after["test"]["prob"], before["test"]["prob"], rtol=1e-5)
+  assert list(after["test"]["patient_id"]) == list(before["test"]["patient_id"])
+  assert again["pooled_counts"] == summary["pooled_counts"]
+
+
+def test_cli_prints_the_summary_of_a_finished_cross_validation(finished):
+  config, workdir, _ = finished
+  command = [sys.executable, "-m", "mcalc_jax.cli.cv", "--config=configs/default.py",
+             f"--workdir={workdir}", f"--folds={FOLDS}", "--cv_seed=0",
+             f"--config.dataset={config.dataset}", f"--config.data_dir={config.data_dir}",
+             "--config.model=resnet18", "--config.patch_size=32"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout[result.stdout.index("{"):])
+  assert printed["folds"] == FOLDS and len(printed["per_fold"]) == FOLDS
+  bad = subprocess.run([*command, "--config.learning_rat=1"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert bad.returncode != 0 and "learning_rat" in bad.stderr
