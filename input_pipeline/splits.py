@@ -50,17 +50,35 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def split_patients(labels: Mapping[str, str], fractions: Sequence[float] = (0.7, 0.2, 0.1),
-                   seed: int = 0, names: Sequence[str] = SPLITS) -> dict[str, str]:
-  """Patient -> split name: each label stratum is cut in `fractions`, seeded."""
+                   seed: int = 0, names: Sequence[str] = SPLITS, *,
+                   every_label_everywhere: bool = False) -> dict[str, str]:
+  """Patient -> split name: each label stratum is cut in `fractions`, seeded.
+
+  With `every_label_everywhere`, a stratum with at least one patient per split gives each split
+  one even where rounding would leave it none, so small cohorts keep both classes in validation.
+  """
   if len(fractions) != len(names) or min(fractions) < 0 or sum(fractions) <= 0:
     raise ValueError(f"fractions {fractions} do not match split names {names}")
   assignment = {}
   for stratum in _strata(labels, np.random.default_rng(seed)):
+    counts = _allocate(len(stratum), fractions)
+    if every_label_everywhere and len(stratum) >= len(names):
+      counts = _at_least_one_each(counts)
     start = 0
-    for name, count in zip(names, _allocate(len(stratum), fractions), strict=True):
+    for name, count in zip(names, counts, strict=True):
       assignment.update((p, name) for p in stratum[start:start + count])
       start += count
   return assignment
+
+
+def _at_least_one_each(counts: list[int]) -> list[int]:
+  """Moves one patient from the largest part to each empty part."""
+  counts = list(counts)
+  for i, count in enumerate(counts):
+    if count == 0:
+      counts[int(np.argmax(counts))] -= 1
+      counts[i] = 1
+  return counts
 
 
 def kfold_assignments(patients: Sequence[str], labels: Sequence[str] | Mapping[str, str], k: int,
@@ -86,7 +104,7 @@ def kfold_assignments(patients: Sequence[str], labels: Sequence[str] | Mapping[s
   for i, test in enumerate(folds):
     rest = {p: labels[p] for f in folds[:i] + folds[i + 1:] for p in f}
     inner = split_patients(rest, (1 - validation_fraction, validation_fraction), seed + 1 + i,
-                           ("train", "validation"))
+                           ("train", "validation"), every_label_everywhere=True)
     out.append({name: sorted(p for p, s in inner.items() if s == name)
                 for name in ("train", "validation")} | {"test": sorted(test)})
   return out

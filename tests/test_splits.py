@@ -52,3 +52,10 @@ def test_kfold_predicts_every_patient_once_by_a_model_that_never_saw_it():
 def test_kfold_rejects_more_folds_than_patients():
   with pytest.raises(ValueError, match="k=4"):
     splits.kfold_assignments(["a", "b", "c"], ["none"] * 3, k=4)
+
+
+def test_kfold_keeps_both_classes_in_every_validation_part_of_a_small_cohort():
+  labels = {f"p{i}": ("malignant" if i < 3 else "benign") for i in range(12)}
+  for fold in splits.kfold_assignments(list(labels), labels, k=3, seed=3):
+    assert {labels[p] for p in fold["validation"]} == {"benign", "malignant"}
+    assert not set(fold["validation"]) & set(fold["train"])
