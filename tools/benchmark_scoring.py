@@ -11,8 +11,9 @@ tiles/s for
     streamed (compilation excluded, on a small warm-up image);
   - a naive loop: one tile cut on the host and scored per call (`Classifier.probabilities`),
     timed on `--naive_tiles` tiles and extrapolated;
-  - the same network in PyTorch (torchvision layout, channels_last, batches of `--batch_size`
-    tiles cut with `unfold`), when torch is importable (the optional `torch` extra);
+  - the same network in PyTorch (`tools.torch_reference`: torchvision's layout, defined without
+    torchvision; channels_last, batches of `--batch_size` tiles cut with `unfold`), when torch is
+    importable (the optional `torch` extra);
 with the scorer's speed-up over each as a ratio.
 """
 
@@ -92,14 +93,12 @@ def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
 def torch_tiles_per_second(model: str, stride: int, batch_size: int) -> float:
   """Tiles per second of the same network and preprocessing in PyTorch (raises ImportError)."""
   import torch  # noqa: PLC0415 (the optional extra)
-  import torchvision  # noqa: PLC0415
+
+  from tools import torch_reference  # noqa: PLC0415 (needs torch; no torchvision)
 
   torch.set_num_threads(os.cpu_count() or 1)
-  net = getattr(torchvision.models, model)(num_classes=2)
-  if model == "alexnet":
-    net.features[0] = torch.nn.Conv2d(1, 64, 11, 4, 2)
-  else:
-    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+  net = torch_reference.create(model)
+  torch_reference.check_param_count(model, net)
   net = net.eval().to(memory_format=torch.channels_last)
   taps = torch.from_numpy(preprocess.gaussian_kernel(default.get_config().preprocess.blur_sigma))
   blur = (taps[:, None] * taps[None, :])[None, None]
@@ -144,7 +143,7 @@ def main() -> None:
         print(f"PyTorch {tiles / torch_rate:.2f} s/mammogram, {torch_rate:.0f} tiles/s "
               f"(scorer {rate / torch_rate:.2f}x)")
       except ImportError:
-        print("PyTorch: torch/torchvision not importable here (optional extra mcalc_jax[torch]), "
+        print("PyTorch: torch not importable here (optional extra mcalc_jax[torch]), "
               "not compared")
 
 

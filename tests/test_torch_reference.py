@@ -1,0 +1,45 @@
+"""The PyTorch reference networks match the JAX models' parameter counts and output shapes.
+
+The benchmark compares speeds, which only means something if both sides run the same network.
+Skipped when torch (the optional extra) is absent.
+"""
+
+import jax
+import ml_collections
+import pytest
+from flax import nnx
+
+from mcalc_jax import models
+
+torch = pytest.importorskip("torch")
+torch_reference = pytest.importorskip("tools.torch_reference")
+
+MODELS = ("alexnet", "resnet18", "resnet34")
+
+
+def _jax_param_count(model: str) -> int:
+  config = ml_collections.ConfigDict({"model": model, "num_classes": 2, "dtype": "float32"})
+  abstract = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_parameter_count_equals_jax_model(model):
+  net = torch_reference.create(model)
+  assert torch_reference.param_count(net) == _jax_param_count(model)
+  assert torch_reference.param_count(net) == torch_reference.EXPECTED_PARAMS[model]
+  torch_reference.check_param_count(model, net)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_output_shape(model):
+  net = torch_reference.create(model).eval()
+  with torch.inference_mode():
+    out = net(torch.zeros(3, 1, 112, 112))
+  assert out.shape == (3, 2)
+  assert out.dtype == torch.float32
+
+
+def test_unknown_model_raises():
+  with pytest.raises(ValueError, match="unknown model"):
+    torch_reference.create("vgg16")
