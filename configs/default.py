@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_split = "test"
   config.shuffle_seed_offset = 1
   config.augment = True  # random flips and 90-degree rotations
+  config.input_backend = "grain"  # "grain" or "tfdata" (needs the tfdata extra)
   config.num_workers = 0  # grain worker processes (0: in-process)
   config.prefetch = 2
   config.patch_size = 112  # side of the stored patches in native pixels; scoring tiles with it

@@ -226,12 +226,23 @@ def _pad_rows(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def create_data(config: ml_collections.ConfigDict) -> Any:
-  """The PatchData source named by `config.dataset`: 'synthetic' or a TFDS patch dataset."""
+  """The PatchData source named by `config.dataset`: 'synthetic' or a TFDS patch dataset.
+
+  A TFDS dataset streams on grain or, with `config.input_backend = "tfdata"`, on tf.data (same
+  batches). The backend is checked first, so a typo fails even for the synthetic data.
+  """
+  backend = config.get("input_backend", "grain")  # configs saved before the field: grain
+  if backend not in ("grain", "tfdata"):
+    raise ValueError(f"config.input_backend must be 'grain' or 'tfdata', not {backend!r}")
   if config.dataset == SYNTHETIC_DATASET:
     return SyntheticPatchData(config)
   from input_pipeline import pipeline  # noqa: PLC0415  (the data issue's module; heavy imports)
 
-  return pipeline.TfdsPatchData(config)
+  if backend == "grain":
+    return pipeline.TfdsPatchData(config)
+  from input_pipeline import tfdata_pipeline  # noqa: PLC0415  (imports TensorFlow on use)
+
+  return tfdata_pipeline.TfdataPatchData(pipeline.TfdsPatchData(config))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,9 +94,10 @@ class MultiWriter:
 def create_default_writer(logdir: str | pathlib.Path, *, just_logging: bool) -> MetricWriter:
   """Logging everywhere, plus TensorBoard events in `logdir` unless `just_logging` (processes > 0).
 
-  Uses clu's writer when TensorFlow is importable, tensorboardX otherwise.
+  Uses clu's writer when TensorFlow and TensorBoard are importable (recent TensorFlow wheels no
+  longer bring TensorBoard, which clu's summary writer imports), tensorboardX otherwise.
   """
-  if importlib.util.find_spec("tensorflow") is not None:
+  if all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tensorboard")):
     from clu import metric_writers  # noqa: PLC0415  (imports TensorFlow)
 
     return metric_writers.create_default_writer(str(logdir), just_logging=just_logging)

@@ -6,12 +6,17 @@
 
 Measures in one process, so every number shares the machine's state (other jobs on the cores
 skew all of them alike, and the load average is recorded):
-  - the float32 matmul ceiling (2048x2048 in numpy, jax and torch), in GFLOP/s;
+  - the matmul ceiling (float32 2048x2048 in numpy, jax and torch on a CPU; 8192x8192 in the
+    benchmark's dtype on a GPU), in GFLOP/s, the highest of them being the ceiling;
   - forward FLOPs per 112x112 patch (2 x multiply-adds, from the layer shapes);
   - per network, train samples/s (the project's jitted train step: preprocessing, augmentation,
     Adam) and inference patches/s (`Classifier.probabilities`: host batch, preprocessing,
     softmax), and the same network in PyTorch (`tools.torch_reference`, Adam / softmax, best of
-    channels_last eager and, with --torch_compile, torch.compile), same thread count;
+    channels_last eager and, with --torch_compile, torch.compile), same thread count, on the
+    same device (a GPU when JAX has one; --dtype=bfloat16 runs PyTorch under autocast);
+  - seconds per 4000x3000 12-bit mammogram for the whole-image scorer (`mcalc_jax.scoring`),
+    per stride, with the background skipped and with every tile, next to PyTorch scoring
+    every tile;
   - ratios JAX / PyTorch and each side's share of the matmul ceiling, taking a training sample as
     3 forward passes of FLOPs.
 Each figure is the median of --repeats repetitions after a warm-up; a repetition repeats calls
@@ -118,29 +123,36 @@ def timed_rate(
   return statistics.median(rates)
 
 
-def matmul_ceiling(repeats: int, torch: Any | None) -> dict[str, float]:
-  """float32 2048x2048 matmul GFLOP/s in numpy, jax and torch: what the cores can do."""
-  n = 2048
+def matmul_ceiling(repeats: int, torch: Any | None, dtype: str) -> dict[str, float]:
+  """Square matmul GFLOP/s in numpy (CPU only), jax and torch: what the chip can do.
+
+  2048 on a CPU; 8192 on an accelerator, in the benchmark's dtype (its tensor cores' rate).
+  """
+  on_cpu = jax.default_backend() == "cpu"
+  n = 2048 if on_cpu else 8192
   rng = np.random.default_rng(0)
   a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
   flops = 2 * n**3 / 1e9
-  result = {"numpy": timed_rate(lambda: a @ b, 1, repeats, 0.5) * flops}
-  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  result = {"numpy": timed_rate(lambda: a @ b, 1, repeats, 0.5) * flops} if on_cpu else {}
+  ja, jb = (jnp.asarray(x, dtype) for x in (a, b))
   dot = jax.jit(jnp.dot)
   result["jax"] = timed_rate(lambda: dot(ja, jb).block_until_ready(), 1, repeats, 0.5) * flops
   if torch is not None:
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    result["torch"] = timed_rate(lambda: ta @ tb, 1, repeats, 0.5) * flops
+    device = torch_device(torch)
+    ta, tb = (torch.from_numpy(x).to(device, getattr(torch, dtype)) for x in (a, b))
+    result["torch"] = timed_rate(lambda: sync(torch, ta @ tb), 1, repeats, 0.5) * flops
   return result
 
 
 # --- JAX ---------------------------------------------------------------------------------------
 
 
-def jax_train_rate(model: str, batch_size: int, repeats: int, min_seconds: float) -> float:
+def jax_train_rate(
+  model: str, batch_size: int, repeats: int, min_seconds: float, dtype: str
+) -> float:
   """Samples/s of the project's jitted train step (compilation excluded)."""
   config = default.get_config()
-  config.model, config.batch_size, config.dtype = model, batch_size, "float32"
+  config.model, config.batch_size, config.dtype = model, batch_size, dtype
   mesh = parallel.make_mesh()
   graphdef, tx, state = train.create_train_state(config, mesh)
   rng = np.random.default_rng(0)
@@ -168,7 +180,50 @@ def jax_infer_rate(classifier: Any, batch_size: int, repeats: int, min_seconds: 
   return timed_rate(lambda: classifier.probabilities(images), batch_size, repeats, min_seconds)
 
 
+def mammogram_rows(model: str, classifier: Any, args: argparse.Namespace, torch: Any) -> list:
+  """Seconds per 4000x3000 12-bit mammogram per stride: background skipped, and every tile.
+
+  PyTorch scores every tile (no breast mask), so its ratio is taken against the JAX scorer's
+  every-tile rate.
+  """
+  rows = []
+  for stride in (int(s) for s in args.scoring_strides.split(",") if s):
+    row: dict[str, Any] = {"model": model, "stride": stride}
+    for key, fraction in (("breast", 0.1), ("all", 0.0)):
+      seconds, tiles = benchmark_scoring.time_scorer(
+        classifier, stride, args.scoring_images, args.scoring_batch_size, fraction
+      )
+      row[f"{key}_seconds"], row[f"{key}_tiles"] = seconds, tiles
+    if torch is not None:
+      rate = benchmark_scoring.torch_tiles_per_second(
+        model, stride, args.scoring_batch_size, torch_device(torch), args.dtype
+      )
+      row["torch_seconds"] = row["all_tiles"] / rate
+      row["ratio"] = row["torch_seconds"] / row["all_seconds"]
+    rows.append(row)
+    print(
+      f"  mammogram {model} stride {stride}: {row['breast_seconds']:.2f} s "
+      f"({row['breast_tiles']} breast tiles), every tile {row['all_seconds']:.2f} s "
+      f"({row['all_tiles']})"
+      + (f", PyTorch {row['torch_seconds']:.2f} s" if torch is not None else ""),
+      flush=True,
+    )
+  return rows
+
+
 # --- PyTorch -----------------------------------------------------------------------------------
+
+
+def torch_device(torch: Any) -> str:
+  """PyTorch runs where JAX runs: the GPU when JAX has one, else the CPU."""
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def sync(torch: Any, result: Any = None) -> Any:
+  """Waits for queued GPU work, so a timed call ends when its result exists."""
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+  return result
 
 
 def import_torch() -> tuple[Any, Any] | tuple[None, str]:
@@ -193,11 +248,15 @@ def torch_rates(
 ) -> dict[str, float]:
   """Samples/s of the reference network per variant (channels_last eager, torch.compile)."""
   torch.manual_seed(0)
+  device = torch_device(torch)
+  torch.backends.cudnn.benchmark = True
   net = torch_reference.create(model)
   torch_reference.check_param_count(model, net)
-  net = net.to(memory_format=torch.channels_last)
-  x = torch.rand(batch_size, 1, PATCH, PATCH).contiguous(memory_format=torch.channels_last)
-  labels = torch.randint(0, 2, (batch_size,))
+  net = net.to(device, memory_format=torch.channels_last)
+  x = torch.rand(batch_size, 1, PATCH, PATCH, device=device)
+  x = x.contiguous(memory_format=torch.channels_last)
+  labels = torch.randint(0, 2, (batch_size,), device=device)
+  autocast = torch.autocast(device, torch.bfloat16, enabled=args.dtype == "bfloat16")
   variants = {"channels_last": net}
   if args.torch_compile:
     variants["compile"] = torch.compile(net)
@@ -210,16 +269,18 @@ def torch_rates(
 
       def call(module: Any = module, optimizer: Any = optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(module(x), labels)
+        with autocast:
+          loss = torch.nn.functional.cross_entropy(module(x), labels)
         loss.backward()
         optimizer.step()
+        sync(torch)
 
     else:
       module.eval()
 
       def call(module: Any = module) -> None:
-        with torch.inference_mode():
-          torch.softmax(module(x), -1)
+        with torch.inference_mode(), autocast:
+          torch.softmax(module(x), -1).cpu()  # to the host, as `Classifier.probabilities`
 
     call()  # compiles, for torch.compile
     if name == "compile":
@@ -281,7 +342,7 @@ def markdown(report: dict[str, Any]) -> str:
     "other jobs shared the cores and every number is low).",
     f"- Versions: jax {m['jax']}, numpy {m['numpy']}, torch {m['torch'] or 'absent'}"
     f" ({m['torch_threads']} threads), Python {m['python']}.",
-    "- float32 matmul ceiling (2048x2048): "
+    f"- {report['dtype']} matmul ceiling: "
     + ", ".join(f"{k} {v:.1f}" for k, v in c.items())
     + f" GFLOP/s; shares below are of {report['ceiling_gflops']:.1f}.",
     "- Forward GFLOP per 112x112 patch (2 x MACs from the layer shapes): "
@@ -316,6 +377,25 @@ def markdown(report: dict[str, Any]) -> str:
       + f"{r['jax_pct_ceiling']:.0f} | "
       + (f"{r['torch_pct_ceiling']:.0f} |" if torch_rate else "- |")
     )
+  if report.get("mammogram"):
+    lines += [
+      "",
+      f"Whole {benchmark_scoring.SHAPE[0]}x{benchmark_scoring.SHAPE[1]} 12-bit mammogram "
+      f"(synthetic, `tools.benchmark_scoring`), {report['scoring_images']} image(s) streamed "
+      "after a warm-up, seconds per image. Breast: tiles with under 10 % breast skipped (the "
+      "scorer's default); every tile: nothing skipped, the like-for-like comparison with "
+      "PyTorch, which scores every tile.",
+      "",
+      "| network | stride | breast tiles | s/image | every tile | s/image | PyTorch s/image "
+      "| JAX / PyTorch speed |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["mammogram"]:
+      lines.append(
+        f"| {r['model']} | {r['stride']} | {r['breast_tiles']} | {r['breast_seconds']:.2f} | "
+        f"{r['all_tiles']} | {r['all_seconds']:.2f} | "
+        + (f"{r['torch_seconds']:.2f} | {r['ratio']:.2f} |" if "torch_seconds" in r else "- | - |")
+      )
   return "\n".join(lines) + "\n"
 
 
@@ -336,11 +416,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="Also time torch.compile (15-40 s compile per graph on 2 cores).",
   )
   parser.add_argument("--no_torch", action="store_true", help="JAX only.")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument(
+    "--scoring_strides", default="112,56", help="Whole-mammogram strides; empty to skip."
+  )
+  parser.add_argument("--scoring_images", type=int, default=1)
+  parser.add_argument("--scoring_batch_size", type=int, default=256)
   parser.add_argument("--out_dir", default=str(REPO / "docs"))
   args = parser.parse_args(argv)
   if args.quick:
     args.repeats, args.min_seconds = 2, 0.5
     args.train_batch_sizes, args.infer_batch_sizes = "16", "64"
+    args.scoring_strides = "112"
   if args.batch_sizes:
     args.train_batch_sizes = args.infer_batch_sizes = args.batch_sizes
   return args
@@ -361,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     "machine": machine(torch),
     "repeats": args.repeats,
     "min_seconds": args.min_seconds,
+    "dtype": args.dtype,
+    "scoring_images": args.scoring_images,
     "torch_absent": torch_absent,
     "torch_variants": (["channels_last"] + (["compile"] if args.torch_compile else []))
     if torch is not None
@@ -372,9 +461,9 @@ def main(argv: list[str] | None = None) -> None:
     f"torch {m['torch'] or 'absent'}",
     flush=True,
   )
-  ceiling = matmul_ceiling(max(args.repeats, 3), torch)
+  ceiling = matmul_ceiling(max(args.repeats, 3), torch, args.dtype)
   report["matmul_gflops"] = ceiling
-  report["ceiling_gflops"] = max(ceiling["numpy"], ceiling["jax"])
+  report["ceiling_gflops"] = max(ceiling.values())
   print(
     "matmul ceiling GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items()), flush=True
   )
@@ -386,17 +475,18 @@ def main(argv: list[str] | None = None) -> None:
     flush=True,
   )
   results = report["results"] = []
+  report["mammogram"] = []
   print(
     "| network | mode | batch | JAX/s | PyTorch/s | JAX/PyTorch | JAX % ceil | PyTorch % ceil |",
     flush=True,
   )
   for model in models:
-    classifier = benchmark_scoring.random_classifier(model)
+    classifier = benchmark_scoring.random_classifier(model, args.dtype)
     cases = [("train", int(b)) for b in args.train_batch_sizes.split(",")]
     cases += [("infer", int(b)) for b in args.infer_batch_sizes.split(",")]
     for mode, batch in cases:
       if mode == "train":
-        rate = jax_train_rate(model, batch, args.repeats, args.min_seconds)
+        rate = jax_train_rate(model, batch, args.repeats, args.min_seconds, args.dtype)
       else:
         rate = jax_infer_rate(classifier, batch, args.repeats, args.min_seconds)
       factor = TRAIN_FLOPS_FACTOR if mode == "train" else 1
@@ -431,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
         + (f"{row['torch_pct_ceiling']:.0f} % |" if torch is not None else "- |"),
         flush=True,
       )
+    report["mammogram"].extend(mammogram_rows(model, classifier, args, torch))
+    write(report, pathlib.Path(args.out_dir), complete=False)
   write(report, pathlib.Path(args.out_dir), complete=True)
   print(f"wrote {args.out_dir}/benchmark.json and benchmark.md")
 

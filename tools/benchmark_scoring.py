@@ -31,7 +31,7 @@ from configs import default
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax import checkpointing, models, parallel, preprocess, scoring
 
-_SHAPE = (4000, 3000)
+SHAPE = (4000, 3000)
 _PATCH = 112
 _MAX_VALUE = 4095
 
@@ -48,10 +48,10 @@ def synthetic_mammogram(shape: tuple[int, int], seed: int = 0) -> Mammogram:
       flipped=False, original_shape=shape, path="synthetic")
 
 
-def random_classifier(model: str) -> checkpointing.Classifier:
+def random_classifier(model: str, dtype: str = "float32") -> checkpointing.Classifier:
   """A randomly initialised classifier of the default configuration (the paper's preprocessing)."""
   config = default.get_config()
-  config.model = model
+  config.model, config.dtype = model, dtype
   config.patch_size = _PATCH
   graphdef, params, batch_stats = nnx.split(
       models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
@@ -63,11 +63,16 @@ def random_classifier(model: str) -> checkpointing.Classifier:
 
 def time_scorer(
     classifier: checkpointing.Classifier, stride: int, images: int, batch_size: int,
+    min_breast_fraction: float = 0.0,
 ) -> tuple[float, int]:
-  """Seconds per mammogram and tiles per mammogram of the scorer, after a warm-up."""
-  scorer = scoring.Scorer(classifier, stride=stride, batch_size=batch_size, min_breast_fraction=0)
+  """Seconds per mammogram and tiles scored per mammogram, after a warm-up.
+
+  `min_breast_fraction` 0 scores every tile; the scorer's default (0.1) skips the background.
+  """
+  scorer = scoring.Scorer(classifier, stride=stride, batch_size=batch_size,
+                          min_breast_fraction=min_breast_fraction)
   scorer.score(synthetic_mammogram((1000, 800)))  # compiles the network and the tile cutter
-  prepared = scorer.prepare(synthetic_mammogram(_SHAPE))
+  prepared = scorer.prepare(synthetic_mammogram(SHAPE))
   start = time.perf_counter()
   results = list(scorer.score_stream((n, prepared) for n in range(images)))
   seconds = (time.perf_counter() - start) / images
@@ -76,7 +81,7 @@ def time_scorer(
 
 def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
   """Tiles per second of one host-cut tile per call."""
-  pixels = synthetic_mammogram(_SHAPE).pixels
+  pixels = synthetic_mammogram(SHAPE).pixels
   origins = [(r, c) for r in range(0, 4000 - _PATCH, 560) for c in range(0, 3000 - _PATCH, 336)]
 
   def tile(n: int) -> np.ndarray:
@@ -90,8 +95,13 @@ def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
   return tiles / (time.perf_counter() - start)
 
 
-def torch_tiles_per_second(model: str, stride: int, batch_size: int) -> float:
-  """Tiles per second of the same network and preprocessing in PyTorch (raises ImportError)."""
+def torch_tiles_per_second(
+    model: str, stride: int, batch_size: int, device: str = "cpu", dtype: str = "float32",
+) -> float:
+  """Tiles per second of the same network and preprocessing in PyTorch (raises ImportError).
+
+  Every tile is scored (PyTorch has no breast mask here); `dtype` bfloat16 runs under autocast.
+  """
   import torch  # noqa: PLC0415 (the optional extra)
 
   from tools import torch_reference  # noqa: PLC0415 (needs torch; no torchvision)
@@ -99,10 +109,11 @@ def torch_tiles_per_second(model: str, stride: int, batch_size: int) -> float:
   torch.set_num_threads(os.cpu_count() or 1)
   net = torch_reference.create(model)
   torch_reference.check_param_count(model, net)
-  net = net.eval().to(memory_format=torch.channels_last)
+  net = net.eval().to(device, memory_format=torch.channels_last)
   taps = torch.from_numpy(preprocess.gaussian_kernel(default.get_config().preprocess.blur_sigma))
-  blur = (taps[:, None] * taps[None, :])[None, None]
-  image = torch.from_numpy(synthetic_mammogram(_SHAPE).pixels.astype(np.float32) / _MAX_VALUE)
+  blur = (taps[:, None] * taps[None, :])[None, None].to(device)
+  image = torch.from_numpy(synthetic_mammogram(SHAPE).pixels.astype(np.float32) / _MAX_VALUE)
+  image = image.to(device)
   tiles = image.unfold(0, _PATCH, stride).unfold(1, _PATCH, stride).reshape(-1, 1, _PATCH, _PATCH)
 
   def score(batch: torch.Tensor) -> torch.Tensor:
@@ -110,11 +121,12 @@ def torch_tiles_per_second(model: str, stride: int, batch_size: int) -> float:
     x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
     return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)), -1)
 
-  with torch.inference_mode():
-    score(tiles[:batch_size])  # warm-up
+  autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16")
+  with torch.inference_mode(), autocast:
+    score(tiles[:batch_size]).cpu()  # warm-up
     start = time.perf_counter()
-    for b in range(0, len(tiles), batch_size):
-      score(tiles[b : b + batch_size])
+    scores = [score(tiles[b : b + batch_size]) for b in range(0, len(tiles), batch_size)]
+    torch.cat(scores).cpu()  # waits for the device, as the scorer's host copy does
     return len(tiles) / (time.perf_counter() - start)
 
 
@@ -127,7 +139,7 @@ def main() -> None:
   parser.add_argument("--naive_tiles", type=int, default=64)
   args = parser.parse_args()
   print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
-        f"({jax.default_backend()}), jax {jax.__version__}; image {_SHAPE[0]}x{_SHAPE[1]} "
+        f"({jax.default_backend()}), jax {jax.__version__}; image {SHAPE[0]}x{SHAPE[1]} "
         f"12-bit, all tiles scored, batch {args.batch_size}")
   for model in args.models.split(","):
     classifier = random_classifier(model)
