@@ -27,6 +27,10 @@ CI_LABELS = {
   "wald": "Wald, n = metric's denominator",
   "bootstrap": "patient bootstrap",
 }
+FOLD_COLUMNS = (
+  "Run", "Task", "Network", "Folds", "AUC per fold", "AUC mean ± sd", "Accuracy mean ± sd",
+  "Patients per fold",
+)
 PAPER_COLUMNS = ("Task", "Network", "AUC", "Accuracy", "Sensitivity", "Specificity", "PPV", "NPV")
 # Pesapane et al. 2023, Table 2 as printed (95% CIs by the paper's Wald formula; none for AUC).
 PAPER_TABLE2 = (
@@ -54,7 +58,37 @@ def load_evaluation(run_dir: str | os.PathLike, split: str = "test") -> dict:
   with open(path) as f:
     evaluation = json.load(f)
   evaluation.setdefault("run", {})["dir"] = os.fspath(run_dir)
+  summary = os.path.join(run_dir, "cv_summary.json")
+  if os.path.isfile(summary):  # a cross-validation: its pooled predictions, and the folds' spread
+    with open(summary) as f:
+      evaluation["cv"] = json.load(f)
   return evaluation
+
+
+def fold_spread_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
+  """One row per cross-validated run: each fold's AUC, and mean +- sd of AUC and accuracy."""
+  rows = []
+  for evaluation in sorted(evaluations, key=_sort_key):
+    if "cv" not in evaluation:
+      continue
+    cv, run = evaluation["cv"], evaluation["run"]
+
+    def mean_sd(name: str, cv: dict = cv) -> str:
+      spread = cv["spread"][name]
+      mean, sd = (
+        "n/a" if spread[k] is None else f"{spread[k]:.{digits}f}" for k in ("mean", "std")
+      )
+      return f"{mean} ± {sd} ({spread['folds_defined']})"
+
+    per_fold = ", ".join(
+      "n/a" if fold["auc"] is None else f"{fold['auc']:.{digits}f}" for fold in cv["per_fold"]
+    )
+    rows.append([
+      run.get("dir", ""), str(cv["task"]), NETWORK_NAMES.get(cv["network"], cv["network"]),
+      str(cv["folds"]), per_fold, mean_sd("auc"), mean_sd("accuracy"),
+      ", ".join(f"{fold['patients']}" for fold in cv["per_fold"]),
+    ])
+  return rows
 
 
 def format_cell(metric: dict, method: str, digits: int = 2) -> str:
@@ -126,10 +160,26 @@ def markdown_report(evaluations: Sequence[dict], digits: int = 2) -> str:
     f"{', '.join(f'{r}, {s}' for r, s in boot)}).",
     "",
     markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]),
+    *_fold_spread_section(evaluations, digits),
     "## Reference: Table 2 of Pesapane et al. 2023 (their data; CIs by their Wald formula)",
     "",
     markdown_table(PAPER_COLUMNS, PAPER_TABLE2),
   ])
+
+
+def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
+  rows = fold_spread_rows(evaluations, digits)
+  if not rows:
+    return []
+  return [
+    "## Spread across cross-validation folds",
+    "",
+    "The table above pools every fold's out-of-fold predictions (each patient predicted once, by",
+    "a model that never saw it). Here each fold is scored alone, with its own threshold; mean ±",
+    "sd over the folds where the metric is defined (their number in parentheses).",
+    "",
+    markdown_table(FOLD_COLUMNS, rows),
+  ]
 
 
 def csv_report(evaluations: Sequence[dict], digits: int = 2) -> str:

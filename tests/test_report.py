@@ -94,3 +94,25 @@ def test_command_line_writes_both_tables(runs):
   assert pathlib.Path("cli/table2.csv").read_text(encoding="utf-8") == (
     GOLDEN / "table2.csv"
   ).read_text(encoding="utf-8")
+
+
+def test_cross_validated_runs_add_the_spread_across_folds(runs):
+  summary = {
+    "folds": 3, "task": 2, "network": "alexnet",
+    "per_fold": [
+      {"auc": 0.5, "patients": 4}, {"auc": None, "patients": 3}, {"auc": 0.75, "patients": 3},
+    ],
+    "spread": {
+      "auc": {"mean": 0.625, "std": 0.1768, "folds_defined": 2},
+      "accuracy": {"mean": 0.6, "std": None, "folds_defined": 1},
+    },
+  }
+  pathlib.Path("runs/t2_alexnet/cv_summary.json").write_text(json.dumps(summary))
+  md_path, _ = report.write_report(runs, "out/table2")
+  text = pathlib.Path(md_path).read_text(encoding="utf-8")
+  assert "## Spread across cross-validation folds" in text
+  assert (
+    "| runs/t2_alexnet | 2 | AlexNet | 3 | 0.50, n/a, 0.75 | 0.62 ± 0.18 (2) | 0.60 ± n/a (1) "
+    "| 4, 3, 3 |" in text
+  )
+  assert "Spread" not in report.markdown_report([report.load_evaluation("runs/t1_alexnet")])
