@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation (the paper: cross-entropy, Adam, batch 16, lr 1e-4, early stopping).
   config.batch_size = 16  # global batch over all devices and hosts
   config.eval_batch_size = 64
+  # Images per forward pass in inference: -1 per network on a CPU (cache-sized chunks), whole
+  # batch on accelerators; 0 whole batch; N chunks of N. See checkpointing.inference_micro_batch.
+  config.inference_micro_batch = -1
   config.learning_rate = 1e-4
   config.num_epochs = 30
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch

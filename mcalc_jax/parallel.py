@@ -21,6 +21,30 @@ DATA_AXIS = "data"
 _PROCESS_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
+_CACHE_VARIABLE = "MCALC_JAX_COMPILATION_CACHE"
+_DEFAULT_CACHE = os.path.join("~", ".cache", "mcalc_jax", "xla")
+
+
+def enable_compilation_cache() -> str | None:
+  """Keeps compiled XLA programs on disk, so that a rerun of a job skips compilation.
+
+  Each job compiles its networks at start-up (seconds per network and batch shape on a CPU, more
+  on accelerators); with the cache a rerun, a resumed run or the next fold loads them instead.
+  `JAX_COMPILATION_CACHE_DIR`, when set, is JAX's own setting and wins; else
+  `MCALC_JAX_COMPILATION_CACHE` names the folder (default ~/.cache/mcalc_jax/xla), and 'off'
+  disables the cache. Returns the folder in use, or None.
+  """
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  directory = os.environ.get(_CACHE_VARIABLE, _DEFAULT_CACHE)
+  if directory.lower() in ("", "off", "0", "false"):
+    return None
+  directory = os.path.expanduser(directory)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return directory
+
+
 def maybe_initialize_distributed(
   coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
 ) -> bool:

@@ -417,7 +417,8 @@ def _device_probabilities(
     variables = jax.tree.map(lambda x: _local_copy(x, replicated), model.variables)
     options = PreprocessOptions.from_config(model.config)
     return functools.partial(
-        checkpointing._probabilities, model.graphdef, variables, options=options)
+        checkpointing._probabilities, model.graphdef, variables, options=options,
+        micro_batch=checkpointing.inference_micro_batch(model.config, replicated.mesh))
   return getattr(model, "probabilities", model)
 
 

@@ -67,3 +67,36 @@ def test_load_classifier_gives_softmax_of_the_saved_model(tmp_path):
 def test_load_classifier_explains_a_missing_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     checkpointing.load_classifier(tmp_path)
+
+
+@pytest.mark.parametrize("model", ["alexnet", "resnet18"])
+def test_inference_in_chunks_equals_the_whole_batch(model):
+  """The CPU fast path (chunks of a few images) keeps the plain path's numbers."""
+  from flax import nnx  # noqa: PLC0415
+
+  from mcalc_jax import models  # noqa: PLC0415
+
+  config = _config(model=model)
+  if model == "alexnet":  # AlexNet's classifier needs the full 112x112 input
+    config.patch_size = config.preprocess.input_size = 112
+  graphdef, params, stats = nnx.split(
+    models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
+  )
+  variables = {"params": params, "batch_stats": stats}
+  options = checkpointing.PreprocessOptions.from_config(config)
+  size = config.patch_size
+  images = np.random.default_rng(0).uniform(size=(10, size, size, 1)).astype(np.float32)
+  whole = checkpointing._probabilities(graphdef, variables, images, options, 0)
+  for chunk in (1, 4, 16):  # 4 leaves a ragged last chunk, padded; 16 is more than the batch
+    chunked = checkpointing._probabilities(graphdef, variables, images, options, chunk)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_size_is_per_network_on_one_cpu_and_off_when_sharded():
+  one = parallel.make_mesh(jax.devices()[:1])
+  assert checkpointing.inference_micro_batch(_config(model="resnet18"), one) == 16
+  assert checkpointing.inference_micro_batch(_config(model="alexnet"), one) == 64
+  assert checkpointing.inference_micro_batch(_config(inference_micro_batch=0), one) == 0
+  assert checkpointing.inference_micro_batch(_config(inference_micro_batch=8), one) == 8
+  if jax.device_count() > 1:
+    assert checkpointing.inference_micro_batch(_config(), parallel.make_mesh()) == 0

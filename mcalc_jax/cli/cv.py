@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcalc_jax import cv
+from mcalc_jax import cv, parallel
 from mcalc_jax.cli.flag_parsing import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,6 +37,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.info("Local devices: %s", jax.local_devices())
+  parallel.enable_compilation_cache()
   summary = cv.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _SEED.value,
                               threshold_policy=_THRESHOLD.value)
   print(json.dumps(summary, indent=2))

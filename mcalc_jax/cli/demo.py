@@ -27,7 +27,8 @@ _PATIENTS = flags.DEFINE_integer("patients", 40, "Synthetic patients (4 mammogra
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per task.")
 _MODEL = flags.DEFINE_enum("model", "alexnet", ["alexnet", "resnet18", "resnet34"], "Network.")
 _DIFFICULTY = flags.DEFINE_float("difficulty", 0.5, "Synthetic speck subtlety, 0 (easy) to 1.")
-_HEATMAPS = flags.DEFINE_integer("heatmaps", 4, "Test mammograms to score into heatmaps.")
+_HEATMAPS = flags.DEFINE_integer(
+    "heatmaps", 4, "Test mammograms to score into heatmaps (0: skip the scoring step).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the cohort, the splits and the training.")
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -99,10 +100,8 @@ def score(task1_dir: str, task2_dir: str, inputs: str, output: str) -> None:
   subprocess.run(command, check=True)
 
 
-def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str) -> None:
+def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str | None) -> None:
   print(pathlib.Path(table).read_text(), flush=True)
-  with open(os.path.join(heatmaps, "scores.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
   _stage("where everything is")
   for label, path in [("cohort (DICOM + manifest.csv)", "cohort"), ("TFDS dataset", "tfds")]:
     print(f"  {label:32s} {os.path.join(workdir, path)}")
@@ -110,7 +109,10 @@ def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str)
     print(f"  {'run (TensorBoard, checkpoints)':32s} {run_dir}")
     print(f"  {'  test metrics, ROC, calibration':32s} {os.path.join(run_dir, 'eval', 'test')}")
   print(f"  {'Table 2 report':32s} {table}")
-  print(f"  {'heatmaps (' + str(len(rows)) + ' images)':32s} {heatmaps}")
+  if heatmaps is not None:
+    with open(os.path.join(heatmaps, "scores.csv"), newline="") as f:
+      rows = list(csv.DictReader(f))
+    print(f"  {'heatmaps (' + str(len(rows)) + ' images)':32s} {heatmaps}")
 
 
 def run_demo(workdir: str, *, patients: int, epochs: int, model: str, difficulty: float,
@@ -128,10 +130,12 @@ def run_demo(workdir: str, *, patients: int, epochs: int, model: str, difficulty
     run_dirs.append(train_task(task, workdir, builder, epochs, model, seed))
   _stage("4/5 Table 2 report")
   table, _ = report.write_report(run_dirs, os.path.join(workdir, "table2"))
-  _stage(f"5/5 heatmaps of {heatmaps} test mammograms with mcalc-score")
-  inputs = test_mammograms(builder, os.path.join(workdir, "cohort"), heatmaps)
-  output = os.path.join(workdir, "heatmaps")
-  score(run_dirs[0], run_dirs[1], inputs, output)
+  output = None
+  if heatmaps > 0:
+    _stage(f"5/5 heatmaps of {heatmaps} test mammograms with mcalc-score")
+    inputs = test_mammograms(builder, os.path.join(workdir, "cohort"), heatmaps)
+    output = os.path.join(workdir, "heatmaps")
+    score(run_dirs[0], run_dirs[1], inputs, output)
   _print_summary(workdir, run_dirs, table, output)
   print(f"\nmcalc-demo finished in {time.time() - start:.0f} s", flush=True)
 
@@ -140,6 +144,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  from mcalc_jax import parallel  # noqa: PLC0415 (imports JAX: after the flags are parsed)
+
+  parallel.enable_compilation_cache()
   run_demo(os.path.abspath(_WORKDIR.value), patients=_PATIENTS.value, epochs=_EPOCHS.value,
            model=_MODEL.value, difficulty=_DIFFICULTY.value, heatmaps=_HEATMAPS.value,
            seed=_SEED.value)

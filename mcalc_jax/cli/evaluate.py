@@ -10,7 +10,7 @@ import json
 
 from absl import app, flags, logging
 
-from mcalc_jax import evaluation, metrics
+from mcalc_jax import evaluation, metrics, parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (threshold from validation).")
@@ -31,6 +31,7 @@ def main(argv: list[str]) -> None:
     metrics.ThresholdPolicy.parse(_THRESHOLD.value)  # fail before loading a model
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  parallel.enable_compilation_cache()
   result = evaluation.evaluate_run(
     _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, threshold_policy=_THRESHOLD.value,
     seed=_SEED.value, resamples=_RESAMPLES.value,

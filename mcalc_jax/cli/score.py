@@ -344,6 +344,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   parallel.maybe_initialize_distributed()
+  parallel.enable_compilation_cache()
   inputs = find_inputs(_INPUT.value, exclude=_OUTPUT.value)
   task1 = checkpointing.load_classifier(_WORKDIR.value, _CHECKPOINT.value)
   task2 = (checkpointing.load_classifier(_TASK2_WORKDIR.value, _CHECKPOINT.value)

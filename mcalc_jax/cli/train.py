@@ -30,6 +30,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
   parallel.maybe_initialize_distributed(**config.distributed)
+  parallel.enable_compilation_cache()
   logging.info(
     "Process %d of %d; local devices: %s",
     jax.process_index(),

@@ -1,0 +1,73 @@
+"""How many images per forward pass make CPU inference fastest: the sweep behind
+`checkpointing.CPU_INFERENCE_MICRO_BATCH`.
+
+  python -m tools.inference_chunks                      # all networks, batch 256, chunks 8-128
+  python -m tools.inference_chunks --models=resnet18 --chunks=0,16,32 --rounds=3
+
+For each network, one process times `checkpointing._probabilities` (preprocessing, network,
+softmax) on one device-resident batch, whole (chunk 0) and in chunks of each size, in
+interleaved rounds so that other jobs on the cores slow every variant alike; prints the median
+patches/s per chunk size, its ratio to the whole batch, and the largest probability difference
+from the whole batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcalc_jax import checkpointing
+from mcalc_jax.preprocess import PreprocessOptions
+from tools import benchmark, benchmark_scoring
+
+
+def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float) -> dict:
+  """{chunk: (median patches/s, max |probability difference| from the whole batch)}."""
+  classifier = benchmark_scoring.random_classifier(model)
+  options = PreprocessOptions.from_config(classifier.config)
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (batch, 112, 112, 1)), jnp.float32)
+
+  def run(chunk: int) -> jax.Array:
+    return checkpointing._probabilities(
+      classifier.graphdef, classifier.variables, images, options, chunk
+    ).block_until_ready()
+
+  whole = run(0)
+  differences = {chunk: float(jnp.abs(run(chunk) - whole).max()) for chunk in chunks}  # compiles
+  rates: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+  for _ in range(rounds):
+    for chunk in chunks:
+      rates[chunk].append(benchmark.timed_rate(lambda c=chunk: run(c), batch, 1, seconds, 0))
+  return {chunk: (statistics.median(rates[chunk]), differences[chunk]) for chunk in chunks}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="alexnet,resnet18,resnet34")
+  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--chunks", default="0,8,16,32,64,128")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--seconds", type=float, default=2.0)
+  args = parser.parse_args()
+  chunks = [int(c) for c in args.chunks.split(",")]
+  if chunks[0] != 0:
+    chunks.insert(0, 0)
+  print(f"batch {args.batch}, {jax.devices()[0].platform}, median of {args.rounds} rounds")
+  print("| network | chunk | patches/s | x whole batch | max abs difference |")
+  print("| --- | --- | --- | --- | --- |")
+  for model in args.models.split(","):
+    results = sweep(model, args.batch, chunks, args.rounds, args.seconds)
+    for chunk, (rate, difference) in results.items():
+      print(
+        f"| {model} | {chunk or 'whole'} | {rate:.1f} | {rate / results[0][0]:.2f} | "
+        f"{difference:.1e} |",
+        flush=True,
+      )
+
+
+if __name__ == "__main__":
+  main()
