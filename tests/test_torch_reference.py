@@ -43,3 +43,17 @@ def test_output_shape(model):
 def test_unknown_model_raises():
   with pytest.raises(ValueError, match="unknown model"):
     torch_reference.create("vgg16")
+
+
+def test_preprocessing_matches_the_jax_path():
+  """Timed PyTorch inference does the same blur and z-score as `Classifier.probabilities`."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  from mcalc_jax.preprocess import PreprocessOptions, preprocess  # noqa: PLC0415
+
+  images = np.random.default_rng(0).uniform(0, 1, (4, 112, 112, 1)).astype(np.float32)
+  expected = preprocess(jnp.asarray(images), PreprocessOptions(blur_sigma=1.0))
+  nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+  got = torch_reference.preprocessing(1.0)(nchw).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5)

@@ -11,7 +11,8 @@ skew all of them alike, and the load average is recorded):
   - forward FLOPs per 112x112 patch (2 x multiply-adds, from the layer shapes);
   - per network, train samples/s (the project's jitted train step: preprocessing, augmentation,
     Adam) and inference patches/s (`Classifier.probabilities`: host batch, preprocessing,
-    softmax), and the same network in PyTorch (`tools.torch_reference`, Adam / softmax, best of
+    softmax), and the same network in PyTorch (`tools.torch_reference`: Adam; host batch, the same
+    blur and z-score, softmax, host probabilities), best of
     channels_last eager and, with --torch_compile, torch.compile), same thread count, on the
     same device (a GPU when JAX has one; --dtype=bfloat16 runs PyTorch under autocast);
   - seconds per 4000x3000 12-bit mammogram for the whole-image scorer (`mcalc_jax.scoring`),
@@ -255,6 +256,8 @@ def torch_rates(
   net = net.to(device, memory_format=torch.channels_last)
   x = torch.rand(batch_size, 1, PATCH, PATCH, device=device)
   x = x.contiguous(memory_format=torch.channels_last)
+  host = torch.rand(batch_size, 1, PATCH, PATCH)
+  preprocessing = torch_reference.preprocessing(default.get_config().preprocess.blur_sigma, device)
   labels = torch.randint(0, 2, (batch_size,), device=device)
   autocast = torch.autocast(device, torch.bfloat16, enabled=args.dtype == "bfloat16")
   variants = {"channels_last": net}
@@ -280,7 +283,9 @@ def torch_rates(
 
       def call(module: Any = module) -> None:
         with torch.inference_mode(), autocast:
-          torch.softmax(module(x), -1).cpu()  # to the host, as `Classifier.probabilities`
+          # As `Classifier.probabilities`: host batch in, preprocessing, host probabilities out.
+          batch = preprocessing(host.to(device))
+          torch.softmax(module(batch), -1).cpu()
 
     call()  # compiles, for torch.compile
     if name == "compile":
@@ -351,7 +356,8 @@ def markdown(report: dict[str, Any]) -> str:
     f"- Medians of {report['repeats']} repetitions (each >= {report['min_seconds']} s) after a "
     "warm-up, compilation excluded. JAX: the project's train step (preprocessing, augmentation, "
     "Adam) and `Classifier.probabilities` (host in/out, preprocessing, softmax); PyTorch: "
-    "`tools.torch_reference` (Adam / softmax, no preprocessing), best of "
+    "`tools.torch_reference` (train: Adam on a device-resident batch; inference: host batch in, "
+    "the same blur and z-score, softmax, host out), best of "
     + ", ".join(report["torch_variants"] or ["(absent)"])
     + ".",
   ]
@@ -392,9 +398,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["mammogram"]:
       lines.append(
-        f"| {r['model']} | {r['stride']} | {r['breast_tiles']} | {r['breast_seconds']:.2f} | "
-        f"{r['all_tiles']} | {r['all_seconds']:.2f} | "
-        + (f"{r['torch_seconds']:.2f} | {r['ratio']:.2f} |" if "torch_seconds" in r else "- | - |")
+        f"| {r['model']} | {r['stride']} | {r['breast_tiles']} | {r['breast_seconds']:.3g} | "
+        f"{r['all_tiles']} | {r['all_seconds']:.3g} | "
+        + (f"{r['torch_seconds']:.3g} | {r['ratio']:.2f} |" if "torch_seconds" in r else "- | - |")
       )
   return "\n".join(lines) + "\n"
 
@@ -482,8 +488,8 @@ def main(argv: list[str] | None = None) -> None:
   )
   for model in models:
     classifier = benchmark_scoring.random_classifier(model, args.dtype)
-    cases = [("train", int(b)) for b in args.train_batch_sizes.split(",")]
-    cases += [("infer", int(b)) for b in args.infer_batch_sizes.split(",")]
+    cases = [("train", int(b)) for b in args.train_batch_sizes.split(",") if b]
+    cases += [("infer", int(b)) for b in args.infer_batch_sizes.split(",") if b]
     for mode, batch in cases:
       if mode == "train":
         rate = jax_train_rate(model, batch, args.repeats, args.min_seconds, args.dtype)

@@ -29,7 +29,7 @@ from flax import nnx
 
 from configs import default
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import checkpointing, models, parallel, preprocess, scoring
+from mcalc_jax import checkpointing, models, parallel, scoring
 
 SHAPE = (4000, 3000)
 _PATCH = 112
@@ -43,9 +43,17 @@ def synthetic_mammogram(shape: tuple[int, int], seed: int = 0) -> Mammogram:
   breast = ((rows - shape[0] / 2) / (0.45 * shape[0])) ** 2 + (cols / (0.9 * shape[1])) ** 2 < 1
   pixels = np.where(breast, rng.normal(1800, 300, shape), 40).clip(0, _MAX_VALUE)
   return Mammogram(
-      pixels=pixels.astype(np.uint16), max_value=_MAX_VALUE, bits_stored=12,
-      pixel_spacing_mm=(0.07, 0.07), spacing_assumed=True, laterality="L", view="CC",
-      flipped=False, original_shape=shape, path="synthetic")
+    pixels=pixels.astype(np.uint16),
+    max_value=_MAX_VALUE,
+    bits_stored=12,
+    pixel_spacing_mm=(0.07, 0.07),
+    spacing_assumed=True,
+    laterality="L",
+    view="CC",
+    flipped=False,
+    original_shape=shape,
+    path="synthetic",
+  )
 
 
 def random_classifier(model: str, dtype: str = "float32") -> checkpointing.Classifier:
@@ -54,23 +62,29 @@ def random_classifier(model: str, dtype: str = "float32") -> checkpointing.Class
   config.model, config.dtype = model, dtype
   config.patch_size = _PATCH
   graphdef, params, batch_stats = nnx.split(
-      models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+    models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
+  )
   mesh = parallel.make_mesh()
   variables = jax.device_put(
-      {"params": params, "batch_stats": batch_stats}, parallel.replicated(mesh))
+    {"params": params, "batch_stats": batch_stats}, parallel.replicated(mesh)
+  )
   return checkpointing.Classifier(config, graphdef, variables, mesh)
 
 
 def time_scorer(
-    classifier: checkpointing.Classifier, stride: int, images: int, batch_size: int,
-    min_breast_fraction: float = 0.0,
+  classifier: checkpointing.Classifier,
+  stride: int,
+  images: int,
+  batch_size: int,
+  min_breast_fraction: float = 0.0,
 ) -> tuple[float, int]:
   """Seconds per mammogram and tiles scored per mammogram, after a warm-up.
 
   `min_breast_fraction` 0 scores every tile; the scorer's default (0.1) skips the background.
   """
-  scorer = scoring.Scorer(classifier, stride=stride, batch_size=batch_size,
-                          min_breast_fraction=min_breast_fraction)
+  scorer = scoring.Scorer(
+    classifier, stride=stride, batch_size=batch_size, min_breast_fraction=min_breast_fraction
+  )
   scorer.score(synthetic_mammogram((1000, 800)))  # compiles the network and the tile cutter
   prepared = scorer.prepare(synthetic_mammogram(SHAPE))
   start = time.perf_counter()
@@ -96,7 +110,11 @@ def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
 
 
 def torch_tiles_per_second(
-    model: str, stride: int, batch_size: int, device: str = "cpu", dtype: str = "float32",
+  model: str,
+  stride: int,
+  batch_size: int,
+  device: str = "cpu",
+  dtype: str = "float32",
 ) -> float:
   """Tiles per second of the same network and preprocessing in PyTorch (raises ImportError).
 
@@ -110,16 +128,13 @@ def torch_tiles_per_second(
   net = torch_reference.create(model)
   torch_reference.check_param_count(model, net)
   net = net.eval().to(device, memory_format=torch.channels_last)
-  taps = torch.from_numpy(preprocess.gaussian_kernel(default.get_config().preprocess.blur_sigma))
-  blur = (taps[:, None] * taps[None, :])[None, None].to(device)
+  preprocessing = torch_reference.preprocessing(default.get_config().preprocess.blur_sigma, device)
   image = torch.from_numpy(synthetic_mammogram(SHAPE).pixels.astype(np.float32) / _MAX_VALUE)
   image = image.to(device)
   tiles = image.unfold(0, _PATCH, stride).unfold(1, _PATCH, stride).reshape(-1, 1, _PATCH, _PATCH)
 
   def score(batch: torch.Tensor) -> torch.Tensor:
-    x = torch.nn.functional.conv2d(batch, blur, padding=blur.shape[-1] // 2)
-    x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
-    return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)), -1)
+    return torch.softmax(net(preprocessing(batch)), -1)
 
   autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16")
   with torch.inference_mode(), autocast:
@@ -138,25 +153,32 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--naive_tiles", type=int, default=64)
   args = parser.parse_args()
-  print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
-        f"({jax.default_backend()}), jax {jax.__version__}; image {SHAPE[0]}x{SHAPE[1]} "
-        f"12-bit, all tiles scored, batch {args.batch_size}")
+  print(
+    f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
+    f"({jax.default_backend()}), jax {jax.__version__}; image {SHAPE[0]}x{SHAPE[1]} "
+    f"12-bit, all tiles scored, batch {args.batch_size}"
+  )
   for model in args.models.split(","):
     classifier = random_classifier(model)
     naive = time_naive_loop(classifier, args.naive_tiles)
     for stride in map(int, args.strides.split(",")):
       seconds, tiles = time_scorer(classifier, stride, args.images, args.batch_size)
       rate = tiles / seconds
-      print(f"{model} stride {stride}: {tiles} tiles; scorer {seconds:.2f} s/mammogram, "
-            f"{rate:.0f} tiles/s | naive loop {tiles / naive:.1f} s/mammogram, {naive:.0f} "
-            f"tiles/s (scorer {rate / naive:.1f}x)", end=" | ", flush=True)
+      print(
+        f"{model} stride {stride}: {tiles} tiles; scorer {seconds:.2f} s/mammogram, "
+        f"{rate:.0f} tiles/s | naive loop {tiles / naive:.1f} s/mammogram, {naive:.0f} "
+        f"tiles/s (scorer {rate / naive:.1f}x)",
+        end=" | ",
+        flush=True,
+      )
       try:
         torch_rate = torch_tiles_per_second(model, stride, args.batch_size)
-        print(f"PyTorch {tiles / torch_rate:.2f} s/mammogram, {torch_rate:.0f} tiles/s "
-              f"(scorer {rate / torch_rate:.2f}x)")
+        print(
+          f"PyTorch {tiles / torch_rate:.2f} s/mammogram, {torch_rate:.0f} tiles/s "
+          f"(scorer {rate / torch_rate:.2f}x)"
+        )
       except ImportError:
-        print("PyTorch: torch not importable here (optional extra mcalc_jax[torch]), "
-              "not compared")
+        print("PyTorch: torch not importable here (optional extra mcalc_jax[torch]), not compared")
 
 
 if __name__ == "__main__":

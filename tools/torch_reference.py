@@ -9,7 +9,7 @@ raises ImportError, which callers report as "PyTorch absent".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -128,3 +128,24 @@ def check_param_count(model: str, net: nn.Module) -> None:
   got = param_count(net)
   if got != EXPECTED_PARAMS[model]:
     raise AssertionError(f"{model}: {got} parameters, the JAX model has {EXPECTED_PARAMS[model]}")
+
+
+def preprocessing(sigma: float, device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+  """The JAX path's preprocessing in PyTorch (Gaussian blur, per-patch z-score), NCHW in and out.
+
+  So that a timed PyTorch forward does the same work as `Classifier.probabilities`, which
+  preprocesses on the device (same numbers up to float32 rounding; see tests).
+  """
+  radius = max(1, int(3.0 * sigma + 0.5))
+  taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / max(sigma, 1e-6)) ** 2)
+  taps = (taps / taps.sum()).to(device)
+  rows, cols = taps.view(1, 1, -1, 1), taps.view(1, 1, 1, -1)
+
+  def apply(x: torch.Tensor) -> torch.Tensor:
+    if sigma > 0:
+      x = nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+      x = nn.functional.conv2d(nn.functional.conv2d(x, rows), cols)
+    mean, std = x.mean((1, 2, 3), keepdim=True), x.std((1, 2, 3), correction=0, keepdim=True)
+    return ((x - mean) / std.clamp_min(1e-4)).contiguous(memory_format=torch.channels_last)
+
+  return apply

@@ -7,7 +7,8 @@ XLA reads XLA_FLAGS once per process, so each option set runs in a child process
 after the other on the same machine. Each child measures, per network, inference patches/s of
 `Classifier.probabilities` (batch --infer_batch) and training samples/s of the project's train
 step (batch --train_batch), and the probabilities of a fixed batch under fixed random weights. The
-parent prints and writes (--out, JSON) each set's speed as a ratio to the default set, and the
+parent prints and writes (--out, JSON) each set's median speed over --rounds passes (every pass runs every set, so a change of load
+hits all sets alike) as a ratio to the default set, and the
 largest probability difference from the default set's, so a fast path that changes the numbers
 shows it. An option this jaxlib rejects is reported as failed, not skipped silently.
 """
@@ -82,6 +83,17 @@ def run_set(name: str, args: argparse.Namespace, scratch: str) -> tuple[dict, di
     return json.loads(pathlib.Path(out).read_text()), dict(npz)
 
 
+def _medians(results: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+  """Median rates over rounds, and the first round's probabilities (the same in every round)."""
+  rates = {
+    model: {
+      mode: float(np.median([r[0][model][mode] for r in results])) for mode in ("infer", "train")
+    }
+    for model in results[0][0]
+  }
+  return rates, results[0][1]
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sets", default=",".join(OPTION_SETS))
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--infer_batch", type=int, default=64)
   parser.add_argument("--train_batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=2, help="Passes over all sets; medians.")
   parser.add_argument("--min_seconds", type=float, default=1.0)
   parser.add_argument("--out", default="docs/xla_cpu_flags.json")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -106,36 +119,42 @@ def main(argv: list[str] | None = None) -> None:
     "train_batch": args.train_batch,
     "sets": {},
   }
-  print(
-    "| option set | network | infer/s | x default | train/s | x default | max |dp| |", flush=True
-  )
   with tempfile.TemporaryDirectory() as scratch:
-    base = None
-    for name in sets:
-      measured = run_set(name, args, scratch)
-      if isinstance(measured, str):
-        report["sets"][name] = {"flags": OPTION_SETS[name], "failed": measured}
-        print(f"| {name} | failed: {measured} |", flush=True)
-        continue
-      rates, probabilities = measured
-      base = base or measured
-      rows = {}
-      for model, rate in rates.items():
-        row = rows[model] = {
-          **rate,
-          "infer_ratio": rate["infer"] / base[0][model]["infer"],
-          "train_ratio": rate["train"] / base[0][model]["train"],
-          "max_abs_probability_difference": float(
-            np.abs(probabilities[model] - base[1][model]).max()
-          ),
-        }
+    measured: dict[str, list] = {name: [] for name in sets}
+    for round_ in range(args.rounds):  # whole rounds, so a change of load hits every set alike
+      for name in sets:
+        result = run_set(name, args, scratch)
+        measured[name].append(result)
         print(
-          f"| {name} | {model} | {row['infer']:.1f} | {row['infer_ratio']:.2f} | "
-          f"{row['train']:.1f} | {row['train_ratio']:.2f} | "
-          f"{row['max_abs_probability_difference']:.1e} |",
+          f"round {round_ + 1}: {name} {'failed' if isinstance(result, str) else 'done'}",
           flush=True,
         )
-      report["sets"][name] = {"flags": OPTION_SETS[name], "networks": rows}
+  print("| option set | network | infer/s | x default | train/s | x default | max abs dp |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  base = _medians(measured["default"])
+  for name in sets:
+    failures = [m for m in measured[name] if isinstance(m, str)]
+    if failures:
+      report["sets"][name] = {"flags": OPTION_SETS[name], "failed": failures[0]}
+      print(f"| {name} | failed: {failures[0]} |")
+      continue
+    rates, probabilities = _medians(measured[name])
+    rows = {}
+    for model, rate in rates.items():
+      row = rows[model] = {
+        **rate,
+        "infer_ratio": rate["infer"] / base[0][model]["infer"],
+        "train_ratio": rate["train"] / base[0][model]["train"],
+        "max_abs_probability_difference": float(
+          np.abs(probabilities[model] - base[1][model]).max()
+        ),
+      }
+      print(
+        f"| {name} | {model} | {row['infer']:.1f} | {row['infer_ratio']:.2f} | "
+        f"{row['train']:.1f} | {row['train_ratio']:.2f} | "
+        f"{row['max_abs_probability_difference']:.1e} |"
+      )
+    report["sets"][name] = {"flags": OPTION_SETS[name], "networks": rows}
   report["load_average_end"] = os.getloadavg()[0]
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
