@@ -18,10 +18,10 @@ DEFAULT_MAX_SIDE = 512
 
 
 def breast_mask(
-    pixels: np.ndarray,
-    *,
-    threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
-    max_side: int = DEFAULT_MAX_SIDE,
+  pixels: np.ndarray,
+  *,
+  threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+  max_side: int = DEFAULT_MAX_SIDE,
 ) -> np.ndarray:
   """Returns a bool mask, the shape of `pixels`, of the largest bright region with holes filled.
 
@@ -40,10 +40,10 @@ def breast_mask(
 
 
 def breast_side(
-    pixels: np.ndarray,
-    *,
-    threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
-    max_side: int = DEFAULT_MAX_SIDE,
+  pixels: np.ndarray,
+  *,
+  threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+  max_side: int = DEFAULT_MAX_SIDE,
 ) -> str:
   """Returns 'left' or 'right', the half of the image holding more breast, or '' if no breast."""
   small, _ = _coarse_mask(pixels, threshold_fraction, max_side)
@@ -58,7 +58,7 @@ def breast_side(
 
 
 def _coarse_mask(
-    pixels: np.ndarray, threshold_fraction: float, max_side: int
+  pixels: np.ndarray, threshold_fraction: float, max_side: int
 ) -> tuple[np.ndarray, int]:
   """The mask of a strided copy of `pixels`, and the stride."""
   if pixels.ndim != 2:

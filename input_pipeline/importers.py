@@ -24,43 +24,43 @@ from input_pipeline import breast, errors, mammogram
 from input_pipeline.manifest import COLUMNS, Finding, parse_finding
 
 LABELS = {
-    "": "",
-    "b": "benign",
-    "benign": "benign",
-    "benign_without_callback": "benign",
-    "m": "malignant",
-    "malignant": "malignant",
+  "": "",
+  "b": "benign",
+  "benign": "benign",
+  "benign_without_callback": "benign",
+  "m": "malignant",
+  "malignant": "malignant",
 }
 ABNORMALITIES = {
-    "": "",
-    "calc": "calcification",
-    "calcification": "calcification",
-    "calcifications": "calcification",
-    "microcalcification": "calcification",
-    "microcalcifications": "calcification",
-    "mass": "mass",
-    "arch": "distortion",
-    "distortion": "distortion",
-    "architectural distortion": "distortion",
-    "asym": "asymmetry",
-    "asymmetry": "asymmetry",
-    "other": "other",
-    "none": "none",
-    "norm": "none",
-    "normal": "none",
+  "": "",
+  "calc": "calcification",
+  "calcification": "calcification",
+  "calcifications": "calcification",
+  "microcalcification": "calcification",
+  "microcalcifications": "calcification",
+  "mass": "mass",
+  "arch": "distortion",
+  "distortion": "distortion",
+  "architectural distortion": "distortion",
+  "asym": "asymmetry",
+  "asymmetry": "asymmetry",
+  "other": "other",
+  "none": "none",
+  "norm": "none",
+  "normal": "none",
 }
 LATERALITIES = {"l": "L", "left": "L", "r": "R", "right": "R"}
 
 # --- mini-MIAS -------------------------------------------------------------------------------
 
 MIAS_CLASSES = {
-    "CALC": "calcification",
-    "CIRC": "mass",
-    "SPIC": "mass",
-    "MISC": "mass",
-    "ARCH": "distortion",
-    "ASYM": "asymmetry",
-    "NORM": "none",
+  "CALC": "calcification",
+  "CIRC": "mass",
+  "SPIC": "mass",
+  "MISC": "mass",
+  "ARCH": "distortion",
+  "ASYM": "asymmetry",
+  "NORM": "none",
 }
 MIAS_DENSITY = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
 _MIAS_ROW = re.compile(r"^(mdb(\d{3}))\s+([FGD])\s+([A-Z]{4})\b(.*)$")
@@ -109,12 +109,19 @@ def _mias_image(mias_dir: str, ref: str) -> str | None:
   return None
 
 
-def _mias_finding(path: str, ref: str, number: int, tissue: str, code: str, rest: list[str],
-                  index: int) -> Finding:
+def _mias_finding(
+  path: str, ref: str, number: int, tissue: str, code: str, rest: list[str], index: int
+) -> Finding:
   abnormality = MIAS_CLASSES.get(code, "other")
-  common = dict(patient_id=str(math.ceil(number / 2)), image_path=path,
-                abnormality=abnormality, density=MIAS_DENSITY[tissue], view="MLO",
-                laterality="L" if number % 2 == 0 else "R", subtype=code)
+  common = dict(
+    patient_id=str(math.ceil(number / 2)),
+    image_path=path,
+    abnormality=abnormality,
+    density=MIAS_DENSITY[tissue],
+    view="MLO",
+    laterality="L" if number % 2 == 0 else "R",
+    subtype=code,
+  )
   if abnormality == "none":
     return Finding(**common)
   label = LABELS.get(rest[0].lower(), "") if rest else ""
@@ -167,12 +174,21 @@ def _inside(mask: np.ndarray, row: float, col: float) -> bool:
 
 
 _CBIS_COLUMNS = {
-    "patient id", "left or right breast", "image view", "abnormality id", "abnormality type",
-    "pathology", "image file path", "cropped image file path", "roi mask file path"}
+  "patient id",
+  "left or right breast",
+  "image view",
+  "abnormality id",
+  "abnormality type",
+  "pathology",
+  "image file path",
+  "cropped image file path",
+  "roi mask file path",
+}
 
 
-def import_cbis_ddsm(case_csv: str | os.PathLike,
-                     image_root: str | os.PathLike | None = None) -> list[Finding]:
+def import_cbis_ddsm(
+  case_csv: str | os.PathLike, image_root: str | os.PathLike | None = None
+) -> list[Finding]:
   """Findings of CBIS-DDSM case description tables (calc or mass, train or test).
 
   Args:
@@ -188,14 +204,16 @@ def import_cbis_ddsm(case_csv: str | os.PathLike,
   `benign_without_callback`.
   """
   case_csv = os.fspath(case_csv)
-  tables = (sorted(glob.glob(os.path.join(case_csv, "*case_description*.csv")))
-            if os.path.isdir(case_csv) else [case_csv])
+  tables = (
+    sorted(glob.glob(os.path.join(case_csv, "*case_description*.csv")))
+    if os.path.isdir(case_csv)
+    else [case_csv]
+  )
   if not tables:
     raise FileNotFoundError(f"no *case_description*.csv in {case_csv}")
   default_root = case_csv if os.path.isdir(case_csv) else os.path.dirname(case_csv)
   root = os.path.abspath(os.fspath(image_root or default_root))
-  return [_cbis_finding(row, root, where)
-          for table in tables for row, where in _cbis_rows(table)]
+  return [_cbis_finding(row, root, where) for table in tables for row, where in _cbis_rows(table)]
 
 
 def _cbis_rows(table: str) -> Iterator[tuple[dict[str, str], str]]:
@@ -219,7 +237,8 @@ def _cbis_finding(row: dict[str, str], root: str, where: str) -> Finding:
   abnormality = ABNORMALITIES.get(row["abnormality type"].lower(), "other")
   pathology = row["pathology"].lower()
   mask_path, mask_fits = _cbis_mask(root, row, image)
-  finding = parse_finding(dict(
+  finding = parse_finding(
+    dict(
       patient_id=row["patient id"],
       image_path=image,
       finding_id=f"{abnormality}_{row['abnormality id']}",
@@ -231,7 +250,9 @@ def _cbis_finding(row: dict[str, str], root: str, where: str) -> Finding:
       laterality=LATERALITIES.get(row["left or right breast"].lower(), ""),
       subtype=row.get("calc type") or row.get("mass shape", ""),
       note="benign_without_callback" if pathology == "benign_without_callback" else "",
-  ), where)
+    ),
+    where,
+  )
   centre = _mask_centre(mask_path) if mask_fits else None
   if centre is None:
     return finding
@@ -267,8 +288,9 @@ def _cbis_mask(root: str, row: dict[str, str], image: str) -> tuple[str, bool]:
   mammogram's size. Without a match the larger candidate (or the table's mask path) is kept.
   """
   listed = [os.path.join(root, row[k]) for k in ("roi mask file path", "cropped image file path")]
-  candidates = ([p for p in listed if os.path.isfile(p)]
-                or _dicoms_under(root, row["roi mask file path"]))
+  candidates = [p for p in listed if os.path.isfile(p)] or _dicoms_under(
+    root, row["roi mask file path"]
+  )
   shapes = {p: s for p in candidates if (s := _dicom_shape(p))}
   full = _dicom_shape(image)
   matching = [p for p, s in shapes.items() if s == full]
@@ -307,12 +329,12 @@ def _mask_centre(mask_path: str) -> tuple[float, float, float] | None:
 
 
 def import_generic(
-    csv_path: str | os.PathLike,
-    columns: Mapping[str, str] | None = None,
-    *,
-    labels: Mapping[str, str] | None = None,
-    abnormalities: Mapping[str, str] | None = None,
-    default_abnormality: str = "calcification",
+  csv_path: str | os.PathLike,
+  columns: Mapping[str, str] | None = None,
+  *,
+  labels: Mapping[str, str] | None = None,
+  abnormalities: Mapping[str, str] | None = None,
+  default_abnormality: str = "calcification",
 ) -> list[Finding]:
   """Findings from a user's CSV (comma, semicolon or tab separated).
 

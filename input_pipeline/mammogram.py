@@ -117,25 +117,26 @@ class _Decoded:
 
 VIEWS = ("CC", "MLO", "ML", "LM", "LMO", "FB", "SIO", "XCC", "XCCL", "XCCM", "AT")
 _VIEW_MEANINGS = {
-    "cranio-caudal": "CC",
-    "medio-lateral oblique": "MLO",
-    "medio-lateral": "ML",
-    "latero-medial": "LM",
-    "latero-medial oblique": "LMO",
-    "caudo-cranial (from below)": "FB",
-    "superolateral to inferomedial oblique": "SIO",
-    "exaggerated cranio-caudal": "XCC",
-    "cranio-caudal exaggerated laterally": "XCCL",
-    "cranio-caudal exaggerated medially": "XCCM",
-    "axillary tail": "AT",
+  "cranio-caudal": "CC",
+  "medio-lateral oblique": "MLO",
+  "medio-lateral": "ML",
+  "latero-medial": "LM",
+  "latero-medial oblique": "LMO",
+  "caudo-cranial (from below)": "FB",
+  "superolateral to inferomedial oblique": "SIO",
+  "exaggerated cranio-caudal": "XCC",
+  "cranio-caudal exaggerated laterally": "XCCL",
+  "cranio-caudal exaggerated medially": "XCCM",
+  "axillary tail": "AT",
 }
 _LATERALITY_WORDS = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 _PLAUSIBLE_SPACING_MM = (0.005, 2.0)
 _INFERRED_BITS = (10, 12, 14, 16)
 _PGM_FIELD = re.compile(rb"(?:\s|#[^\n]*\n)*(\d+)")
 _CODEC_HINT = (
-    "install a decoder: pip install 'mcalc_jax[codecs]' (pylibjpeg) or 'mcalc_jax[gdcm]' "
-    "(python-gdcm)")
+  "install a decoder: pip install 'mcalc_jax[codecs]' (pylibjpeg) or 'mcalc_jax[gdcm]' "
+  "(python-gdcm)"
+)
 
 
 def read_mammogram(path: str | os.PathLike, options: ReadOptions | None = None) -> Mammogram:
@@ -176,7 +177,8 @@ def read_mask(path: str | os.PathLike, like: Mammogram | None = None) -> np.ndar
     return mask
   if mask.shape != like.original_shape:
     raise errors.UnreadableImageError(
-        path, f"mask shape {mask.shape} differs from the mammogram's {like.original_shape}")
+      path, f"mask shape {mask.shape} differs from the mammogram's {like.original_shape}"
+    )
   return mask[:, ::-1] if like.flipped else mask
 
 
@@ -209,16 +211,16 @@ def _canonical(path: str, decoded: _Decoded, options: ReadOptions) -> Mammogram:
     pixels = np.ascontiguousarray(pixels[:, ::-1])
   spacing = decoded.spacing_mm
   return Mammogram(
-      pixels=pixels,
-      max_value=2**decoded.bits_stored - 1,
-      bits_stored=decoded.bits_stored,
-      pixel_spacing_mm=spacing or tuple(float(s) for s in options.default_spacing_mm),
-      spacing_assumed=spacing is None,
-      laterality=laterality,
-      view=view,
-      flipped=flipped,
-      original_shape=tuple(pixels.shape),
-      path=path,
+    pixels=pixels,
+    max_value=2**decoded.bits_stored - 1,
+    bits_stored=decoded.bits_stored,
+    pixel_spacing_mm=spacing or tuple(float(s) for s in options.default_spacing_mm),
+    spacing_assumed=spacing is None,
+    laterality=laterality,
+    view=view,
+    flipped=flipped,
+    original_shape=tuple(pixels.shape),
+    path=path,
   )
 
 
@@ -243,16 +245,17 @@ def _read_dicom(path: str, options: ReadOptions) -> _Decoded:
   modality = str(ds.get("Modality", "")).upper()
   if options.require_mg and modality and modality != "MG":
     raise errors.NonMammogramModalityError(
-        path, f"Modality is {modality}, not MG (set ReadOptions.require_mg=False to read it)")
+      path, f"Modality is {modality}, not MG (set ReadOptions.require_mg=False to read it)"
+    )
   stored = _decode_pixels(path, ds)
   pixels, bits = _apply_value_table(stored, ds, options)
   return _Decoded(
-      pixels=pixels,
-      bits_stored=bits,
-      spacing_mm=_spacing(ds),
-      laterality=_dicom_laterality(ds),
-      view=_dicom_view(ds),
-      chest_wall=_chest_wall_from_orientation(ds),
+    pixels=pixels,
+    bits_stored=bits,
+    spacing_mm=_spacing(ds),
+    laterality=_dicom_laterality(ds),
+    view=_dicom_view(ds),
+    chest_wall=_chest_wall_from_orientation(ds),
   )
 
 
@@ -268,7 +271,8 @@ def _read_dataset(path: str) -> pydicom.Dataset:
       raise errors.TruncatedError(path, "the DICOM header ends early") from e
     except Exception as e:  # pydicom raises many types on malformed headers
       raise errors.UnreadableImageError(
-          path, f"the DICOM header cannot be parsed ({type(e).__name__})") from e
+        path, f"the DICOM header cannot be parsed ({type(e).__name__})"
+      ) from e
   if any("End of file reached" in str(w.message) for w in caught):
     raise errors.TruncatedError(path, "the file ends inside the encapsulated pixel data")
   short = [e.tag for e in ds.elements() if _is_short(e)]
@@ -297,35 +301,43 @@ def _decode_pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
     decoder = get_decoder(syntax)
   except NotImplementedError as e:
     raise errors.UnsupportedTransferSyntaxError(
-        path, f"transfer syntax {syntax} ({syntax.name}) has no decoder in pydicom") from e
+      path, f"transfer syntax {syntax} ({syntax.name}) has no decoder in pydicom"
+    ) from e
   if not decoder.is_available:
     raise errors.MissingCodecError(path, f"{syntax.name} pixel data: {_CODEC_HINT}")
   frames, samples = int(ds.get("NumberOfFrames") or 1), int(ds.get("SamplesPerPixel") or 1)
   if (frames, samples) != (1, 1):
     raise errors.UnreadableImageError(
-        path, f"NumberOfFrames {frames}, SamplesPerPixel {samples}: only single-frame "
-        "greyscale images are read")
+      path,
+      f"NumberOfFrames {frames}, SamplesPerPixel {samples}: only single-frame "
+      "greyscale images are read",
+    )
   if int(ds.get("BitsAllocated") or 0) not in (8, 16):
     raise errors.UnreadableImageError(
-        path, f"BitsAllocated {ds.get('BitsAllocated')}: only 8 and 16 are read")
+      path, f"BitsAllocated {ds.get('BitsAllocated')}: only 8 and 16 are read"
+    )
   try:
     return pixel_array(ds)
   except Exception as e:  # decoders raise ValueError, RuntimeError, plugin-specific errors
     raise errors.UnreadableImageError(
-        path, f"the pixel data cannot be decoded ({type(e).__name__}: {e})") from e
+      path, f"the pixel data cannot be decoded ({type(e).__name__}: {e})"
+    ) from e
 
 
 def _apply_value_table(
-    stored: np.ndarray, ds: pydicom.Dataset, options: ReadOptions
+  stored: np.ndarray, ds: pydicom.Dataset, options: ReadOptions
 ) -> tuple[np.ndarray, int]:
   """Stored values -> uint16 dense-bright values and their bit depth, via one lookup table."""
   container = 8 * stored.itemsize
   bits = int(ds.get("BitsStored") or container)  # pydicom's decode checked 1 <= bits <= container
   signed = int(ds.get("PixelRepresentation") or 0) == 1
   has_modality = "ModalityLUTSequence" in ds or (
-      float(ds.get("RescaleSlope") or 1), float(ds.get("RescaleIntercept") or 0)) != (1.0, 0.0)
+    float(ds.get("RescaleSlope") or 1),
+    float(ds.get("RescaleIntercept") or 0),
+  ) != (1.0, 0.0)
   has_voi = options.apply_voi and (
-      "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds))
+    "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+  )
   inverted = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
   if not (signed or has_modality or has_voi or inverted or bits < container):
     return stored.astype(np.uint16, copy=False), bits
@@ -445,7 +457,8 @@ def _read_pillow(path: str) -> tuple[np.ndarray, int]:
     image = Image.open(path)
   except UnidentifiedImageError as e:
     raise errors.NotDicomError(
-        path, "neither DICOM (no 'DICM' marker) nor an image format Pillow reads") from e
+      path, "neither DICOM (no 'DICM' marker) nor an image format Pillow reads"
+    ) from e
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise errors.UnreadableImageError(path, f"cannot be opened ({type(e).__name__}: {e})") from e
   with image:
@@ -457,7 +470,8 @@ def _read_pillow(path: str) -> tuple[np.ndarray, int]:
       raise errors.UnreadableImageError(path, f"{image.format} cannot be decoded ({e})") from e
     except Exception as e:  # Pillow plugins raise SyntaxError, ValueError, zlib.error, ...
       raise errors.UnreadableImageError(
-          path, f"{image.format} cannot be decoded ({type(e).__name__}: {e})") from e
+        path, f"{image.format} cannot be decoded ({type(e).__name__}: {e})"
+      ) from e
     pixels, container = _image_array(path, image)
   return pixels, _inferred_bits(pixels, container)
 

@@ -101,7 +101,8 @@ def _absolute(finding: Finding, base: str) -> Finding:
     return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
   return dataclasses.replace(
-      finding, image_path=resolve(finding.image_path), mask_path=resolve(finding.mask_path))
+    finding, image_path=resolve(finding.image_path), mask_path=resolve(finding.mask_path)
+  )
 
 
 def write_manifest(path: str | os.PathLike, findings: Iterable[Finding]) -> None:

@@ -104,9 +104,12 @@ class Patch:
 
 def is_positive(finding: Finding, settings: PatchSettings) -> bool:
   """Whether a finding gives calcification patches (has a position and a trusted annotation)."""
-  return (finding.abnormality in settings.positive_abnormalities
-          and finding.row is not None and finding.col is not None
-          and finding.note not in settings.excluded_notes)
+  return (
+    finding.abnormality in settings.positive_abnormalities
+    and finding.row is not None
+    and finding.col is not None
+    and finding.note not in settings.excluded_notes
+  )
 
 
 def num_positive_patches(findings: Sequence[Finding], settings: PatchSettings) -> int:
@@ -130,8 +133,9 @@ def window_pixels(mammogram: Mammogram, settings: PatchSettings) -> tuple[int, i
   return tuple(max(2, round(settings.size_mm / s)) for s in mammogram.pixel_spacing_mm)
 
 
-def cut(pixels: np.ndarray, row: float, col: float, shape: tuple[int, int],
-        edge: str) -> tuple[np.ndarray, float, float]:
+def cut(
+  pixels: np.ndarray, row: float, col: float, shape: tuple[int, int], edge: str
+) -> tuple[np.ndarray, float, float]:
   """Cuts a `shape` window centred on (row, col); returns it and its actual centre."""
   (h, w), (rows, cols) = shape, pixels.shape
   top, left = int(round(row)) - h // 2, int(round(col)) - w // 2
@@ -140,7 +144,7 @@ def cut(pixels: np.ndarray, row: float, col: float, shape: tuple[int, int],
   out = np.zeros(shape, pixels.dtype)
   r0, c0 = max(top, 0), max(left, 0)
   r1, c1 = min(top + h, rows), min(left + w, cols)
-  out[r0 - top:r1 - top, c0 - left:c1 - left] = pixels[r0:r1, c0:c1]
+  out[r0 - top : r1 - top, c0 - left : c1 - left] = pixels[r0:r1, c0:c1]
   return out, top + h // 2, left + w // 2
 
 
@@ -164,8 +168,9 @@ class _Annotation:
   mask: np.ndarray | None
 
 
-def _annotations(mammogram: Mammogram, findings: Sequence[Finding],
-                 masks: Mapping[str, np.ndarray]) -> list[_Annotation]:
+def _annotations(
+  mammogram: Mammogram, findings: Sequence[Finding], masks: Mapping[str, np.ndarray]
+) -> list[_Annotation]:
   out = []
   for f in findings:
     if f.row is None or f.col is None:
@@ -187,8 +192,9 @@ def _exclusion_box(a: _Annotation, shape: tuple[int, int]) -> tuple[float, float
   return top, left, bottom, right
 
 
-def _cluster_centres(a: _Annotation, k: int, half: float, settings: PatchSettings,
-                     rng: np.random.Generator) -> list[tuple[float, float]]:
+def _cluster_centres(
+  a: _Annotation, k: int, half: float, settings: PatchSettings, rng: np.random.Generator
+) -> list[tuple[float, float]]:
   """The annotation centre, then k-1 centres inside the circle (or mask)."""
   centres = [(a.row, a.col)]
   if k == 1:
@@ -204,23 +210,43 @@ def _cluster_centres(a: _Annotation, k: int, half: float, settings: PatchSetting
   return centres
 
 
-def _make_patch(mammogram: Mammogram, row: float, col: float, settings: PatchSettings,
-                finding: Finding | None, patch_id: str) -> Patch:
-  window, row, col = cut(mammogram.pixels, row, col, window_pixels(mammogram, settings),
-                         settings.edge)
+def _make_patch(
+  mammogram: Mammogram,
+  row: float,
+  col: float,
+  settings: PatchSettings,
+  finding: Finding | None,
+  patch_id: str,
+) -> Patch:
+  window, row, col = cut(
+    mammogram.pixels, row, col, window_pixels(mammogram, settings), settings.edge
+  )
   orig_row, orig_col = mammogram.to_original(row, col)
   if finding is None:
     labels, finding_id, severity = (0, -1), "", ""
   else:
     task2 = {"benign": 0, "malignant": 1}.get(finding.label, -1)
     labels, finding_id, severity = (1, task2), finding.finding_id, finding.label
-  return Patch(resample(window, settings.size), mammogram.max_value, *labels, finding_id, patch_id,
-               float(orig_row), float(orig_col), severity)
+  return Patch(
+    resample(window, settings.size),
+    mammogram.max_value,
+    *labels,
+    finding_id,
+    patch_id,
+    float(orig_row),
+    float(orig_col),
+    severity,
+  )
 
 
-def positive_patches(mammogram: Mammogram, findings: Sequence[Finding], image_id: str,
-                     settings: PatchSettings, *,
-                     masks: Mapping[str, np.ndarray] | None = None) -> list[Patch]:
+def positive_patches(
+  mammogram: Mammogram,
+  findings: Sequence[Finding],
+  image_id: str,
+  settings: PatchSettings,
+  *,
+  masks: Mapping[str, np.ndarray] | None = None,
+) -> list[Patch]:
   """Calcification patches: `per_cluster` per positive finding of this image.
 
   `masks` maps a finding id to its ROI mask (bool, in `pixels` orientation), if it has one.
@@ -237,37 +263,51 @@ def positive_patches(mammogram: Mammogram, findings: Sequence[Finding], image_id
   return patches
 
 
-def _reject_reason(mammogram: Mammogram, top: int, left: int, shape: tuple[int, int],
-                   breast: np.ndarray | None, boxes: Sequence[tuple], tissue: float,
-                   breast_fraction: float) -> str:
+def _reject_reason(
+  mammogram: Mammogram,
+  top: int,
+  left: int,
+  shape: tuple[int, int],
+  breast: np.ndarray | None,
+  boxes: Sequence[tuple],
+  tissue: float,
+  breast_fraction: float,
+) -> str:
   """'' when the window at (top, left) is acceptable background, else the failed test."""
   h, w = shape
   for b_top, b_left, b_bottom, b_right in boxes:
     if top < b_bottom and top + h > b_top and left < b_right and left + w > b_left:
       return "overlaps an annotation"
-  window = mammogram.pixels[top:top + h, left:left + w]
+  window = mammogram.pixels[top : top + h, left : left + w]
   if window.mean() < tissue * mammogram.max_value:
     return "mean intensity below the tissue threshold"
-  if breast is not None and breast[top:top + h, left:left + w].mean() < breast_fraction:
+  if breast is not None and breast[top : top + h, left : left + w].mean() < breast_fraction:
     return "too little breast in the window"
   return ""
 
 
-def _candidate_centres(breast: np.ndarray | None, shape: tuple[int, int],
-                       image_shape: tuple[int, int]) -> np.ndarray:
+def _candidate_centres(
+  breast: np.ndarray | None, shape: tuple[int, int], image_shape: tuple[int, int]
+) -> np.ndarray:
   """Flat indices of centres whose whole window fits, inside the breast when known."""
   (h, w), (rows, cols) = shape, image_shape
   allowed = np.zeros(image_shape, bool)
-  allowed[h // 2:rows - (h - h // 2) + 1, w // 2:cols - (w - w // 2) + 1] = True
+  allowed[h // 2 : rows - (h - h // 2) + 1, w // 2 : cols - (w - w // 2) + 1] = True
   if breast is not None:
     allowed &= breast
   return np.flatnonzero(allowed)
 
 
-def background_patches(mammogram: Mammogram, findings: Sequence[Finding], image_id: str,
-                       count: int, settings: PatchSettings, *,
-                       breast: np.ndarray | None = None,
-                       masks: Mapping[str, np.ndarray] | None = None) -> list[Patch]:
+def background_patches(
+  mammogram: Mammogram,
+  findings: Sequence[Finding],
+  image_id: str,
+  count: int,
+  settings: PatchSettings,
+  *,
+  breast: np.ndarray | None = None,
+  masks: Mapping[str, np.ndarray] | None = None,
+) -> list[Patch]:
   """`count` background patches from tissue away from every annotation of any abnormality.
 
   Raises PatchSamplingError when even the most relaxed limits leave no acceptable window.
@@ -284,8 +324,7 @@ def background_patches(mammogram: Mammogram, findings: Sequence[Finding], image_
   patches, misses = [], {}
   for _ in range(settings.relax_rounds + 1):
     for _ in range(settings.max_tries):
-      row, col = np.unravel_index(candidates[rng.integers(len(candidates))],
-                                  mammogram.pixels.shape)
+      row, col = np.unravel_index(candidates[rng.integers(len(candidates))], mammogram.pixels.shape)
       top, left = row - shape[0] // 2, col - shape[1] // 2
       reason = _reject_reason(mammogram, top, left, shape, breast, boxes, tissue, fraction)
       if reason:
@@ -297,9 +336,11 @@ def background_patches(mammogram: Mammogram, findings: Sequence[Finding], image_
         return patches
     tissue, fraction = tissue * settings.relax_factor, fraction * settings.relax_factor
   raise PatchSamplingError(
-      f"{mammogram.path}: {len(patches)} of {count} background patches after "
-      f"{settings.relax_rounds} relaxations (tissue threshold down to {tissue:.3f}, breast "
-      f"fraction down to {fraction:.3f}); rejections: {misses}", patches)
+    f"{mammogram.path}: {len(patches)} of {count} background patches after "
+    f"{settings.relax_rounds} relaxations (tissue threshold down to {tissue:.3f}, breast "
+    f"fraction down to {fraction:.3f}); rejections: {misses}",
+    patches,
+  )
 
 
 def background_quota(image_ids: Sequence[str], total: int, seed: int) -> dict[str, int]:

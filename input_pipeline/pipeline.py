@@ -29,14 +29,11 @@ _ENDLESS = 2**62  # steps; grain's MapDataset needs a length
 class PatchData(Protocol):
   """What the training loop consumes (see docs/design.md)."""
 
-  def train_batches(self, start_step: int = 0) -> Iterator[dict]:
-    ...
+  def train_batches(self, start_step: int = 0) -> Iterator[dict]: ...
 
-  def eval_batches(self, split: str) -> Iterator[dict]:
-    ...
+  def eval_batches(self, split: str) -> Iterator[dict]: ...
 
-  def num_examples(self, split: str) -> int:
-    ...
+  def num_examples(self, split: str) -> int: ...
 
 
 def _text(value) -> str:
@@ -76,9 +73,11 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _stack(examples: Sequence[dict], mask: Sequence[bool], with_ids: bool) -> dict:
-  batch = {"image": np.stack([e["image"] for e in examples]).astype(np.float32),
-           "label": np.array([e["label"] for e in examples], np.int32),
-           "mask": np.array(mask, bool)}
+  batch = {
+    "image": np.stack([e["image"] for e in examples]).astype(np.float32),
+    "label": np.array([e["label"] for e in examples], np.int32),
+    "mask": np.array(mask, bool),
+  }
   if with_ids:
     batch.update({k: np.array([e[k] for e in examples], object) for k in ID_FIELDS})
   return batch
@@ -92,8 +91,14 @@ class GrainPatchData:
   seed, shuffle_seed_offset, augment, num_workers, prefetch, train_split).
   """
 
-  def __init__(self, sources: Mapping[str, Sequence[Mapping]], config, *,
-               process_index: int | None = None, process_count: int | None = None):
+  def __init__(
+    self,
+    sources: Mapping[str, Sequence[Mapping]],
+    config,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+  ):
     if process_count is None:
       import jax  # asked only when the caller does not say which process this is
 
@@ -124,8 +129,10 @@ class GrainPatchData:
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
     if self.steps_per_epoch() == 0:
-      raise ValueError(f"{self.num_examples(self._config.train_split)} training examples give "
-                       f"no full batch of {self._config.batch_size}")
+      raise ValueError(
+        f"{self.num_examples(self._config.train_split)} training examples give "
+        f"no full batch of {self._config.batch_size}"
+      )
     steps = grain.MapDataset.range(start_step, _ENDLESS).map(self._train_batch)
     return iter(self._prefetched(steps))
 
@@ -149,7 +156,8 @@ class GrainPatchData:
     if cached != epoch:
       seed = self._config.seed + self._config.shuffle_seed_offset
       order = np.random.default_rng([seed, epoch]).permutation(
-          self.num_examples(self._config.train_split))
+        self.num_examples(self._config.train_split)
+      )
       self._epoch = (epoch, order)
     return order
 
@@ -202,8 +210,9 @@ class ArrayPatchData(GrainPatchData):
   """
 
   def __init__(self, splits: Mapping[str, Mapping[str, np.ndarray]], config, **process):
-    super().__init__({name: _ArraySource(arrays) for name, arrays in splits.items()}, config,
-                     **process)
+    super().__init__(
+      {name: _ArraySource(arrays) for name, arrays in splits.items()}, config, **process
+    )
 
 
 class _ArraySource(Sequence):
@@ -214,8 +223,9 @@ class _ArraySource(Sequence):
     image = np.asarray(arrays["image"])
     default_max = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1
     self._arrays = {
-        "task2_label": np.full(n, -1), **arrays,
-        "max_value": np.broadcast_to(arrays.get("max_value", default_max), (n,)),
+      "task2_label": np.full(n, -1),
+      **arrays,
+      "max_value": np.broadcast_to(arrays.get("max_value", default_max), (n,)),
     }
     self._n = n
 

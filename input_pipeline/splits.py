@@ -19,8 +19,9 @@ _RANK = {"": 0, "benign": 1, "malignant": 2}
 _NAMES = ("none", "benign", "malignant")
 
 
-def patient_labels(findings: Iterable[Finding],
-                   abnormalities: Sequence[str] = ("calcification",)) -> dict[str, str]:
+def patient_labels(
+  findings: Iterable[Finding], abnormalities: Sequence[str] = ("calcification",)
+) -> dict[str, str]:
   """Patient -> 'malignant' | 'benign' | 'none', from its findings of the given abnormalities."""
   rank: dict[str, int] = {}
   for f in findings:
@@ -34,8 +35,9 @@ def _strata(labels: Mapping[str, str], rng: np.random.Generator) -> list[list[st
   groups: dict[str, list[str]] = {}
   for patient in sorted(labels):
     groups.setdefault(labels[patient], []).append(patient)
-  return [[groups[label][i] for i in rng.permutation(len(groups[label]))]
-          for label in sorted(groups)]
+  return [
+    [groups[label][i] for i in rng.permutation(len(groups[label]))] for label in sorted(groups)
+  ]
 
 
 def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
@@ -44,14 +46,19 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
   counts = [int(x) for x in exact]
   # Remainders rounded, so float noise (5 * 0.7 = 3.4999...) does not decide ties.
   order = sorted(range(len(exact)), key=lambda i: (round(counts[i] - exact[i], 9), -i))
-  for i in order[:n - sum(counts)]:
+  for i in order[: n - sum(counts)]:
     counts[i] += 1
   return counts
 
 
-def split_patients(labels: Mapping[str, str], fractions: Sequence[float] = (0.7, 0.2, 0.1),
-                   seed: int = 0, names: Sequence[str] = SPLITS, *,
-                   every_label_everywhere: bool = False) -> dict[str, str]:
+def split_patients(
+  labels: Mapping[str, str],
+  fractions: Sequence[float] = (0.7, 0.2, 0.1),
+  seed: int = 0,
+  names: Sequence[str] = SPLITS,
+  *,
+  every_label_everywhere: bool = False,
+) -> dict[str, str]:
   """Patient -> split name: each label stratum is cut in `fractions`, seeded.
 
   With `every_label_everywhere`, a stratum with at least one patient per split gives each split
@@ -66,7 +73,7 @@ def split_patients(labels: Mapping[str, str], fractions: Sequence[float] = (0.7,
       counts = _at_least_one_each(counts)
     start = 0
     for name, count in zip(names, counts, strict=True):
-      assignment.update((p, name) for p in stratum[start:start + count])
+      assignment.update((p, name) for p in stratum[start : start + count])
       start += count
   return assignment
 
@@ -81,8 +88,13 @@ def _at_least_one_each(counts: list[int]) -> list[int]:
   return counts
 
 
-def kfold_assignments(patients: Sequence[str], labels: Sequence[str] | Mapping[str, str], k: int,
-                      seed: int = 0, validation_fraction: float = 0.2) -> list[dict[str, list[str]]]:
+def kfold_assignments(
+  patients: Sequence[str],
+  labels: Sequence[str] | Mapping[str, str],
+  k: int,
+  seed: int = 0,
+  validation_fraction: float = 0.2,
+) -> list[dict[str, list[str]]]:
   """k patient-grouped, stratified folds, each with a grouped validation part in its training part.
 
   Returns one dict per fold with sorted patient lists 'train', 'validation' (for early stopping and
@@ -102,9 +114,16 @@ def kfold_assignments(patients: Sequence[str], labels: Sequence[str] | Mapping[s
       dealt += 1
   out = []
   for i, test in enumerate(folds):
-    rest = {p: labels[p] for f in folds[:i] + folds[i + 1:] for p in f}
-    inner = split_patients(rest, (1 - validation_fraction, validation_fraction), seed + 1 + i,
-                           ("train", "validation"), every_label_everywhere=True)
-    out.append({name: sorted(p for p, s in inner.items() if s == name)
-                for name in ("train", "validation")} | {"test": sorted(test)})
+    rest = {p: labels[p] for f in folds[:i] + folds[i + 1 :] for p in f}
+    inner = split_patients(
+      rest,
+      (1 - validation_fraction, validation_fraction),
+      seed + 1 + i,
+      ("train", "validation"),
+      every_label_everywhere=True,
+    )
+    out.append(
+      {name: sorted(p for p, s in inner.items() if s == name) for name in ("train", "validation")}
+      | {"test": sorted(test)}
+    )
   return out

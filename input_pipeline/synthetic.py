@@ -187,8 +187,9 @@ class RenderedImage:
 # Planning: cohort, breasts, clusters.
 
 
-def sample_cohort(num_patients: int, seed: int,
-                  options: SyntheticOptions | None = None) -> list[ImageSpec]:
+def sample_cohort(
+  num_patients: int, seed: int, options: SyntheticOptions | None = None
+) -> list[ImageSpec]:
   """Plans a cohort: 4 images (L/R x CC/MLO) per patient, no pixels rendered."""
   options = options or SyntheticOptions()
   rng = np.random.default_rng(seed)
@@ -203,11 +204,20 @@ def sample_cohort(num_patients: int, seed: int,
       geometries = {view: _sample_geometry(view, thickness, rng) for view in VIEWS}
       clusters = _sample_clusters(laterality, geometries, options, rng)
       for view in VIEWS:
-        specs.append(ImageSpec(
-            patient_id=patient_id, laterality=laterality, view=view, density=density,
-            glandular_fraction=fraction, beta=float(options.beta + rng.normal(0, 0.1)),
-            geometry=geometries[view], clusters=clusters, monochrome1=monochrome1,
-            seed=int(rng.integers(2**63))))
+        specs.append(
+          ImageSpec(
+            patient_id=patient_id,
+            laterality=laterality,
+            view=view,
+            density=density,
+            glandular_fraction=fraction,
+            beta=float(options.beta + rng.normal(0, 0.1)),
+            geometry=geometries[view],
+            clusters=clusters,
+            monochrome1=monochrome1,
+            seed=int(rng.integers(2**63)),
+          )
+        )
   return specs
 
 
@@ -216,18 +226,33 @@ def _sample_geometry(view: str, thickness_mm: float, rng: np.random.Generator) -
   falloff = float(thickness_mm * rng.uniform(0.4, 0.55))
   if view == "CC":
     return BreastGeometry(
-        center_row=rng.uniform(0.45, 0.55), depth=rng.uniform(0.62, 0.8),
-        half_height=rng.uniform(0.36, 0.44), tilt=rng.normal(0, 0.05), wobble=wobble,
-        thickness_mm=thickness_mm, falloff_mm=falloff, pectoral=None)
+      center_row=rng.uniform(0.45, 0.55),
+      depth=rng.uniform(0.62, 0.8),
+      half_height=rng.uniform(0.36, 0.44),
+      tilt=rng.normal(0, 0.05),
+      wobble=wobble,
+      thickness_mm=thickness_mm,
+      falloff_mm=falloff,
+      pectoral=None,
+    )
   return BreastGeometry(
-      center_row=rng.uniform(0.36, 0.44), depth=rng.uniform(0.7, 0.85),
-      half_height=rng.uniform(0.47, 0.55), tilt=rng.uniform(0.1, 0.3), wobble=wobble,
-      thickness_mm=thickness_mm, falloff_mm=falloff,
-      pectoral=(rng.uniform(0.22, 0.35), rng.uniform(0.45, 0.7)))
+    center_row=rng.uniform(0.36, 0.44),
+    depth=rng.uniform(0.7, 0.85),
+    half_height=rng.uniform(0.47, 0.55),
+    tilt=rng.uniform(0.1, 0.3),
+    wobble=wobble,
+    thickness_mm=thickness_mm,
+    falloff_mm=falloff,
+    pectoral=(rng.uniform(0.22, 0.35), rng.uniform(0.45, 0.7)),
+  )
 
 
-def _sample_clusters(laterality: str, geometries: dict[str, BreastGeometry],
-                     options: SyntheticOptions, rng: np.random.Generator) -> tuple[Cluster, ...]:
+def _sample_clusters(
+  laterality: str,
+  geometries: dict[str, BreastGeometry],
+  options: SyntheticOptions,
+  rng: np.random.Generator,
+) -> tuple[Cluster, ...]:
   if rng.random() >= options.cluster_probability:
     return ()
   count = 2 if rng.random() < options.second_cluster_probability else 1
@@ -246,8 +271,12 @@ def _sample_clusters(laterality: str, geometries: dict[str, BreastGeometry],
   return tuple(clusters)
 
 
-def _sample_position(geometries: dict[str, BreastGeometry], taken: list[tuple[float, float]],
-                     shape: tuple[int, int], rng: np.random.Generator) -> tuple[float, float]:
+def _sample_position(
+  geometries: dict[str, BreastGeometry],
+  taken: list[tuple[float, float]],
+  shape: tuple[int, int],
+  rng: np.random.Generator,
+) -> tuple[float, float]:
   """Draws a position inside the matrix in every view, clear of the muscle and other clusters."""
   for _ in range(1000):
     rho, phi = float(rng.uniform(0.3, 0.8)), float(rng.uniform(-0.65, 0.65))
@@ -258,26 +287,33 @@ def _sample_position(geometries: dict[str, BreastGeometry], taken: list[tuple[fl
   raise ValueError(f"no room for a cluster in a {shape} matrix")
 
 
-def _sample_specks(morphology: str, size_scale: float,
-                   rng: np.random.Generator) -> tuple[Speck, ...]:
+def _sample_specks(
+  morphology: str, size_scale: float, rng: np.random.Generator
+) -> tuple[Speck, ...]:
   """Speck geometry for one morphology (sizes before `size_scale`, in mm)."""
   if morphology == "fine_linear_branching":
     specks = _ductal_specks(rng)
   else:
     count, spread, size, size_cv, aspect, density, density_cv = {
-        "round": ((5, 12), 1.6, 0.45, 0.08, (0.85, 1.0), 1.0, 0.05),
-        "punctate": ((6, 16), 1.8, 0.28, 0.08, (0.85, 1.0), 1.0, 0.05),
-        "coarse": ((3, 6), 1.8, 0.8, 0.1, (0.6, 1.0), 1.1, 0.05),
-        "fine_pleomorphic": ((10, 25), 1.0, 0.25, 0.5, (0.25, 1.0), 0.8, 0.3),
-        "amorphous": ((8, 20), 1.2, 0.2, 0.2, (0.7, 1.0), 0.8, 0.15),
+      "round": ((5, 12), 1.6, 0.45, 0.08, (0.85, 1.0), 1.0, 0.05),
+      "punctate": ((6, 16), 1.8, 0.28, 0.08, (0.85, 1.0), 1.0, 0.05),
+      "coarse": ((3, 6), 1.8, 0.8, 0.1, (0.6, 1.0), 1.1, 0.05),
+      "fine_pleomorphic": ((10, 25), 1.0, 0.25, 0.5, (0.25, 1.0), 0.8, 0.3),
+      "amorphous": ((8, 20), 1.2, 0.2, 0.2, (0.7, 1.0), 0.8, 0.15),
     }[morphology]
     n = int(rng.integers(count[0], count[1] + 1))
     centres = _cluster_positions(n, spread, rng)
     sizes = size * np.exp(rng.normal(0, size_cv, n))
     specks = [
-        Speck(tuple(c), _random_axis(rng), float(s), float(s * rng.uniform(*aspect)),
-              float(density * np.exp(rng.normal(0, density_cv))))
-        for c, s in zip(centres, sizes, strict=True)]
+      Speck(
+        tuple(c),
+        _random_axis(rng),
+        float(s),
+        float(s * rng.uniform(*aspect)),
+        float(density * np.exp(rng.normal(0, density_cv))),
+      )
+      for c, s in zip(centres, sizes, strict=True)
+    ]
   return tuple(_scaled(s, size_scale) for s in specks)
 
 
@@ -300,14 +336,24 @@ def _ductal_specks(rng: np.random.Generator) -> list[Speck]:
     for _ in range(int(rng.integers(2, 5))):
       length = float(rng.uniform(0.2, 0.6))
       centre = position + direction * length / 2
-      specks.append(Speck(tuple(centre), tuple(direction), length,
-                          float(rng.uniform(0.12, 0.22)), float(rng.uniform(0.8, 1.2))))
+      specks.append(
+        Speck(
+          tuple(centre),
+          tuple(direction),
+          length,
+          float(rng.uniform(0.12, 0.22)),
+          float(rng.uniform(0.8, 1.2)),
+        )
+      )
       position = position + direction * (length + rng.uniform(0.05, 0.3))
       if rng.random() < 0.3 and len(specks) < 10:
         branches.append((position.copy(), _random_axis_near(direction, 0.7, rng)))
   mean = np.mean([s.center_mm for s in specks], axis=0)
-  kept = [dataclasses.replace(s, center_mm=tuple(np.subtract(s.center_mm, mean)))
-          for s in specks if np.linalg.norm(np.subtract(s.center_mm, mean)) < 2.2]
+  kept = [
+    dataclasses.replace(s, center_mm=tuple(np.subtract(s.center_mm, mean)))
+    for s in specks
+    if np.linalg.norm(np.subtract(s.center_mm, mean)) < 2.2
+  ]
   return kept if len(kept) >= 4 else _ductal_specks(rng)  # a cluster has at least 4 specks
 
 
@@ -324,8 +370,10 @@ def _random_axis_near(direction: np.ndarray, spread: float, rng: np.random.Gener
 def _scaled(speck: Speck, scale: float) -> Speck:
   """Applies the difficulty's size scale, keeping specks within 0.1-1 mm."""
   return dataclasses.replace(
-      speck, length_mm=float(np.clip(speck.length_mm * scale, 0.1, 1.0)),
-      width_mm=float(np.clip(speck.width_mm * scale, 0.1, 1.0)))
+    speck,
+    length_mm=float(np.clip(speck.length_mm * scale, 0.1, 1.0)),
+    width_mm=float(np.clip(speck.width_mm * scale, 0.1, 1.0)),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,16 +388,18 @@ def _outline_radius(g: BreastGeometry, theta: np.ndarray, shape: tuple[int, int]
   return radius * (1.0 + wobble)
 
 
-def _polar_to_pixel(g: BreastGeometry, rho: float, phi: float,
-                    shape: tuple[int, int]) -> tuple[float, float]:
+def _polar_to_pixel(
+  g: BreastGeometry, rho: float, phi: float, shape: tuple[int, int]
+) -> tuple[float, float]:
   """(row, col) of a point given as a fraction `rho` of the way to the skin at angle `phi`."""
   theta = g.tilt + phi * (np.pi / 2 - abs(g.tilt))
   distance = rho * float(_outline_radius(g, np.asarray(theta), shape))
   return g.center_row * shape[0] + distance * np.sin(theta), distance * np.cos(theta)
 
 
-def _pectoral_level(g: BreastGeometry, row: np.ndarray, col: np.ndarray,
-                    shape: tuple[int, int]) -> np.ndarray:
+def _pectoral_level(
+  g: BreastGeometry, row: np.ndarray, col: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
   """Positive inside the pectoral muscle (a slightly convex triangle at the top-left corner)."""
   width, height = g.pectoral[0] * shape[1], g.pectoral[1] * shape[0]
   return 1.0 - (np.maximum(col, 0) / width) ** 1.3 - (np.maximum(row, 0) / height) ** 1.3
@@ -368,8 +418,9 @@ def _placeable(g: BreastGeometry, rho: float, phi: float, shape: tuple[int, int]
 # Rendering.
 
 
-def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator,
-                    corner_frequency: float = 0.0) -> np.ndarray:
+def power_law_noise(
+  shape: tuple[int, int], beta: float, rng: np.random.Generator, corner_frequency: float = 0.0
+) -> np.ndarray:
   """Gaussian noise with power spectrum 1/(f^2 + f0^2)^(beta/2), zero mean, unit variance.
 
   `corner_frequency` f0 (cycles/pixel) flattens the spectrum at scales larger than the
@@ -421,8 +472,9 @@ def render_image(spec: ImageSpec, options: SyntheticOptions | None = None) -> Re
   return RenderedImage(pixels, annotations, mask)
 
 
-def _glandular_map(field: np.ndarray, rho: np.ndarray, edge_mm: np.ndarray, mask: np.ndarray,
-                   fraction: float) -> np.ndarray:
+def _glandular_map(
+  field: np.ndarray, rho: np.ndarray, edge_mm: np.ndarray, mask: np.ndarray, fraction: float
+) -> np.ndarray:
   """Fibroglandular fraction per pixel: texture, concentrated behind the nipple, `fraction` mean.
 
   Glandular tissue sits in a cone behind the nipple, with fat under the skin and in front of
@@ -435,8 +487,9 @@ def _glandular_map(field: np.ndarray, rho: np.ndarray, edge_mm: np.ndarray, mask
   return scipy.special.expit((level - threshold) / 0.6).astype(np.float32)
 
 
-def _calcification_layer(spec: ImageSpec, options: SyntheticOptions
-                         ) -> tuple[np.ndarray, tuple[Annotation, ...]]:
+def _calcification_layer(
+  spec: ImageSpec, options: SyntheticOptions
+) -> tuple[np.ndarray, tuple[Annotation, ...]]:
   """Calcium attenuation of every speck projected into this view, and the cluster annotations."""
   shape, spacing = options.image_size, options.pixel_spacing_mm
   layer = np.zeros(shape, np.float32)
@@ -449,8 +502,9 @@ def _calcification_layer(spec: ImageSpec, options: SyntheticOptions
       dcol, drow = projection @ np.asarray(speck.center_mm)
       axis = projection @ np.asarray(speck.axis)
       attenuation = _MU_CALCIUM * options.contrast_scale * speck.density
-      _add_speck(layer, row + drow / spacing, col + dcol / spacing, axis, speck, spacing,
-                 attenuation)
+      _add_speck(
+        layer, row + drow / spacing, col + dcol / spacing, axis, speck, spacing, attenuation
+      )
       extent_mm = max(extent_mm, math.hypot(dcol, drow) + speck.length_mm / 2)
     annotations.append(Annotation(cluster, float(col), float(row), (extent_mm + 0.3) / spacing))
   return layer, tuple(annotations)
@@ -463,8 +517,16 @@ def _projection(view: str) -> np.ndarray:
   return np.array([[1.0, 0.0, 0.0], [0.0, math.sin(_MLO_ANGLE), math.cos(_MLO_ANGLE)]])
 
 
-def _add_speck(layer: np.ndarray, row: float, col: float, axis: np.ndarray, speck: Speck,
-               spacing: float, attenuation: float, supersample: int = 4) -> None:
+def _add_speck(
+  layer: np.ndarray,
+  row: float,
+  col: float,
+  axis: np.ndarray,
+  speck: Speck,
+  spacing: float,
+  attenuation: float,
+  supersample: int = 4,
+) -> None:
   """Adds a speck's projected calcium path (an ellipsoid), anti-aliased and detector-blurred."""
   half_length = max(speck.length_mm * float(np.hypot(*axis)), speck.width_mm) / 2 / spacing
   half_width = speck.width_mm / 2 / spacing
@@ -481,9 +543,11 @@ def _add_speck(layer: np.ndarray, row: float, col: float, axis: np.ndarray, spec
   path_mm = speck.width_mm * np.sqrt(np.clip(inside, 0.0, None))
   stamp = path_mm.reshape(n, supersample, n, supersample).mean(axis=(1, 3)) * attenuation
   stamp = scipy.ndimage.gaussian_filter(stamp, _DETECTOR_BLUR_PX)
-  rs, cs = slice(max(r0, 0), min(r0 + n, layer.shape[0])), slice(max(c0, 0),
-                                                                 min(c0 + n, layer.shape[1]))
-  layer[rs, cs] += stamp[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0]
+  rs, cs = (
+    slice(max(r0, 0), min(r0 + n, layer.shape[0])),
+    slice(max(c0, 0), min(c0 + n, layer.shape[1])),
+  )
+  layer[rs, cs] += stamp[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
 
 
 def _expose(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -498,8 +562,13 @@ def _expose(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # Files.
 
 
-def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, seed: int = 0,
-                    options: SyntheticOptions | None = None) -> str:
+def generate_cohort(
+  out_dir: str | os.PathLike,
+  *,
+  num_patients: int,
+  seed: int = 0,
+  options: SyntheticOptions | None = None,
+) -> str:
   """Writes DICOM files (`<patient>/<patient>_<L|R>_<CC|MLO>.dcm`) and `manifest.csv`.
 
   Returns the manifest's path. Calcification rows carry the cluster centre and radius in the
@@ -520,19 +589,33 @@ def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, seed: int 
 
 
 def _findings(spec: ImageSpec, image: RenderedImage, relative_path: str) -> list[Finding]:
-  common = dict(patient_id=spec.patient_id, image_path=relative_path, density=spec.density,
-                view=spec.view, laterality=spec.laterality)
+  common = dict(
+    patient_id=spec.patient_id,
+    image_path=relative_path,
+    density=spec.density,
+    view=spec.view,
+    laterality=spec.laterality,
+  )
   if not image.annotations:
     return [Finding(**common)]
   return [
-      Finding(**common, finding_id=a.cluster.finding_id, abnormality="calcification",
-              label=a.cluster.label, col=round(a.col, 2), row=round(a.row, 2),
-              radius=round(a.radius, 2), subtype=a.cluster.morphology)
-      for a in image.annotations]
+    Finding(
+      **common,
+      finding_id=a.cluster.finding_id,
+      abnormality="calcification",
+      label=a.cluster.label,
+      col=round(a.col, 2),
+      row=round(a.row, 2),
+      radius=round(a.radius, 2),
+      subtype=a.cluster.morphology,
+    )
+    for a in image.annotations
+  ]
 
 
-def write_dicom(path: str, pixels: np.ndarray, spec: ImageSpec, options: SyntheticOptions,
-                cohort_seed: int) -> None:
+def write_dicom(
+  path: str, pixels: np.ndarray, spec: ImageSpec, options: SyntheticOptions, cohort_seed: int
+) -> None:
   """Writes a Digital Mammography X-Ray (for presentation) file; UIDs derive from the seeds."""
 
   def uid(*parts: object) -> str:
@@ -559,8 +642,10 @@ def write_dicom(path: str, pixels: np.ndarray, spec: ImageSpec, options: Synthet
   ds.Laterality = ds.ImageLaterality = spec.laterality
   ds.ViewPosition = spec.view
   # Row direction towards the nipple (A) for L, away from it (P) for R.
-  ds.PatientOrientation = ["A" if spec.laterality == "L" else "P",
-                           "F" if spec.view == "MLO" else ("R" if spec.laterality == "L" else "L")]
+  ds.PatientOrientation = [
+    "A" if spec.laterality == "L" else "P",
+    "F" if spec.view == "MLO" else ("R" if spec.laterality == "L" else "L"),
+  ]
   ds.ImageComments = f"synthetic; ACR density {spec.density}; difficulty {options.difficulty:g}"
   ds.BurnedInAnnotation = "NO"
   ds.BreastImplantPresent = "NO"

@@ -62,8 +62,10 @@ class TfdataPatchData:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
     data = self._data
     if data.steps_per_epoch() == 0:
-      raise ValueError(f"{data.num_examples(data._config.train_split)} training examples give "
-                       f"no full batch of {data._config.batch_size}")
+      raise ValueError(
+        f"{data.num_examples(data._config.train_split)} training examples give "
+        f"no full batch of {data._config.batch_size}"
+      )
     steps = self._tf.data.Dataset.counter(start_step)
     return self._stream(steps, lambda step: data._train_batch(int(step)), probe=start_step)
 
@@ -90,8 +92,9 @@ class TfdataPatchData:
 
     def flat(index: Any) -> list[np.ndarray]:
       out = batch(index)
-      return [np.array([s.encode() for s in out[k]], object) if k in strings else out[k]
-              for k in keys]
+      return [
+        np.array([s.encode() for s in out[k]], object) if k in strings else out[k] for k in keys
+      ]
 
     def as_dict(index: Any) -> dict:
       tensors = tf.numpy_function(flat, [index], dtypes, stateful=False)

@@ -67,11 +67,17 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Paper's extraction: annotation-centred ROIs, tissue background."}
   BUILDER_CONFIGS = [
-      McalcPatchesConfig(name=s, source=s, description=f"{s} findings",
-                         patch=patches.PatchSettings(per_cluster=_PER_CLUSTER[s]))
-      for s in SOURCES]
+    McalcPatchesConfig(
+      name=s,
+      source=s,
+      description=f"{s} findings",
+      patch=patches.PatchSettings(per_cluster=_PER_CLUSTER[s]),
+    )
+    for s in SOURCES
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Pass --manual_dir: the MIAS or CBIS-DDSM folder, or a manifest.csv's folder.")
+    "Pass --manual_dir: the MIAS or CBIS-DDSM folder, or a manifest.csv's folder."
+  )
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -88,20 +94,28 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     size = self.builder_config.patch.size
     text, int32 = tfds.features.Text(), np.int32
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.splitlines()[0],
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint16,
-                                          encoding=tfds.features.Encoding.ZLIB),
-            "max_value": tfds.features.Scalar(int32),
-            "task1_label": tfds.features.Scalar(int32),
-            "task2_label": tfds.features.Scalar(int32),
-            "patient_id": text, "image_id": text, "finding_id": text, "patch_id": text,
-            "center_row": tfds.features.Scalar(np.float32),
-            "center_col": tfds.features.Scalar(np.float32),
-            "source": text, "severity": text, "density": text,
-        }),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=__doc__.splitlines()[0],
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(
+            shape=(size, size, 1), dtype=np.uint16, encoding=tfds.features.Encoding.ZLIB
+          ),
+          "max_value": tfds.features.Scalar(int32),
+          "task1_label": tfds.features.Scalar(int32),
+          "task2_label": tfds.features.Scalar(int32),
+          "patient_id": text,
+          "image_id": text,
+          "finding_id": text,
+          "patch_id": text,
+          "center_row": tfds.features.Scalar(np.float32),
+          "center_col": tfds.features.Scalar(np.float32),
+          "source": text,
+          "severity": text,
+          "density": text,
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -113,22 +127,30 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     labels = splits.patient_labels(findings, config.patch.positive_abnormalities)
     assignment = splits.split_patients(labels, config.split_fractions, config.split_seed)
     self.info.metadata.update(
-        source=config.source, patch_settings=dataclasses.asdict(config.patch),
-        split_fractions=list(config.split_fractions), split_seed=config.split_seed,
-        patients={p: {"split": assignment[p], "label": labels[p]} for p in sorted(labels)},
-        skipped=[], counts={})
+      source=config.source,
+      patch_settings=dataclasses.asdict(config.patch),
+      split_fractions=list(config.split_fractions),
+      split_seed=config.split_seed,
+      patients={p: {"split": assignment[p], "label": labels[p]} for p in sorted(labels)},
+      skipped=[],
+      counts={},
+    )
     images = group_images(findings)
-    by_split = {name: [im for im in images if assignment[im.patient_id] == name]
-                for name in splits.SPLITS}
+    by_split = {
+      name: [im for im in images if assignment[im.patient_id] == name] for name in splits.SPLITS
+    }
     rate = _positives(images, config.patch) / max(1, len(images))
-    return {name: self._generate_examples(name, ims, _background_total(ims, rate, config.patch))
-            for name, ims in by_split.items() if ims}
+    return {
+      name: self._generate_examples(name, ims, _background_total(ims, rate, config.patch))
+      for name, ims in by_split.items()
+      if ims
+    }
 
-  def _generate_examples(self, split: str, images: Sequence[ImageFindings],
-                         num_background: int) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(
+    self, split: str, images: Sequence[ImageFindings], num_background: int
+  ) -> Iterator[tuple[str, dict]]:
     settings = self.builder_config.patch
-    quota = patches.background_quota([im.image_id for im in images], num_background,
-                                     settings.seed)
+    quota = patches.background_quota([im.image_id for im in images], num_background, settings.seed)
     counts = self.info.metadata["counts"].setdefault(split, {})
     for i, im in enumerate(images):
       if i % max(1, len(images) // 10) == 0:
@@ -148,8 +170,15 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     masks = self._masks(mg, im.findings)
     found = patches.positive_patches(mg, im.findings, im.image_id, settings, masks=masks)
     try:
-      found += patches.background_patches(mg, im.findings, im.image_id, num_background, settings,
-                                          breast=breast.breast_mask(mg.pixels), masks=masks)
+      found += patches.background_patches(
+        mg,
+        im.findings,
+        im.image_id,
+        num_background,
+        settings,
+        breast=breast.breast_mask(mg.pixels),
+        masks=masks,
+      )
     except patches.PatchSamplingError as e:
       self._skip(im.path, str(e))
       found += e.patches
@@ -167,8 +196,11 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
         self._skip(f.mask_path, f"mask unreadable, circle used instead: {e.reason}")
         continue
       if mask.original_shape != mg.original_shape:
-        self._skip(f.mask_path, f"mask shape {mask.original_shape} is not the image's "
-                   f"{mg.original_shape}, circle used instead")
+        self._skip(
+          f.mask_path,
+          f"mask shape {mask.original_shape} is not the image's "
+          f"{mg.original_shape}, circle used instead",
+        )
         continue
       # The reader orients each file on its own; undo the mask's flip and apply the image's.
       inside = mask.pixels > 0
@@ -208,8 +240,10 @@ def group_images(findings: Sequence[Finding]) -> list[ImageFindings]:
   if len(set(stems)) < len(stems):
     root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
     stems = [os.path.splitext(os.path.relpath(p, root))[0] for p in paths]
-  images = [ImageFindings(s, p, by_path[p][0].patient_id, tuple(by_path[p]))
-            for s, p in zip(stems, paths, strict=True)]
+  images = [
+    ImageFindings(s, p, by_path[p][0].patient_id, tuple(by_path[p]))
+    for s, p in zip(stems, paths, strict=True)
+  ]
   return sorted(images, key=lambda im: im.image_id)
 
 
@@ -228,8 +262,9 @@ def _positives(images: Sequence[ImageFindings], settings: patches.PatchSettings)
   return sum(patches.num_positive_patches(im.findings, settings) for im in images)
 
 
-def _background_total(images: Sequence[ImageFindings], rate: float,
-                      settings: patches.PatchSettings) -> int:
+def _background_total(
+  images: Sequence[ImageFindings], rate: float, settings: patches.PatchSettings
+) -> int:
   """`background_ratio` x the split's calcification patches; a split without calcifications
   gets background at the dataset's rate per image, so its specificity can still be measured."""
   positives = _positives(images, settings) or rate * len(images)
@@ -263,15 +298,22 @@ def builder_config(config: ml_collections.ConfigDict) -> McalcPatchesConfig:
   `config.name`; the error says so.
   """
   patch = patches.PatchSettings.from_config({**config.patch, "seed": config.seed})
-  custom = McalcPatchesConfig(name=config.name, source=config.source, patch=patch,
-                              split_fractions=tuple(config.split.fractions),
-                              split_seed=config.seed, description=f"{config.source} findings")
+  custom = McalcPatchesConfig(
+    name=config.name,
+    source=config.source,
+    patch=patch,
+    split_fractions=tuple(config.split.fractions),
+    split_seed=config.seed,
+    description=f"{config.source} findings",
+  )
   registered = McalcPatches.builder_configs.get(config.name)
   if registered is None:
     return custom
   if registered.settings() != custom.settings():
-    raise ValueError(f"settings differ from the registered config {config.name!r}; give them a "
-                     f"new name, e.g. --config.name={config.name}_custom")
+    raise ValueError(
+      f"settings differ from the registered config {config.name!r}; give them a "
+      f"new name, e.g. --config.name={config.name}_custom"
+    )
   return registered
 
 
@@ -284,26 +326,38 @@ def _has_manual(dl_manager: tfds.download.DownloadManager) -> bool:
 
 def _example(patch: patches.Patch, im: ImageFindings, source: str) -> dict:
   return {
-      "image": patch.image[..., None], "max_value": patch.max_value, "task1_label":
-      patch.task1_label, "task2_label": patch.task2_label, "patient_id": im.patient_id,
-      "image_id": im.image_id, "finding_id": patch.finding_id, "patch_id": patch.patch_id,
-      "center_row": patch.center_row, "center_col": patch.center_col, "source": source,
-      "severity": patch.severity, "density": im.density,
+    "image": patch.image[..., None],
+    "max_value": patch.max_value,
+    "task1_label": patch.task1_label,
+    "task2_label": patch.task2_label,
+    "patient_id": im.patient_id,
+    "image_id": im.image_id,
+    "finding_id": patch.finding_id,
+    "patch_id": patch.patch_id,
+    "center_row": patch.center_row,
+    "center_col": patch.center_col,
+    "source": source,
+    "severity": patch.severity,
+    "density": im.density,
   }
 
 
-def open_builder(dataset: str = "mcalc_patches/mias",
-                 data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def open_builder(
+  dataset: str = "mcalc_patches/mias", data_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
   """The built `name/config` dataset (newest version), restored from its own files.
 
   Reading from the directory (not the registered config) finds datasets built with any settings,
   and avoids `tfds.data_source`'s lookup, which can miss local array_record datasets.
   """
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-      "~/tensorflow_datasets")
+  data_dir = (
+    data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+  )
   config_dir = os.path.join(data_dir, *dataset.split("/"))
-  versions = sorted((tfds.core.Version(v) for v in _listdir(config_dir)
-                     if tfds.core.Version.is_valid(v)), reverse=True)
+  versions = sorted(
+    (tfds.core.Version(v) for v in _listdir(config_dir) if tfds.core.Version.is_valid(v)),
+    reverse=True,
+  )
   if not versions:
     raise FileNotFoundError(f"no built dataset in {config_dir}: run mcalc-prepare first")
   return tfds.builder_from_directory(os.path.join(config_dir, str(versions[0])))

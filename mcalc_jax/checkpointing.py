@@ -201,7 +201,10 @@ class Classifier:
     batch = parallel.global_batch({"image": padded}, self.mesh)
     options = PreprocessOptions.from_config(self.config)
     probs = _probabilities(
-      self.graphdef, self.variables, batch["image"], options,
+      self.graphdef,
+      self.variables,
+      batch["image"],
+      options,
       inference_micro_batch(self.config, self.mesh),
     )
     local = multihost_utils.global_array_to_host_local_array(

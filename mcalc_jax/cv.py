@@ -34,7 +34,9 @@ PREDICTIONS_FILE = "oof_predictions.npz"
 _PARTS = ("test", "validation")
 
 
-def load_patches(dataset: str, data_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load_patches(
+  dataset: str, data_dir: str | None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """Every patch of the TFDS dataset's stored splits, in memory, and each patient's label.
 
   Returns arrays keyed like the TFDS features (ids as str) and patient -> 'malignant' | 'benign' |
@@ -51,13 +53,18 @@ def load_patches(dataset: str, data_dir: str | None) -> tuple[dict[str, np.ndarr
     raise ValueError(f"dataset {dataset} in {data_dir or 'the default data_dir'} has no patches")
   arrays = {
     "image": np.stack([np.asarray(r["image"]) for r in records]),
-    **{k: np.array([int(r[k]) for r in records], np.int32)
-       for k in ("max_value", "task1_label", "task2_label")},
+    **{
+      k: np.array([int(r[k]) for r in records], np.int32)
+      for k in ("max_value", "task1_label", "task2_label")
+    },
     **{k: np.array([_text(r[k]) for r in records]) for k in pipeline.ID_FIELDS},
   }
   recorded = builder.info.metadata.get("patients", {}) if builder.info.metadata else {}
-  labels = {p: str(recorded[p]["label"]) for p in np.unique(arrays["patient_id"])
-            if p in recorded and "label" in recorded[p]}
+  labels = {
+    p: str(recorded[p]["label"])
+    for p in np.unique(arrays["patient_id"])
+    if p in recorded and "label" in recorded[p]
+  }
   if len(labels) < len(np.unique(arrays["patient_id"])):
     labels = patient_labels(arrays)
   return arrays, labels
@@ -70,15 +77,19 @@ def _text(value: Any) -> str:
 def patient_labels(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
   """Patient -> worst calcification label of its patches (malignant > benign > none)."""
   rank: dict[str, int] = {}
-  for patient, t1, t2 in zip(arrays["patient_id"], arrays["task1_label"], arrays["task2_label"],
-                             strict=True):
+  for patient, t1, t2 in zip(
+    arrays["patient_id"], arrays["task1_label"], arrays["task2_label"], strict=True
+  ):
     worst = 0 if t1 != 1 else (2 if t2 == 1 else 1 if t2 == 0 else 0)
     rank[str(patient)] = max(rank.get(str(patient), 0), worst)
   return {p: ("none", "benign", "malignant")[r] for p, r in rank.items()}
 
 
-def fold_data(arrays: Mapping[str, np.ndarray], fold: Mapping[str, Sequence[str]],
-              config: ml_collections.ConfigDict) -> pipeline.ArrayPatchData:
+def fold_data(
+  arrays: Mapping[str, np.ndarray],
+  fold: Mapping[str, Sequence[str]],
+  config: ml_collections.ConfigDict,
+) -> pipeline.ArrayPatchData:
   """The fold's train / validation / test patients' patches as the config's three splits."""
   names = {"train": config.train_split, "validation": config.eval_split, "test": config.test_split}
   parts = {}
@@ -88,15 +99,20 @@ def fold_data(arrays: Mapping[str, np.ndarray], fold: Mapping[str, Sequence[str]
   data = pipeline.ArrayPatchData(parts, config)
   for part, split in names.items():  # a part without patches of the task cannot train or score
     if data.num_examples(split) == 0:
-      raise ValueError(f"the fold's {part} part ({len(fold[part])} patients) has no task "
-                       f"{config.task} patches; use fewer folds")
+      raise ValueError(
+        f"the fold's {part} part ({len(fold[part])} patients) has no task "
+        f"{config.task} patches; use fewer folds"
+      )
   return data
 
 
 def _save_predictions(path: pathlib.Path, preds: Mapping[str, Mapping[str, np.ndarray]]) -> None:
   """Writes atomically (tmp + rename): the file's existence marks a finished fold."""
-  flat = {f"{part}__{k}": (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
-          for part, p in preds.items() for k, v in p.items()}
+  flat = {
+    f"{part}__{k}": (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
+    for part, p in preds.items()
+    for k, v in p.items()
+  }
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "wb") as f:
     np.savez(f, **flat)
@@ -121,20 +137,28 @@ def _fold_metrics(preds: Mapping[str, Mapping[str, np.ndarray]], policy: str) ->
   """Test AUC and accuracy of one fold, at the threshold its own validation part chose."""
   val, test = preds["validation"], preds["test"]
   try:
-    threshold = metrics.choose_threshold(val["label"], val["prob"],
-                                         metrics.ThresholdPolicy.parse(policy))
+    threshold = metrics.choose_threshold(
+      val["label"], val["prob"], metrics.ThresholdPolicy.parse(policy)
+    )
   except metrics.UndefinedMetricError:
     threshold = 0.5  # validation part lacks a class: the untuned threshold
   points = metrics.point_metrics(test["label"], test["prob"], threshold, split="test")
-  return {"auc": points["auc"].value, "accuracy": points["accuracy"].value, "threshold": threshold,
-          "examples": int(len(test["label"])), "patients": int(len(np.unique(test["patient_id"])))}
+  return {
+    "auc": points["auc"].value,
+    "accuracy": points["accuracy"].value,
+    "threshold": threshold,
+    "examples": int(len(test["label"])),
+    "patients": int(len(np.unique(test["patient_id"]))),
+  }
 
 
 def _spread(values: Sequence[float | None]) -> dict[str, Any]:
   defined = np.array([v for v in values if v is not None], np.float64)
-  return {"mean": float(defined.mean()) if defined.size else None,
-          "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
-          "folds_defined": int(defined.size)}
+  return {
+    "mean": float(defined.mean()) if defined.size else None,
+    "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
+    "folds_defined": int(defined.size),
+  }
 
 
 def _assignment(workdir: pathlib.Path, record: dict) -> list[dict[str, list[str]]]:
@@ -151,10 +175,17 @@ def _assignment(workdir: pathlib.Path, record: dict) -> list[dict[str, list[str]
   return record["folds"]
 
 
-def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, folds: int = 5,
-                   seed: int = 0, *, arrays: Mapping[str, np.ndarray] | None = None,
-                   labels: Mapping[str, str] | None = None, threshold_policy: str = "youden",
-                   resamples: int = evaluation.BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+def cross_validate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  folds: int = 5,
+  seed: int = 0,
+  *,
+  arrays: Mapping[str, np.ndarray] | None = None,
+  labels: Mapping[str, str] | None = None,
+  threshold_policy: str = "youden",
+  resamples: int = evaluation.BOOTSTRAP_RESAMPLES,
+) -> dict[str, Any]:
   """Trains `folds` patient-grouped models, pools their out-of-fold predictions, evaluates them.
 
   `arrays`/`labels` default to `load_patches(config.dataset, config.data_dir)`. Returns the
@@ -171,9 +202,16 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   if labels is None:
     labels = patient_labels(arrays)
   patients = sorted(labels)
-  assignment = _assignment(workdir, {
-    "k": folds, "seed": seed, "dataset": str(config.dataset), "labels": dict(sorted(labels.items())),
-    "folds": splits.kfold_assignments(patients, labels, folds, seed)})
+  assignment = _assignment(
+    workdir,
+    {
+      "k": folds,
+      "seed": seed,
+      "dataset": str(config.dataset),
+      "labels": dict(sorted(labels.items())),
+      "folds": splits.kfold_assignments(patients, labels, folds, seed),
+    },
+  )
 
   per_fold = []
   for i, fold in enumerate(assignment):
@@ -183,25 +221,42 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       data = fold_data(arrays, fold, config)
       train.train_and_evaluate(config, fold_dir, data=data)
       classifier = checkpointing.load_classifier(fold_dir, "best")
-      _save_predictions(path, {
-        "test": train.predict(classifier, data.eval_batches(config.test_split)),
-        "validation": train.predict(classifier, data.eval_batches(config.eval_split))})
+      _save_predictions(
+        path,
+        {
+          "test": train.predict(classifier, data.eval_batches(config.test_split)),
+          "validation": train.predict(classifier, data.eval_batches(config.eval_split)),
+        },
+      )
     per_fold.append(load_predictions(path))
 
   pooled = {part: _pool([p[part] for p in per_fold]) for part in _PARTS}
   result = evaluation.evaluate_predictions(
-    pooled["validation"], pooled["test"], threshold_policy=threshold_policy, seed=seed,
-    resamples=resamples)
-  result["run"] = {"workdir": os.fspath(workdir), "checkpoint": "best", "task": int(config.task),
-                   "network": str(config.model), "dataset": str(config.dataset),
-                   "cross_validation": {"folds": folds, "seed": seed}}
+    pooled["validation"],
+    pooled["test"],
+    threshold_policy=threshold_policy,
+    seed=seed,
+    resamples=resamples,
+  )
+  result["run"] = {
+    "workdir": os.fspath(workdir),
+    "checkpoint": "best",
+    "task": int(config.task),
+    "network": str(config.model),
+    "dataset": str(config.dataset),
+    "cross_validation": {"folds": folds, "seed": seed},
+  }
   class_names = evaluation.CLASS_NAMES.get(int(config.task), ("negative", "positive"))
   evaluation.write_outputs(workdir / "eval" / "test", result, pooled, class_names)
 
   fold_metrics = [_fold_metrics(p, threshold_policy) for p in per_fold]
   summary = {
-    "folds": folds, "seed": seed, "task": int(config.task), "network": str(config.model),
-    "dataset": str(config.dataset), "per_fold": fold_metrics,
+    "folds": folds,
+    "seed": seed,
+    "task": int(config.task),
+    "network": str(config.model),
+    "dataset": str(config.dataset),
+    "per_fold": fold_metrics,
     "spread": {m: _spread([f[m] for f in fold_metrics]) for m in ("auc", "accuracy")},
     "pooled": {m: result["metrics"][m]["value"] for m in ("auc", "accuracy")},
     "pooled_counts": result["counts"],

@@ -76,10 +76,15 @@ def _calibration(preds: Mapping[str, np.ndarray], n_bins: int) -> dict:
 
 
 def evaluate_predictions(
-  val_preds: Mapping[str, np.ndarray], test_preds: Mapping[str, np.ndarray], *,
-  threshold_policy: metrics.ThresholdPolicy | str = "youden", seed: int = 0,
-  resamples: int = BOOTSTRAP_RESAMPLES, n_bins: int = 10,
-  val_split: str = "validation", test_split: str = "test",
+  val_preds: Mapping[str, np.ndarray],
+  test_preds: Mapping[str, np.ndarray],
+  *,
+  threshold_policy: metrics.ThresholdPolicy | str = "youden",
+  seed: int = 0,
+  resamples: int = BOOTSTRAP_RESAMPLES,
+  n_bins: int = 10,
+  val_split: str = "validation",
+  test_split: str = "test",
 ) -> dict:
   """Chooses the threshold on `val_preds` and applies it to `test_preds`; gives metrics.json."""
   if isinstance(threshold_policy, str):
@@ -88,8 +93,13 @@ def evaluate_predictions(
   test = check_predictions(test_preds, test_split)
   threshold = metrics.choose_threshold(val["label"], val["prob"], threshold_policy, split=val_split)
   summary = metrics.summarize(
-    test["label"], test["prob"], test["patient_id"], threshold,
-    resamples=resamples, seed=seed, split=test_split,
+    test["label"],
+    test["prob"],
+    test["patient_id"],
+    threshold,
+    resamples=resamples,
+    seed=seed,
+    split=test_split,
   )
   val_points = metrics.point_metrics(val["label"], val["prob"], threshold, split=val_split)
   confusion = metrics.confusion_matrix(test["label"], test["prob"], threshold)
@@ -97,7 +107,9 @@ def evaluate_predictions(
     "split": test_split,
     "counts": _counts(test),
     "threshold": {
-      "policy": str(threshold_policy), "value": threshold, "chosen_on": val_split,
+      "policy": str(threshold_policy),
+      "value": threshold,
+      "chosen_on": val_split,
       "chosen_on_counts": _counts(val),
     },
     "validation_metrics": {name: m.to_json() for name, m in val_points.items()},
@@ -133,27 +145,38 @@ def _write_plots(out_dir: str, evaluation: dict, test: dict, class_names: tuple[
   else:
     m = evaluation["metrics"]
     plots.plot_roc(
-      os.path.join(out_dir, "roc.png"), fpr, tpr, auc=m["auc"]["value"], threshold=threshold,
-      operating_point=(1 - m["specificity"]["value"], m["sensitivity"]["value"]), title=title,
+      os.path.join(out_dir, "roc.png"),
+      fpr,
+      tpr,
+      auc=m["auc"]["value"],
+      threshold=threshold,
+      operating_point=(1 - m["specificity"]["value"], m["sensitivity"]["value"]),
+      title=title,
     )
   cal = evaluation["calibration"]
   plots.plot_reliability(
     os.path.join(out_dir, "reliability.png"),
     np.array([b["low"] for b in cal["bins"]] + [cal["bins"][-1]["high"]]),
     np.array([b["count"] for b in cal["bins"]]),
-    [b["mean_prob"] for b in cal["bins"]], [b["frac_pos"] for b in cal["bins"]],
-    ece=cal["ece"], title=title,
+    [b["mean_prob"] for b in cal["bins"]],
+    [b["frac_pos"] for b in cal["bins"]],
+    ece=cal["ece"],
+    title=title,
   )
   c = evaluation["confusion"]
   matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
   plots.plot_confusion(
-    os.path.join(out_dir, "confusion_matrix.png"), matrix, class_names=class_names,
+    os.path.join(out_dir, "confusion_matrix.png"),
+    matrix,
+    class_names=class_names,
     title=f"{title}, threshold {threshold:.3f}",
   )
 
 
 def write_outputs(
-  out_dir: str | os.PathLike, evaluation: dict, preds_by_split: Mapping[str, Mapping],
+  out_dir: str | os.PathLike,
+  evaluation: dict,
+  preds_by_split: Mapping[str, Mapping],
   class_names: tuple[str, str] = _GENERIC_CLASS_NAMES,
 ) -> None:
   """Writes predictions.csv, metrics.json and the plots of `evaluation` into `out_dir`."""
@@ -169,8 +192,13 @@ def write_outputs(
 
 
 def evaluate_run(
-  workdir: str | os.PathLike, split: str = "test", checkpoint: str = "best", *,
-  threshold_policy: str = "youden", seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+  workdir: str | os.PathLike,
+  split: str = "test",
+  checkpoint: str = "best",
+  *,
+  threshold_policy: str = "youden",
+  seed: int = 0,
+  resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
   """Loads the run's classifier, predicts validation and `split`, writes WORKDIR/eval/<split>/."""
   # Imported here so the metric code above stays usable (and testable) without a trained model.
@@ -189,12 +217,20 @@ def evaluate_run(
   splits = dict.fromkeys((val_split, split))  # one prediction pass when split is validation
   preds = {s: train.predict(classifier, data.eval_batches(s)) for s in splits}
   evaluation = evaluate_predictions(
-    preds[val_split], preds[split], threshold_policy=threshold_policy, seed=seed,
-    resamples=resamples, val_split=val_split, test_split=split,
+    preds[val_split],
+    preds[split],
+    threshold_policy=threshold_policy,
+    seed=seed,
+    resamples=resamples,
+    val_split=val_split,
+    test_split=split,
   )
   evaluation["run"] = {
-    "workdir": workdir, "checkpoint": checkpoint, "task": int(config.task),
-    "network": str(config.model), "dataset": str(config.dataset),
+    "workdir": workdir,
+    "checkpoint": checkpoint,
+    "task": int(config.task),
+    "network": str(config.model),
+    "dataset": str(config.dataset),
   }
   class_names = CLASS_NAMES.get(int(config.task), _GENERIC_CLASS_NAMES)
   write_outputs(os.path.join(workdir, "eval", split), evaluation, preds, class_names)

@@ -74,27 +74,50 @@ def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:
   task2 = scores.task2 if scores.task2 is not None else np.full_like(scores.task1, np.nan)
   with atomic_write(path) as f:
     np.savez_compressed(
-        f, task1=scores.task1, task2=task2, has_task2=scores.task2 is not None,
-        task1_threshold=scores.task1_threshold, tile_rows=g.tile_rows, tile_cols=g.tile_cols,
-        patch_size=g.patch_size, stride=g.stride, image_shape=g.image_shape,
-        original_shape=g.original_shape, flipped=g.flipped)
+      f,
+      task1=scores.task1,
+      task2=task2,
+      has_task2=scores.task2 is not None,
+      task1_threshold=scores.task1_threshold,
+      tile_rows=g.tile_rows,
+      tile_cols=g.tile_cols,
+      patch_size=g.patch_size,
+      stride=g.stride,
+      image_shape=g.image_shape,
+      original_shape=g.original_shape,
+      flipped=g.flipped,
+    )
 
 
 def read_scores(path: str | os.PathLike) -> ImageScores:
   """Loads what `write_scores` saved (`seconds` is not stored: 0)."""
   with np.load(path) as z:
     geometry = TileGeometry(
-        tile_rows=z["tile_rows"], tile_cols=z["tile_cols"], patch_size=int(z["patch_size"]),
-        stride=int(z["stride"]), image_shape=tuple(int(n) for n in z["image_shape"]),
-        original_shape=tuple(int(n) for n in z["original_shape"]), flipped=bool(z["flipped"]))
+      tile_rows=z["tile_rows"],
+      tile_cols=z["tile_cols"],
+      patch_size=int(z["patch_size"]),
+      stride=int(z["stride"]),
+      image_shape=tuple(int(n) for n in z["image_shape"]),
+      original_shape=tuple(int(n) for n in z["original_shape"]),
+      flipped=bool(z["flipped"]),
+    )
     return ImageScores(
-        geometry=geometry, task1=z["task1"], task2=z["task2"] if z["has_task2"] else None,
-        task1_threshold=float(z["task1_threshold"]), seconds=0.0)
+      geometry=geometry,
+      task1=z["task1"],
+      task2=z["task2"] if z["has_task2"] else None,
+      task1_threshold=float(z["task1_threshold"]),
+      seconds=0.0,
+    )
 
 
 def write_overlay(
-    path: str | os.PathLike, pixels: np.ndarray, scores: ImageScores, *,
-    annotations: Sequence[Circle] = (), title: str = "") -> None:
+  path: str | os.PathLike,
+  pixels: np.ndarray,
+  scores: ImageScores,
+  *,
+  annotations: Sequence[Circle] = (),
+  title: str = "",
+) -> None:
   """Renders the mammogram in grey under its heatmaps (blue 0 to red 1), as in the paper's Fig. 3.
 
   One panel per task, in the ORIGINAL orientation, the mammogram's longer side at about 1024

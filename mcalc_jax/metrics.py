@@ -249,7 +249,10 @@ def wald_interval(value: float, n: int) -> Interval:
 
 
 def _bootstrap_values(
-  truth: np.ndarray, scores: np.ndarray, threshold: float, patient_draws: np.ndarray,
+  truth: np.ndarray,
+  scores: np.ndarray,
+  threshold: float,
+  patient_draws: np.ndarray,
   patient_index: np.ndarray,
 ) -> dict[str, np.ndarray]:
   """Every metric on every resample, with weights = how often each example's patient was drawn."""
@@ -259,7 +262,10 @@ def _bootstrap_values(
   example_weights = drawn.reshape(resamples, num_patients)[:, patient_index].astype(float)
   called = scores >= threshold
   masks = {
-    "tp": truth & called, "fp": ~truth & called, "tn": ~truth & ~called, "fn": truth & ~called
+    "tp": truth & called,
+    "fp": ~truth & called,
+    "tn": ~truth & ~called,
+    "fn": truth & ~called,
   }
   cells = {name: example_weights @ mask for name, mask in masks.items()}
   values = {name: value for name, (value, _) in _proportions(cells).items()}
@@ -270,8 +276,14 @@ def _bootstrap_values(
 
 
 def bootstrap_intervals(
-  labels: np.ndarray, scores: np.ndarray, patient_ids: np.ndarray, threshold: float, *,
-  resamples: int = 1000, seed: int = 0, split: str = "data",
+  labels: np.ndarray,
+  scores: np.ndarray,
+  patient_ids: np.ndarray,
+  threshold: float,
+  *,
+  resamples: int = 1000,
+  seed: int = 0,
+  split: str = "data",
 ) -> dict[str, Interval]:
   """95% percentile intervals from resampling patients with replacement; the threshold is fixed.
 
@@ -326,8 +338,14 @@ def point_metrics(
 
 
 def summarize(
-  labels: np.ndarray, scores: np.ndarray, patient_ids: np.ndarray, threshold: float, *,
-  resamples: int = 1000, seed: int = 0, split: str = "data",
+  labels: np.ndarray,
+  scores: np.ndarray,
+  patient_ids: np.ndarray,
+  threshold: float,
+  *,
+  resamples: int = 1000,
+  seed: int = 0,
+  split: str = "data",
 ) -> dict[str, Metric]:
   """Every metric at `threshold` with its 'paper', 'wald' and 'bootstrap' intervals."""
   points = point_metrics(labels, scores, threshold, split=split)
@@ -341,7 +359,8 @@ def summarize(
       out[name] = dataclasses.replace(metric, ci={method: missing for method in CI_METHODS})
       continue
     wald = (
-      wald_interval(metric.value, metric.denominator) if metric.denominator is not None
+      wald_interval(metric.value, metric.denominator)
+      if metric.denominator is not None
       else Interval(reason="AUC has no binomial denominator")
     )
     ci = {"paper": wald_interval(metric.value, len(labels)), "wald": wald, "bootstrap": boot[name]}

@@ -22,8 +22,14 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def plot_roc(
-  path: str | os.PathLike, fpr: np.ndarray, tpr: np.ndarray, *, auc: float,
-  operating_point: tuple[float, float], threshold: float, title: str,
+  path: str | os.PathLike,
+  fpr: np.ndarray,
+  tpr: np.ndarray,
+  *,
+  auc: float,
+  operating_point: tuple[float, float],
+  threshold: float,
+  title: str,
 ) -> None:
   """ROC curve with the chance line and the operating point (1 - specificity, sensitivity)."""
   fig = Figure(figsize=(4.5, 4.5))
@@ -38,8 +44,14 @@ def plot_roc(
 
 
 def plot_reliability(
-  path: str | os.PathLike, edges: np.ndarray, counts: np.ndarray,
-  mean_prob: list[float | None], frac_pos: list[float | None], *, ece: float, title: str,
+  path: str | os.PathLike,
+  edges: np.ndarray,
+  counts: np.ndarray,
+  mean_prob: list[float | None],
+  frac_pos: list[float | None],
+  *,
+  ece: float,
+  title: str,
 ) -> None:
   """Observed frequency of class 1 against mean predicted probability per bin, counts beneath."""
   fig = Figure(figsize=(4.5, 5.5))
@@ -47,7 +59,10 @@ def plot_reliability(
   filled = [i for i, c in enumerate(counts) if c]
   top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
   top.plot(
-    [mean_prob[i] for i in filled], [frac_pos[i] for i in filled], "o-", color="tab:blue",
+    [mean_prob[i] for i in filled],
+    [frac_pos[i] for i in filled],
+    "o-",
+    color="tab:blue",
     label=f"model (ECE = {ece:.3f})",
   )
   top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction positive", title=title)
@@ -68,8 +83,13 @@ def plot_confusion(
     color = "white" if count > matrix.max() / 2 else "black"
     ax.text(col, row, str(count), ha="center", va="center", color=color, fontsize="large")
   ax.set(
-    xticks=(0, 1), yticks=(0, 1), xticklabels=class_names, yticklabels=class_names,
-    xlabel="predicted", ylabel="true", title=title,
+    xticks=(0, 1),
+    yticks=(0, 1),
+    xticklabels=class_names,
+    yticklabels=class_names,
+    xlabel="predicted",
+    ylabel="true",
+    title=title,
   )
   _save(fig, path)
 

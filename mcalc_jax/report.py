@@ -17,8 +17,18 @@ from collections.abc import Sequence
 from mcalc_jax import metrics
 
 COLUMNS = (
-  "Run", "Task", "Network", "CI", "AUC", "Accuracy", "Sensitivity", "Specificity", "PPV", "NPV",
-  "Threshold", "n",
+  "Run",
+  "Task",
+  "Network",
+  "CI",
+  "AUC",
+  "Accuracy",
+  "Sensitivity",
+  "Specificity",
+  "PPV",
+  "NPV",
+  "Threshold",
+  "n",
 )
 _METRIC_COLUMNS = dict(zip(COLUMNS[4:10], metrics.METRICS, strict=True))
 NETWORK_NAMES = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet34": "ResNet34"}
@@ -28,24 +38,78 @@ CI_LABELS = {
   "bootstrap": "patient bootstrap",
 }
 FOLD_COLUMNS = (
-  "Run", "Task", "Network", "Folds", "AUC per fold", "AUC mean ± sd", "Accuracy mean ± sd",
+  "Run",
+  "Task",
+  "Network",
+  "Folds",
+  "AUC per fold",
+  "AUC mean ± sd",
+  "Accuracy mean ± sd",
   "Patients per fold",
 )
 PAPER_COLUMNS = ("Task", "Network", "AUC", "Accuracy", "Sensitivity", "Specificity", "PPV", "NPV")
 # Pesapane et al. 2023, Table 2 as printed (95% CIs by the paper's Wald formula; none for AUC).
 PAPER_TABLE2 = (
-  ("1", "AlexNet", "0.98", "0.95 (0.94–0.96)", "0.98 (0.98–0.98)", "0.89 (0.88–0.90)",
-   "0.96 (0.95–0.97)", "0.94 (0.93–0.95)"),
-  ("1", "ResNet18", "0.98", "0.95 (0.94–0.96)", "0.96 (0.95–0.97)", "0.91 (0.90–0.92)",
-   "0.96 (0.95–0.97)", "0.91 (0.90–0.92)"),
-  ("1", "ResNet34", "0.98", "0.95 (0.94–0.96)", "0.97 (0.96–0.98)", "0.9 (0.89–0.91)",
-   "0.96 (0.95–0.97)", "0.91 (0.90–0.92)"),
-  ("2", "AlexNet", "0.94", "0.87 (0.86–0.88)", "0.85 (0.84–0.86)", "0.89 (0.88–0.90)",
-   "0.87 (0.86–0.88)", "0.88 (0.87–0.89)"),
-  ("2", "ResNet18", "0.88", "0.80 (0.78–0.82)", "0.75 (0.73–0.77)", "0.85 (0.84–0.86)",
-   "0.80 (0.78–0.82)", "0.80 (0.78–0.82)"),
-  ("2", "ResNet34", "0.92", "0.84 (0.83–0.85)", "0.84 (0.83–0.85)", "0.84 (0.83–0.85)",
-   "0.81 (0.79–0.83)", "0.87 (0.86–0.88)"),
+  (
+    "1",
+    "AlexNet",
+    "0.98",
+    "0.95 (0.94–0.96)",
+    "0.98 (0.98–0.98)",
+    "0.89 (0.88–0.90)",
+    "0.96 (0.95–0.97)",
+    "0.94 (0.93–0.95)",
+  ),
+  (
+    "1",
+    "ResNet18",
+    "0.98",
+    "0.95 (0.94–0.96)",
+    "0.96 (0.95–0.97)",
+    "0.91 (0.90–0.92)",
+    "0.96 (0.95–0.97)",
+    "0.91 (0.90–0.92)",
+  ),
+  (
+    "1",
+    "ResNet34",
+    "0.98",
+    "0.95 (0.94–0.96)",
+    "0.97 (0.96–0.98)",
+    "0.9 (0.89–0.91)",
+    "0.96 (0.95–0.97)",
+    "0.91 (0.90–0.92)",
+  ),
+  (
+    "2",
+    "AlexNet",
+    "0.94",
+    "0.87 (0.86–0.88)",
+    "0.85 (0.84–0.86)",
+    "0.89 (0.88–0.90)",
+    "0.87 (0.86–0.88)",
+    "0.88 (0.87–0.89)",
+  ),
+  (
+    "2",
+    "ResNet18",
+    "0.88",
+    "0.80 (0.78–0.82)",
+    "0.75 (0.73–0.77)",
+    "0.85 (0.84–0.86)",
+    "0.80 (0.78–0.82)",
+    "0.80 (0.78–0.82)",
+  ),
+  (
+    "2",
+    "ResNet34",
+    "0.92",
+    "0.84 (0.83–0.85)",
+    "0.84 (0.83–0.85)",
+    "0.84 (0.83–0.85)",
+    "0.81 (0.79–0.83)",
+    "0.87 (0.86–0.88)",
+  ),
 )
 
 
@@ -83,11 +147,18 @@ def fold_spread_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
     per_fold = ", ".join(
       "n/a" if fold["auc"] is None else f"{fold['auc']:.{digits}f}" for fold in cv["per_fold"]
     )
-    rows.append([
-      run.get("dir", ""), str(cv["task"]), NETWORK_NAMES.get(cv["network"], cv["network"]),
-      str(cv["folds"]), per_fold, mean_sd("auc"), mean_sd("accuracy"),
-      ", ".join(f"{fold['patients']}" for fold in cv["per_fold"]),
-    ])
+    rows.append(
+      [
+        run.get("dir", ""),
+        str(cv["task"]),
+        NETWORK_NAMES.get(cv["network"], cv["network"]),
+        str(cv["folds"]),
+        per_fold,
+        mean_sd("auc"),
+        mean_sd("accuracy"),
+        ", ".join(f"{fold['patients']}" for fold in cv["per_fold"]),
+      ]
+    )
   return rows
 
 
@@ -151,20 +222,22 @@ def markdown_report(evaluations: Sequence[dict], digits: int = 2) -> str:
   rows = table_rows(evaluations, digits)
   splits = sorted({e["split"] for e in evaluations})
   boot = sorted({(e["bootstrap"]["resamples"], e["bootstrap"]["seed"]) for e in evaluations})
-  return "\n".join([
-    f"# Table 2: patch-level performance on the {', '.join(splits)} split",
-    "",
-    "Cells: value (95% CI). The threshold is chosen on the validation split and applied unchanged.",
-    f"CI rows: {metrics.CI_DESCRIPTIONS['paper']}; {metrics.CI_DESCRIPTIONS['wald']}; "
-    f"{metrics.CI_DESCRIPTIONS['bootstrap']} (resamples, seed: "
-    f"{', '.join(f'{r}, {s}' for r, s in boot)}).",
-    "",
-    markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]),
-    *_fold_spread_section(evaluations, digits),
-    "## Reference: Table 2 of Pesapane et al. 2023 (their data; CIs by their Wald formula)",
-    "",
-    markdown_table(PAPER_COLUMNS, PAPER_TABLE2),
-  ])
+  return "\n".join(
+    [
+      f"# Table 2: patch-level performance on the {', '.join(splits)} split",
+      "",
+      "Cells: value (95% CI). The threshold is chosen on the validation split and applied unchanged.",
+      f"CI rows: {metrics.CI_DESCRIPTIONS['paper']}; {metrics.CI_DESCRIPTIONS['wald']}; "
+      f"{metrics.CI_DESCRIPTIONS['bootstrap']} (resamples, seed: "
+      f"{', '.join(f'{r}, {s}' for r, s in boot)}).",
+      "",
+      markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]),
+      *_fold_spread_section(evaluations, digits),
+      "## Reference: Table 2 of Pesapane et al. 2023 (their data; CIs by their Wald formula)",
+      "",
+      markdown_table(PAPER_COLUMNS, PAPER_TABLE2),
+    ]
+  )
 
 
 def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
@@ -192,7 +265,10 @@ def csv_report(evaluations: Sequence[dict], digits: int = 2) -> str:
 
 
 def write_report(
-  run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, *, split: str = "test",
+  run_dirs: Sequence[str | os.PathLike],
+  output: str | os.PathLike,
+  *,
+  split: str = "test",
   digits: int = 2,
 ) -> tuple[str, str]:
   """Writes OUTPUT.md and OUTPUT.csv from the runs' metrics.json; returns the two paths."""

@@ -203,18 +203,18 @@ class Scorer:
   """
 
   def __init__(
-      self,
-      task1: ClassifierLike | ProbabilitiesFn,
-      *,
-      task2: ClassifierLike | ProbabilitiesFn | None = None,
-      patch_size: int | None = None,
-      stride: int | None = None,
-      batch_size: int = 256,
-      task1_threshold: float = 0.5,
-      min_breast_fraction: float = 0.1,
-      buffer_pixels: int = DEFAULT_BUFFER_PIXELS,
-      breast_mask_fn: Callable[[np.ndarray], np.ndarray] = breast.breast_mask,
-      devices: list[jax.Device] | None = None,
+    self,
+    task1: ClassifierLike | ProbabilitiesFn,
+    *,
+    task2: ClassifierLike | ProbabilitiesFn | None = None,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 256,
+    task1_threshold: float = 0.5,
+    min_breast_fraction: float = 0.1,
+    buffer_pixels: int = DEFAULT_BUFFER_PIXELS,
+    breast_mask_fn: Callable[[np.ndarray], np.ndarray] = breast.breast_mask,
+    devices: list[jax.Device] | None = None,
   ):
     self.patch_size = _patch_size(patch_size, task1, task2)
     self.stride = stride or self.patch_size
@@ -231,19 +231,20 @@ class Scorer:
     self._task2 = _device_probabilities(task2, self._replicated) if task2 is not None else None
     self._buffer_pixels = buffer_pixels
     self._cut = jax.jit(
-        functools.partial(_cut_tiles, patch_size=self.patch_size), out_shardings=self._batched)
+      functools.partial(_cut_tiles, patch_size=self.patch_size), out_shardings=self._batched
+    )
 
   def prepare(self, mammogram: Mammogram) -> PreparedImage:
     """Host-side work for one image (tiles, breast fractions); thread-safe, no device use."""
     pixels = _pad_to_tile(mammogram.pixels, self.patch_size)
     geometry = TileGeometry(
-        tile_rows=tile_origins(mammogram.pixels.shape[0], self.patch_size, self.stride),
-        tile_cols=tile_origins(mammogram.pixels.shape[1], self.patch_size, self.stride),
-        patch_size=self.patch_size,
-        stride=self.stride,
-        image_shape=tuple(mammogram.pixels.shape),
-        original_shape=tuple(mammogram.original_shape),
-        flipped=mammogram.flipped,
+      tile_rows=tile_origins(mammogram.pixels.shape[0], self.patch_size, self.stride),
+      tile_cols=tile_origins(mammogram.pixels.shape[1], self.patch_size, self.stride),
+      patch_size=self.patch_size,
+      stride=self.stride,
+      image_shape=tuple(mammogram.pixels.shape),
+      original_shape=tuple(mammogram.original_shape),
+      flipped=mammogram.flipped,
     )
     if self.min_breast_fraction > 0:
       fractions = _breast_fractions(self._breast_mask_fn(pixels), geometry)
@@ -258,7 +259,8 @@ class Scorer:
     return scores
 
   def score_stream(
-      self, items: Iterable[tuple[Key, PreparedImage]]) -> Iterator[tuple[Key, ImageScores]]:
+    self, items: Iterable[tuple[Key, PreparedImage]]
+  ) -> Iterator[tuple[Key, ImageScores]]:
     """Scores (key, prepared image) pairs lazily, in order, one pack in flight ahead."""
     in_flight: collections.deque[_Pack] = collections.deque()
     last = time.perf_counter()
@@ -269,8 +271,9 @@ class Scorer:
       now = time.perf_counter()
       shares = _shares(now - last, [s.tiles_scored for _, s in results])
       last = now
-      return [(k, dataclasses.replace(s, seconds=t))
-              for (k, s), t in zip(results, shares, strict=True)]
+      return [
+        (k, dataclasses.replace(s, seconds=t)) for (k, s), t in zip(results, shares, strict=True)
+      ]
 
     for pack in self._packs(items):
       self._launch_task1(pack)
@@ -303,8 +306,7 @@ class Scorer:
     pack.buffer = jax.device_put(host, self._replicated)
     pack.task1 = self._dispatch(self._task1, pack, [im.breast_tiles for im in pack.images])
 
-  def _dispatch(
-      self, fn: ProbabilitiesFn, pack: _Pack, tiles: list[np.ndarray]) -> list[jax.Array]:
+  def _dispatch(self, fn: ProbabilitiesFn, pack: _Pack, tiles: list[np.ndarray]) -> list[jax.Array]:
     """Queues fixed-shape batches of the given flat tile indices of each image of the pack."""
     table = _tile_table(pack, tiles, self.batch_size)
     results = []
@@ -323,26 +325,30 @@ class Scorer:
       task2 = _split(_positive_class(self._dispatch(self._task2, pack, hot)), hot)
     pack.buffer = None
     return [
-        (key, ImageScores(
-            geometry=image.geometry,
-            task1=_grid(task1[n], breast_tiles[n], image.geometry.grid_shape),
-            task2=None if task2 is None else _grid(task2[n], hot[n], image.geometry.grid_shape),
-            task1_threshold=self.task1_threshold,
-            seconds=0.0,
-        ))
-        for n, (key, image) in enumerate(zip(pack.keys, pack.images, strict=True))
+      (
+        key,
+        ImageScores(
+          geometry=image.geometry,
+          task1=_grid(task1[n], breast_tiles[n], image.geometry.grid_shape),
+          task2=None if task2 is None else _grid(task2[n], hot[n], image.geometry.grid_shape),
+          task1_threshold=self.task1_threshold,
+          seconds=0.0,
+        ),
+      )
+      for n, (key, image) in enumerate(zip(pack.keys, pack.images, strict=True))
     ]
 
 
 def _cut_tiles(
-    buffer: jax.Array, starts: jax.Array, pitches: jax.Array, scales: jax.Array, *,
-    patch_size: int) -> jax.Array:
+  buffer: jax.Array, starts: jax.Array, pitches: jax.Array, scales: jax.Array, *, patch_size: int
+) -> jax.Array:
   """Cuts [B, S, S, 1] float32 tiles in [0, 1] out of the flat pixel buffer, on the device."""
   rows = jnp.arange(patch_size)
 
   def cut(start: jax.Array, pitch: jax.Array) -> jax.Array:
     return jax.vmap(
-        lambda row: jax.lax.dynamic_slice(buffer, (start + row * pitch,), (patch_size,)))(rows)
+      lambda row: jax.lax.dynamic_slice(buffer, (start + row * pitch,), (patch_size,))
+    )(rows)
 
   tiles = jax.vmap(cut)(starts, pitches).astype(jnp.float32)
   return (tiles * scales[:, None, None])[..., None]
@@ -362,7 +368,9 @@ def _split(values: np.ndarray, tiles: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _tile_table(
-    pack: _Pack, tiles: list[np.ndarray], batch_size: int,
+  pack: _Pack,
+  tiles: list[np.ndarray],
+  batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Per tile: buffer index of its top-left pixel, row pitch, 1 / max value; in whole batches.
 
@@ -372,14 +380,17 @@ def _tile_table(
   for image, offset, flat in zip(pack.images, pack.offsets, tiles, strict=True):
     i, j = np.unravel_index(flat, image.geometry.grid_shape)
     pitch = image.pixels.shape[1]
-    starts.append(offset + image.geometry.tile_rows[i].astype(np.int64) * pitch
-                  + image.geometry.tile_cols[j])
+    starts.append(
+      offset + image.geometry.tile_rows[i].astype(np.int64) * pitch + image.geometry.tile_cols[j]
+    )
     pitches.append(np.full(flat.size, pitch))
     scales.append(np.full(flat.size, 1.0 / image.max_value))
   total = sum(t.size for t in tiles)
   padding = -(-total // batch_size) * batch_size - total
-  return tuple(np.pad(np.concatenate(c), (0, padding)).astype(dtype)
-               for c, dtype in ((starts, np.int32), (pitches, np.int32), (scales, np.float32)))
+  return tuple(
+    np.pad(np.concatenate(c), (0, padding)).astype(dtype)
+    for c, dtype in ((starts, np.int32), (pitches, np.int32), (scales, np.float32))
+  )
 
 
 def _grid(values: np.ndarray, flat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -405,7 +416,8 @@ def _pad_to_tile(pixels: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 def _device_probabilities(
-    model: ClassifierLike | ProbabilitiesFn, replicated: jax.sharding.NamedSharding,
+  model: ClassifierLike | ProbabilitiesFn,
+  replicated: jax.sharding.NamedSharding,
 ) -> ProbabilitiesFn:
   """A jit-able, asynchronous probabilities function of device arrays on this process's mesh.
 
@@ -417,8 +429,12 @@ def _device_probabilities(
     variables = jax.tree.map(lambda x: _local_copy(x, replicated), model.variables)
     options = PreprocessOptions.from_config(model.config)
     return functools.partial(
-        checkpointing._probabilities, model.graphdef, variables, options=options,
-        micro_batch=checkpointing.inference_micro_batch(model.config, replicated.mesh))
+      checkpointing._probabilities,
+      model.graphdef,
+      variables,
+      options=options,
+      micro_batch=checkpointing.inference_micro_batch(model.config, replicated.mesh),
+    )
   return getattr(model, "probabilities", model)
 
 
@@ -429,11 +445,11 @@ def _local_copy(array: jax.Array, replicated: jax.sharding.NamedSharding) -> jax
   replicas = {shard.device: shard.data for shard in array.addressable_shards}
   devices = replicated.mesh.devices.flat
   return jax.make_array_from_single_device_arrays(
-      array.shape, replicated, [replicas[d] for d in devices])
+    array.shape, replicated, [replicas[d] for d in devices]
+  )
 
 
-def _patch_size(
-    patch_size: int | None, *models: ClassifierLike | ProbabilitiesFn | None) -> int:
+def _patch_size(patch_size: int | None, *models: ClassifierLike | ProbabilitiesFn | None) -> int:
   """The one patch size of the classifiers (and `patch_size`, if given); they must agree."""
   sizes = {getattr(m, "patch_size", None) for m in models if m is not None} - {None}
   if patch_size is not None:
@@ -441,4 +457,3 @@ def _patch_size(
   if len(sizes) != 1:
     raise ValueError(f"need exactly one patch size for the classifiers, got {sorted(sizes)}")
   return int(sizes.pop())
-

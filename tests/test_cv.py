@@ -28,7 +28,7 @@ def write_png(path, calcifications=()) -> None:
   inside = (rows - 80) ** 2 + cols**2 < 110**2
   pixels = np.where(inside, 120 + np.random.default_rng(0).integers(0, 40, (160, 120)), 3)
   for row, col in calcifications:
-    pixels[row - 1:row + 2, col - 1:col + 2] = 255
+    pixels[row - 1 : row + 2, col - 1 : col + 2] = 255
   Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
@@ -45,8 +45,9 @@ def build_dataset(folder) -> str:
       if view == "CC":
         write_png(folder / name, [(60, 40)])
         label = "malignant" if p % 2 == 0 else "benign"
-        findings.append(Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60,
-                                radius=5))
+        findings.append(
+          Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60, radius=5)
+        )
       else:
         write_png(folder / name)
         findings.append(Finding(f"p{p}", name, view=view))
@@ -54,8 +55,11 @@ def build_dataset(folder) -> str:
   config = tfds_builder.data_config("manifest", str(folder / "manifest.csv"))
   config.name, config.patch.size, config.patch.per_cluster = "cvtiny", 32, 3
   builder = tfds_builder.McalcPatches(
-      config=tfds_builder.builder_config(config), data_dir=str(folder / "tfds"),
-      file_format="array_record", location=config.location)
+    config=tfds_builder.builder_config(config),
+    data_dir=str(folder / "tfds"),
+    file_format="array_record",
+    location=config.location,
+  )
   builder.download_and_prepare()
   return str(builder.data_dir_root)
 
@@ -65,10 +69,20 @@ def finished(tmp_path_factory):
   """A 3-fold cross-validation of ResNet18 on 32x32 patches, 2 steps per fold."""
   folder = tmp_path_factory.mktemp("cv")
   config = default.get_config()
-  config.update(dict(model="resnet18", dataset="mcalc_patches/cvtiny",
-                     data_dir=build_dataset(folder), patch_size=32, batch_size=4, eval_batch_size=8,
-                     num_train_steps=2, eval_every_steps=2, log_every_steps=1,
-                     async_checkpointing=False))
+  config.update(
+    dict(
+      model="resnet18",
+      dataset="mcalc_patches/cvtiny",
+      data_dir=build_dataset(folder),
+      patch_size=32,
+      batch_size=4,
+      eval_batch_size=8,
+      num_train_steps=2,
+      eval_every_steps=2,
+      log_every_steps=1,
+      async_checkpointing=False,
+    )
+  )
   config.preprocess.input_size = 32
   workdir = folder / "run"
   summary = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
@@ -96,7 +110,9 @@ def test_every_patient_is_predicted_exactly_once(finished):
   for i in range(FOLDS):
     preds = cv.load_predictions(workdir / f"fold_{i}" / cv.PREDICTIONS_FILE)
     for patient in set(preds["test"]["patient_id"]):
-      assert patient not in predicted_by, f"{patient} predicted by folds {predicted_by[patient]}, {i}"
+      assert patient not in predicted_by, (
+        f"{patient} predicted by folds {predicted_by[patient]}, {i}"
+      )
       predicted_by[patient] = i
   assert sorted(predicted_by) == sorted(f"p{p}" for p in range(NUM_PATIENTS))
   assert summary["pooled_counts"]["patients"] == NUM_PATIENTS
@@ -138,15 +154,31 @@ def test_lost_fold_predictions_are_redone_from_its_checkpoint(finished):
 
 def test_cli_prints_the_summary_of_a_finished_cross_validation(finished):
   config, workdir, _ = finished
-  command = [sys.executable, "-m", "mcalc_jax.cli.cv", "--config=configs/default.py",
-             f"--workdir={workdir}", f"--folds={FOLDS}", "--cv_seed=0",
-             f"--config.dataset={config.dataset}", f"--config.data_dir={config.data_dir}",
-             "--config.model=resnet18", "--config.patch_size=32"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          check=False)
+  command = [
+    sys.executable,
+    "-m",
+    "mcalc_jax.cli.cv",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    f"--folds={FOLDS}",
+    "--cv_seed=0",
+    f"--config.dataset={config.dataset}",
+    f"--config.data_dir={config.data_dir}",
+    "--config.model=resnet18",
+    "--config.patch_size=32",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  printed = json.loads(result.stdout[result.stdout.index("{"):])
+  printed = json.loads(result.stdout[result.stdout.index("{") :])
   assert printed["folds"] == FOLDS and len(printed["per_fold"]) == FOLDS
-  bad = subprocess.run([*command, "--config.learning_rat=1"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300, check=False)
+  bad = subprocess.run(
+    [*command, "--config.learning_rat=1"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert bad.returncode != 0 and "learning_rat" in bad.stderr

@@ -9,16 +9,24 @@ import sys
 
 def test_demo_runs_every_stage_end_to_end(tmp_path):
   workdir = tmp_path / "demo"
-  command = [sys.executable, "-m", "mcalc_jax.cli.demo", f"--workdir={workdir}",
-             "--patients=12", "--epochs=1", "--heatmaps=2"]
+  command = [
+    sys.executable,
+    "-m",
+    "mcalc_jax.cli.demo",
+    f"--workdir={workdir}",
+    "--patients=12",
+    "--epochs=1",
+    "--heatmaps=2",
+  ]
   result = subprocess.run(command, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   assert "mcalc-demo finished" in result.stdout
 
   assert (workdir / "cohort" / "manifest.csv").is_file()
   for task in (1, 2):
-    metrics = json.loads((workdir / f"task{task}_alexnet" / "eval" / "test" / "metrics.json")
-                         .read_text())
+    metrics = json.loads(
+      (workdir / f"task{task}_alexnet" / "eval" / "test" / "metrics.json").read_text()
+    )
     assert metrics["counts"]["examples"] > 0
     assert (workdir / f"task{task}_alexnet" / "eval" / "test" / "roc.png").is_file()
   table = (workdir / "table2.md").read_text()

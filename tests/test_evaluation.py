@@ -48,8 +48,11 @@ def test_threshold_is_chosen_on_validation_and_applied_unchanged_to_test():
     skm.recall_score(test["label"], called)
   )
   assert result["counts"] == {
-    "examples": 120, "positives": int(test["label"].sum()),
-    "negatives": 120 - int(test["label"].sum()), "patients": 20, "images": 20,
+    "examples": 120,
+    "positives": int(test["label"].sum()),
+    "negatives": 120 - int(test["label"].sum()),
+    "patients": 20,
+    "images": 20,
   }
 
 
@@ -60,7 +63,11 @@ def test_outputs_let_every_metric_be_recomputed_offline(tmp_path):
   evaluation.write_outputs(tmp_path, result, {"validation": val, "test": test})
 
   assert sorted(p.name for p in tmp_path.iterdir()) == [
-    "confusion_matrix.png", "metrics.json", "predictions.csv", "reliability.png", "roc.png",
+    "confusion_matrix.png",
+    "metrics.json",
+    "predictions.csv",
+    "reliability.png",
+    "roc.png",
   ]
   for name in ("roc.png", "reliability.png", "confusion_matrix.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -80,7 +87,8 @@ def test_outputs_let_every_metric_be_recomputed_offline(tmp_path):
   assert skm.accuracy_score(labels, called) == saved["metrics"]["accuracy"]["value"]
   val_rows = [r for r in rows if r["split"] == "validation"]
   threshold = metrics.choose_threshold(
-    np.array([int(r["label"]) for r in val_rows]), np.array([float(r["prob"]) for r in val_rows]),
+    np.array([int(r["label"]) for r in val_rows]),
+    np.array([float(r["prob"]) for r in val_rows]),
     metrics.ThresholdPolicy.parse(policy),
   )
   assert threshold == saved["threshold"]["value"]
@@ -93,7 +101,9 @@ def test_one_class_test_split_is_reported_with_its_counts(tmp_path):
   result = evaluation.evaluate_predictions(val, test, resamples=100)
   reason = "test: 24 examples (0 positive, 24 negative)"
   assert result["metrics"]["auc"] == {
-    "value": None, "denominator": None, "reason": f"AUC needs both classes; {reason}",
+    "value": None,
+    "denominator": None,
+    "reason": f"AUC needs both classes; {reason}",
     "ci": dict.fromkeys(metrics.CI_METHODS, {"reason": f"AUC needs both classes; {reason}"}),
   }
   assert result["metrics"]["sensitivity"]["reason"] == f"no positive examples; {reason}"
@@ -132,7 +142,10 @@ def _install(monkeypatch, package: types.ModuleType, name: str, module) -> None:
 def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch):
   # Stand-ins for the trained classifier and the dataset: evaluate_run only wires them together.
   config = types.SimpleNamespace(
-    task=2, model="resnet18", dataset="mcalc_patches/mias", eval_split="validation",
+    task=2,
+    model="resnet18",
+    dataset="mcalc_patches/mias",
+    eval_split="validation",
     test_split="test",
   )
   split_seeds = {"validation": 10, "test": 11}
@@ -149,14 +162,18 @@ def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch
 
   _install(monkeypatch, mcalc_jax, "checkpointing", types.SimpleNamespace(load_classifier=load))
   data = lambda cfg: types.SimpleNamespace(eval_batches=lambda split: split)  # noqa: E731
-  _install(monkeypatch, mcalc_jax, "train",
-           types.SimpleNamespace(predict=predict, create_data=data))
+  _install(
+    monkeypatch, mcalc_jax, "train", types.SimpleNamespace(predict=predict, create_data=data)
+  )
 
   result = evaluation.evaluate_run(tmp_path, "test", "latest", resamples=100)
 
   assert loaded == [(str(tmp_path), "latest")]
   assert result["run"] == {
-    "workdir": str(tmp_path), "checkpoint": "latest", "task": 2, "network": "resnet18",
+    "workdir": str(tmp_path),
+    "checkpoint": "latest",
+    "task": 2,
+    "network": "resnet18",
     "dataset": "mcalc_patches/mias",
   }
   out = tmp_path / "eval" / "test"

@@ -65,8 +65,12 @@ def test_overlay_is_a_png_in_the_original_orientation(tmp_path, flipped_scores):
   mammogram, scores = flipped_scores
   row, col = mammogram.to_original(*CLUSTERS[0])
   heatmaps.write_overlay(
-      tmp_path / "a.png", mammogram.pixels, scores,
-      annotations=[heatmaps.Circle(row, col, 50)], title="synthetic")
+    tmp_path / "a.png",
+    mammogram.pixels,
+    scores,
+    annotations=[heatmaps.Circle(row, col, 50)],
+    title="synthetic",
+  )
 
   with Image.open(tmp_path / "a.png") as png:
     width, height = png.size

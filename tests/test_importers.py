@@ -40,7 +40,10 @@ def test_mias_rows_follow_the_readme_conventions(mias_findings):
   assert (mdb211.label, mdb211.density, mdb211.subtype) == ("malignant", "fatty-glandular", "CALC")
   assert sum(f.abnormality == "none" for f in mias_findings) == 138
   assert {f.finding_id for f in mias_findings if f.image_path.endswith("mdb226.png")} == {
-      "mdb226_1", "mdb226_2", "mdb226_3"}
+    "mdb226_1",
+    "mdb226_2",
+    "mdb226_3",
+  }
 
 
 def test_every_mias_centre_lies_inside_its_image(mias_findings):
@@ -53,18 +56,19 @@ def test_mias_rows_without_coordinates_are_kept_with_a_note(tmp_path):
   for name in ("mdb001", "mdb002"):
     Image.fromarray((phantom((128, 128)) >> 4).astype(np.uint8)).save(tmp_path / f"{name}.png")
   (tmp_path / "Info.txt").write_text(
-      "free header text\n"
-      "mdb001 G CALC B *NOTE 3*\n"
-      "mdb001 G CIRC M\n"
-      "mdb002 D NORM \n"
-      "mdb003 F NORM\n"  # its image is not here: skipped
-      "=====\n")
+    "free header text\n"
+    "mdb001 G CALC B *NOTE 3*\n"
+    "mdb001 G CIRC M\n"
+    "mdb002 D NORM \n"
+    "mdb003 F NORM\n"  # its image is not here: skipped
+    "=====\n"
+  )
 
   findings = import_mias(tmp_path)
   assert [(f.finding_id, f.abnormality, f.label, f.note) for f in findings] == [
-      ("mdb001_1", "calcification", "benign", "diffuse_calcification_no_coordinates"),
-      ("mdb001_2", "mass", "malignant", "no_coordinates"),
-      ("", "none", "", ""),
+    ("mdb001_1", "calcification", "benign", "diffuse_calcification_no_coordinates"),
+    ("mdb001_2", "mass", "malignant", "no_coordinates"),
+    ("", "none", "", ""),
   ]
 
 
@@ -77,10 +81,13 @@ def test_mias_findings_write_a_manifest(mias_findings, tmp_path):
 # --- CBIS-DDSM -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table, counts", [
+@pytest.mark.parametrize(
+  "table, counts",
+  [
     ("calc_case_description_train_set.csv", {"malignant": 544, "benign": 528 + 474}),
     ("calc_case_description_test_set.csv", {"malignant": 129, "benign": 130 + 67}),
-])
+  ],
+)
 def test_official_calc_tables_parse_every_row(cbis_dir, table, counts):
   findings = import_cbis_ddsm(cbis_dir / "metadata" / table, image_root=cbis_dir / "absent")
 
@@ -97,10 +104,15 @@ def test_case_description_next_to_flat_dicoms(cbis_dir):
   findings = import_cbis_ddsm(cbis_dir)  # a folder: its *case_description*.csv
 
   assert [(f.laterality, f.view, f.label) for f in findings] == [
-      ("L", "CC", "malignant"), ("L", "MLO", "malignant"),
-      ("R", "CC", "benign"), ("R", "MLO", "benign")]
-  assert all(f.image_path.startswith(str(cbis_dir)) and f.image_path.endswith(f"_{f.view}.dcm")
-             for f in findings)  # table paths resolved to the renamed files
+    ("L", "CC", "malignant"),
+    ("L", "MLO", "malignant"),
+    ("R", "CC", "benign"),
+    ("R", "MLO", "benign"),
+  ]
+  assert all(
+    f.image_path.startswith(str(cbis_dir)) and f.image_path.endswith(f"_{f.view}.dcm")
+    for f in findings
+  )  # table paths resolved to the renamed files
 
 
 def write_cbis_case(root, image, mask, crop):
@@ -114,24 +126,33 @@ def write_cbis_case(root, image, mask, crop):
   write_dicom(root / crop, full[20:31, 8:17], Modality="OT")
   table = root / "calc_case_description_test_set.csv"
   table.write_bytes(
-      b"patient_id,breast_density,left or right breast,image view,abnormality id,"
-      b"abnormality type,calc type,calc distribution,assessment,pathology,subtlety,"
-      b"image file path,cropped image file path,ROI mask file path\r\n"
-      b"P_1,2,LEFT,CC,1,calcification,AMORPHOUS,CLUSTERED,4,BENIGN_WITHOUT_CALLBACK,3,"
-      b"Calc-Test_P_1_LEFT_CC/1.2/000000.dcm,\"Calc-Test_P_1_LEFT_CC_1/1.3/000000.dcm\n\","
-      b"\"Calc-Test_P_1_LEFT_CC_1/1.3/000001.dcm\n\"\r\n")
+    b"patient_id,breast_density,left or right breast,image view,abnormality id,"
+    b"abnormality type,calc type,calc distribution,assessment,pathology,subtlety,"
+    b"image file path,cropped image file path,ROI mask file path\r\n"
+    b"P_1,2,LEFT,CC,1,calcification,AMORPHOUS,CLUSTERED,4,BENIGN_WITHOUT_CALLBACK,3,"
+    b'Calc-Test_P_1_LEFT_CC/1.2/000000.dcm,"Calc-Test_P_1_LEFT_CC_1/1.3/000000.dcm\n",'
+    b'"Calc-Test_P_1_LEFT_CC_1/1.3/000001.dcm\n"\r\n'
+  )
   return table
 
 
-@pytest.mark.parametrize("image, mask, crop", [
+@pytest.mark.parametrize(
+  "image, mask, crop",
+  [
     # as the table says, but the crop sits under the mask column
-    ("Calc-Test_P_1_LEFT_CC/1.2/000000.dcm", "Calc-Test_P_1_LEFT_CC_1/1.3/000000.dcm",
-     "Calc-Test_P_1_LEFT_CC_1/1.3/000001.dcm"),
+    (
+      "Calc-Test_P_1_LEFT_CC/1.2/000000.dcm",
+      "Calc-Test_P_1_LEFT_CC_1/1.3/000000.dcm",
+      "Calc-Test_P_1_LEFT_CC_1/1.3/000001.dcm",
+    ),
     # a TCIA download: same top folders, renamed series folders and files
-    ("Calc-Test_P_1_LEFT_CC/08-07-2016-DDSM-NA/1.000000-full mammogram images-1/1-1.dcm",
-     "Calc-Test_P_1_LEFT_CC_1/08-07-2016-DDSM-NA/1.000000-ROI mask images-2/1-2.dcm",
-     "Calc-Test_P_1_LEFT_CC_1/08-07-2016-DDSM-NA/1.000000-cropped images-3/1-1.dcm"),
-])
+    (
+      "Calc-Test_P_1_LEFT_CC/08-07-2016-DDSM-NA/1.000000-full mammogram images-1/1-1.dcm",
+      "Calc-Test_P_1_LEFT_CC_1/08-07-2016-DDSM-NA/1.000000-ROI mask images-2/1-2.dcm",
+      "Calc-Test_P_1_LEFT_CC_1/08-07-2016-DDSM-NA/1.000000-cropped images-3/1-1.dcm",
+    ),
+  ],
+)
 def test_mask_is_found_by_size_whatever_the_columns_and_layout(tmp_path, image, mask, crop):
   [finding] = import_cbis_ddsm(write_cbis_case(tmp_path, image, mask, crop))
 
@@ -140,7 +161,11 @@ def test_mask_is_found_by_size_whatever_the_columns_and_layout(tmp_path, image, 
   assert (finding.row, finding.col) == (25, 12)  # the ROI's centroid, original pixels
   assert finding.radius == pytest.approx(np.hypot(5, 2), abs=0.01)
   assert (finding.label, finding.note, finding.density, finding.subtype) == (
-      "benign", "benign_without_callback", "2", "AMORPHOUS")
+    "benign",
+    "benign_without_callback",
+    "2",
+    "AMORPHOUS",
+  )
 
 
 def test_not_a_case_table(tmp_path):
@@ -155,16 +180,29 @@ def test_not_a_case_table(tmp_path):
 
 def test_generic_spreadsheet_with_its_own_column_names(tmp_path):
   (tmp_path / "export.csv").write_text(
-      "\ufeffPatient;File;Histology;X;Y;Side\n"  # an Excel export: BOM and semicolons
-      "A1;scans/a1.dcm;M;120;340;LEFT\n"
-      "A2;scans/a2.dcm;;;;R\n")
-  columns = {"patient_id": "Patient", "image_path": "File", "label": "Histology",
-             "col": "X", "row": "Y", "laterality": "Side"}
+    "\ufeffPatient;File;Histology;X;Y;Side\n"  # an Excel export: BOM and semicolons
+    "A1;scans/a1.dcm;M;120;340;LEFT\n"
+    "A2;scans/a2.dcm;;;;R\n"
+  )
+  columns = {
+    "patient_id": "Patient",
+    "image_path": "File",
+    "label": "Histology",
+    "col": "X",
+    "row": "Y",
+    "laterality": "Side",
+  }
 
   a1, a2 = import_generic(tmp_path / "export.csv", columns)
-  assert a1 == Finding(patient_id="A1", image_path=str(tmp_path / "scans" / "a1.dcm"),
-                       abnormality="calcification", label="malignant", col=120, row=340,
-                       laterality="L")
+  assert a1 == Finding(
+    patient_id="A1",
+    image_path=str(tmp_path / "scans" / "a1.dcm"),
+    abnormality="calcification",
+    label="malignant",
+    col=120,
+    row=340,
+    laterality="L",
+  )
   assert (a2.abnormality, a2.label, a2.laterality) == ("none", "", "R")
 
 

@@ -14,11 +14,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
-    DigitalMammographyXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
-    JPEGLSLossless,
-    RLELossless,
-    generate_uid,
+  DigitalMammographyXRayImageStorageForPresentation,
+  ExplicitVRLittleEndian,
+  JPEGLSLossless,
+  RLELossless,
+  generate_uid,
 )
 
 from input_pipeline import errors
@@ -26,10 +26,10 @@ from input_pipeline.breast import breast_side
 from input_pipeline.mammogram import ReadOptions, read_mammogram, read_mask
 
 CBIS_SHAPES = {
-    "Mass-Test_P_00820_LEFT_CC.dcm": (4736, 2624),
-    "Mass-Test_P_00820_LEFT_MLO.dcm": (4680, 2576),
-    "Mass-Test_P_00820_RIGHT_CC.dcm": (4688, 2592),
-    "Mass-Test_P_00820_RIGHT_MLO.dcm": (4672, 2632),
+  "Mass-Test_P_00820_LEFT_CC.dcm": (4736, 2624),
+  "Mass-Test_P_00820_LEFT_MLO.dcm": (4680, 2576),
+  "Mass-Test_P_00820_RIGHT_CC.dcm": (4688, 2592),
+  "Mass-Test_P_00820_RIGHT_MLO.dcm": (4672, 2632),
 }
 
 
@@ -128,12 +128,15 @@ def test_openrem_voi_lut_applies_only_when_asked(openrem_dir):
   assert sorted(softer.pixels.ravel()) != sorted(windowed.pixels.ravel())
 
 
-@pytest.mark.parametrize("name, bits", [
+@pytest.mark.parametrize(
+  "name, bits",
+  [
     ("breast_cancer_classifier/1_L_CC.png", 16),
     ("breast_cancer_classifier/2_R_CC.png", 16),
     ("gmic_exam0/0_L-MLO.png", 12),
     ("gmic_exam0/0_R-CC.png", 12),
-])
+  ],
+)
 def test_nyu_16_bit_pngs_keep_their_value_range(nyu_dir, name, bits):
   m = read_mammogram(nyu_dir / name)
 
@@ -207,8 +210,9 @@ def test_window_is_applied_when_asked(tmp_path):
 def test_spacing_from_tags_or_assumed(tmp_path):
   pixels = phantom()
   imager = write_dicom(tmp_path / "imager.dcm", pixels, ImagerPixelSpacing=[0.085, 0.085])
-  both = write_dicom(tmp_path / "both.dcm", pixels, PixelSpacing=[0.07, 0.07],
-                     ImagerPixelSpacing=[0.085, 0.085])
+  both = write_dicom(
+    tmp_path / "both.dcm", pixels, PixelSpacing=[0.07, 0.07], ImagerPixelSpacing=[0.085, 0.085]
+  )
   none = write_dicom(tmp_path / "none.dcm", pixels)
 
   assert read_mammogram(imager).pixel_spacing_mm == (0.085, 0.085)
@@ -219,8 +223,13 @@ def test_spacing_from_tags_or_assumed(tmp_path):
 
 def test_orientation_from_patient_orientation_else_the_breast(tmp_path):
   right = phantom(side="right")
-  tagged = write_dicom(tmp_path / "tagged.dcm", right, PatientOrientation=["P", "L"],
-                       ImageLaterality="R", ViewPosition="MLO")
+  tagged = write_dicom(
+    tmp_path / "tagged.dcm",
+    right,
+    PatientOrientation=["P", "L"],
+    ImageLaterality="R",
+    ViewPosition="MLO",
+  )
   untagged = write_dicom(tmp_path / "untagged.dcm", right)
 
   m = read_mammogram(tagged)
@@ -276,10 +285,13 @@ def test_constant_image_is_empty(tmp_path):
     read_mammogram(path)
 
 
-@pytest.mark.parametrize("pixels, tags, reason", [
+@pytest.mark.parametrize(
+  "pixels, tags, reason",
+  [
     (phantom(), dict(BitsStored=20, HighBit=19), "Bits Stored"),
     (np.concatenate([phantom(), phantom()]), dict(Rows=64, NumberOfFrames=2), "single-frame"),
-])
+  ],
+)
 def test_layouts_the_reader_does_not_handle(tmp_path, pixels, tags, reason):
   path = write_dicom(tmp_path / "odd.dcm", pixels, **tags)
 

@@ -5,41 +5,63 @@ from __future__ import annotations
 import pytest
 
 from input_pipeline.manifest import (
-    COLUMNS,
-    Finding,
-    ManifestError,
-    parse_finding,
-    read_manifest,
-    write_manifest,
+  COLUMNS,
+  Finding,
+  ManifestError,
+  parse_finding,
+  read_manifest,
+  write_manifest,
 )
 
 
 def test_findings_round_trip_with_paths_made_absolute(tmp_path):
   findings = [
-      Finding(patient_id="7", image_path="images/a.png", finding_id="a_1",
-              abnormality="calcification", label="malignant", col=12.5, row=40.0, radius=9.0,
-              density="B", view="CC", laterality="L", subtype="pleomorphic"),
-      Finding(patient_id="7", image_path="/data/b.dcm"),  # a normal image: abnormality 'none'
+    Finding(
+      patient_id="7",
+      image_path="images/a.png",
+      finding_id="a_1",
+      abnormality="calcification",
+      label="malignant",
+      col=12.5,
+      row=40.0,
+      radius=9.0,
+      density="B",
+      view="CC",
+      laterality="L",
+      subtype="pleomorphic",
+    ),
+    Finding(patient_id="7", image_path="/data/b.dcm"),  # a normal image: abnormality 'none'
   ]
   write_manifest(tmp_path / "manifest.csv", findings)
 
   read = read_manifest(tmp_path / "manifest.csv")
-  assert read[0] == Finding(**{**findings[0].__dict__,
-                               "image_path": str(tmp_path / "images" / "a.png")})
+  assert read[0] == Finding(
+    **{**findings[0].__dict__, "image_path": str(tmp_path / "images" / "a.png")}
+  )
   assert read[1] == findings[1]
   assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
 
 
-@pytest.mark.parametrize("column, text, message", [
+@pytest.mark.parametrize(
+  "column, text, message",
+  [
     ("label", "probably benign", "label"),
     ("abnormality", "lump", "abnormality"),
     ("col", "12,5", "not a number"),
     ("row", "nan", "not finite"),
     ("patient_id", "", "required"),
-])
+  ],
+)
 def test_broken_rows_name_the_file_and_line(tmp_path, column, text, message):
-  row = {"patient_id": "1", "image_path": "x.png", "abnormality": "calcification",
-         "label": "benign", "col": "1", "row": "2", column: text}
+  row = {
+    "patient_id": "1",
+    "image_path": "x.png",
+    "abnormality": "calcification",
+    "label": "benign",
+    "col": "1",
+    "row": "2",
+    column: text,
+  }
   path = tmp_path / "m.csv"
   path.write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
 

@@ -16,22 +16,42 @@ SETTINGS = patches.PatchSettings(size=32, per_cluster=5, seed=3)
 
 def make_mammogram(flipped: bool = False, shape=(200, 160), value: int = 2000) -> Mammogram:
   """A 12-bit image whose breast is a bright half-disc against the chest wall (left)."""
-  rows, cols = np.mgrid[:shape[0], :shape[1]]
+  rows, cols = np.mgrid[: shape[0], : shape[1]]
   inside = (rows - shape[0] / 2) ** 2 + cols**2 < (0.9 * shape[1]) ** 2
   noise = np.random.default_rng(0).integers(0, 200, shape)
   pixels = np.where(inside, value + noise, 5).astype(np.uint16)
-  return Mammogram(pixels=pixels, max_value=4095, bits_stored=12, pixel_spacing_mm=(0.1, 0.1),
-                   spacing_assumed=False, laterality="R" if flipped else "L", view="CC",
-                   flipped=flipped, original_shape=shape, path="test.dcm")
+  return Mammogram(
+    pixels=pixels,
+    max_value=4095,
+    bits_stored=12,
+    pixel_spacing_mm=(0.1, 0.1),
+    spacing_assumed=False,
+    laterality="R" if flipped else "L",
+    view="CC",
+    flipped=flipped,
+    original_shape=shape,
+    path="test.dcm",
+  )
 
 
 def calcification(finding_id: str, row: float, col: float, radius: float, label="malignant"):
-  return Finding(patient_id="p1", image_path="test.dcm", finding_id=finding_id,
-                 abnormality="calcification", label=label, row=row, col=col, radius=radius)
+  return Finding(
+    patient_id="p1",
+    image_path="test.dcm",
+    finding_id=finding_id,
+    abnormality="calcification",
+    label=label,
+    row=row,
+    col=col,
+    radius=radius,
+  )
 
 
-FINDINGS = (calcification("c1", 60, 50, 6), calcification("c2", 150, 40, 20, "benign"),
-            Finding("p1", "test.dcm", "m1", "mass", "benign", row=100, col=100, radius=10))
+FINDINGS = (
+  calcification("c1", 60, 50, 6),
+  calcification("c2", 150, 40, 20, "benign"),
+  Finding("p1", "test.dcm", "m1", "mass", "benign", row=100, col=100, radius=10),
+)
 
 
 @pytest.mark.parametrize("flipped", [False, True])
@@ -62,13 +82,15 @@ def test_patch_pixels_are_the_original_pixels_at_the_recorded_centre():
   (p, *_) = patches.positive_patches(mg, FINDINGS[:1], "img", SETTINGS)
   row, col = mg.from_original(p.center_row, p.center_col)
   np.testing.assert_array_equal(
-      p.image, mg.pixels[int(row) - 16:int(row) + 16, int(col) - 16:int(col) + 16])
+    p.image, mg.pixels[int(row) - 16 : int(row) + 16, int(col) - 16 : int(col) + 16]
+  )
 
 
 def test_background_patches_overlap_no_annotation_and_lie_on_tissue():
   mg = make_mammogram()
-  found = patches.background_patches(mg, FINDINGS, "img", 20, SETTINGS,
-                                     breast=breast.breast_mask(mg.pixels))
+  found = patches.background_patches(
+    mg, FINDINGS, "img", 20, SETTINGS, breast=breast.breast_mask(mg.pixels)
+  )
   assert len(found) == 20
   for p in found:
     assert (p.task1_label, p.task2_label, p.finding_id) == (0, -1, "")
@@ -81,8 +103,9 @@ def test_background_patches_overlap_no_annotation_and_lie_on_tissue():
 def test_same_seed_gives_identical_patches_and_another_seed_different_ones():
   def extract(settings, image_id="img"):
     mg = make_mammogram()
-    return (patches.positive_patches(mg, FINDINGS, image_id, settings)
-            + patches.background_patches(mg, FINDINGS, image_id, 5, settings))
+    return patches.positive_patches(mg, FINDINGS, image_id, settings) + patches.background_patches(
+      mg, FINDINGS, image_id, 5, settings
+    )
 
   def centres(found):
     return [(p.patch_id, p.center_row, p.center_col) for p in found]

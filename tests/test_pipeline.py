@@ -14,9 +14,19 @@ N = 50  # 30 background, 10 benign, 10 malignant calcification patches
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      task=1, batch_size=8, eval_batch_size=16, seed=0, shuffle_seed_offset=1, augment=True,
-      num_workers=0, prefetch=2, train_split="train"))
+  config = ml_collections.ConfigDict(
+    dict(
+      task=1,
+      batch_size=8,
+      eval_batch_size=16,
+      seed=0,
+      shuffle_seed_offset=1,
+      augment=True,
+      num_workers=0,
+      prefetch=2,
+      train_split="train",
+    )
+  )
   config.update(overrides)
   return config
 
@@ -24,16 +34,24 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 def make_arrays() -> dict[str, np.ndarray]:
   images = np.random.default_rng(0).integers(0, 4096, (N, 8, 8, 1)).astype(np.uint16)
   task1 = np.array([0] * 30 + [1] * 20)
-  return {"image": images, "max_value": 4095, "task1_label": task1,
-          "task2_label": np.array([-1] * 30 + [0] * 10 + [1] * 10),
-          "patch_id": np.array([f"patch{i}" for i in range(N)]),
-          "patient_id": np.array([f"p{i // 5}" for i in range(N)])}
+  return {
+    "image": images,
+    "max_value": 4095,
+    "task1_label": task1,
+    "task2_label": np.array([-1] * 30 + [0] * 10 + [1] * 10),
+    "patch_id": np.array([f"patch{i}" for i in range(N)]),
+    "patient_id": np.array([f"p{i // 5}" for i in range(N)]),
+  }
 
 
 def make_data(process_index=0, process_count=1, **overrides) -> pipeline.ArrayPatchData:
   arrays = make_arrays()
-  return pipeline.ArrayPatchData({"train": arrays, "test": arrays}, make_config(**overrides),
-                                 process_index=process_index, process_count=process_count)
+  return pipeline.ArrayPatchData(
+    {"train": arrays, "test": arrays},
+    make_config(**overrides),
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 def take(iterator, n):
@@ -59,8 +77,9 @@ def test_resuming_at_a_step_gives_the_batches_of_the_uninterrupted_run():
 def test_each_epoch_is_a_new_permutation_without_repeats():
   data = make_data(augment=False, task=2)  # 20 examples, batch 8: 2 steps, 4 dropped
   # The images are random, so a pixel value identifies an example.
-  epochs = [np.concatenate([b["image"][:, 0, 0, 0] for b in take(data.train_batches(s), 2)])
-            for s in (0, 2)]
+  epochs = [
+    np.concatenate([b["image"][:, 0, 0, 0] for b in take(data.train_batches(s), 2)]) for s in (0, 2)
+  ]
   assert len(set(epochs[0].tolist())) == 16
   assert not np.array_equal(epochs[0], epochs[1])
 

@@ -31,9 +31,14 @@ def mias_subset(mias_dir, folder) -> str:
 
 def run_prepare(location: str, data_dir: str) -> str:
   """Runs mcalc-prepare as a user would, in a fresh interpreter; returns what it printed."""
-  command = [sys.executable, "-m", "mcalc_jax.cli.prepare",
-             f"--config={os.path.join(REPO, 'configs', 'data', 'mias.py')}",
-             f"--config.location={location}", f"--data_dir={data_dir}"]
+  command = [
+    sys.executable,
+    "-m",
+    "mcalc_jax.cli.prepare",
+    f"--config={os.path.join(REPO, 'configs', 'data', 'mias.py')}",
+    f"--config.location={location}",
+    f"--data_dir={data_dir}",
+  ]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
@@ -51,7 +56,9 @@ def check_dataset(data_dir: str, mias_dir) -> None:
     records = [source[i] for i in range(len(source))]
     patients[split] = {r["patient_id"] for r in records}
     for r in (r for r in records if r["task1_label"]):
-      (f,) = [f for f in circles[r["image_id"].decode()] if f.finding_id == r["finding_id"].decode()]
+      (f,) = [
+        f for f in circles[r["image_id"].decode()] if f.finding_id == r["finding_id"].decode()
+      ]
       assert np.hypot(r["center_row"] - f.row, r["center_col"] - f.col) <= f.radius + 1
   train, validation, test = patients["train"], patients["validation"], patients["test"]
   assert not (train & validation or train & test or validation & test)
@@ -64,8 +71,11 @@ def test_prepare_prints_patch_counts_per_split_and_label(mias_dir, tmp_path):
   lines = printed.splitlines()
   header = next(line for line in lines if line.startswith("split"))
   assert header.split()[1:4] == ["background", "benign", "malignant"]
-  rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in lines
-          if line.split() and line.split()[0] in ("train", "validation", "test")}
+  rows = {
+    line.split()[0]: [int(x) for x in line.split()[1:]]
+    for line in lines
+    if line.split() and line.split()[0] in ("train", "validation", "test")
+  }
   assert set(rows) == {"train", "validation", "test"}
   assert sum(row[1] + row[2] for row in rows.values()) == 8 * 18  # 18 usable clusters, k=8
   assert sum(row[0] for row in rows.values()) >= 8 * 18  # as many background patches

@@ -22,8 +22,12 @@ def fixed_predictions(patients: int, per_patient: int, offset: int) -> dict[str,
   prob = np.round(0.35 * label + 0.65 * (i * 37 % 61) / 61, 3)
   patient = np.array([f"P{k // per_patient:03d}" for k in i])
   return {
-    "prob": prob, "label": label, "patient_id": patient, "image_id": patient,
-    "finding_id": np.full(i.size, ""), "patch_id": np.array([f"p{k}" for k in i]),
+    "prob": prob,
+    "label": label,
+    "patient_id": patient,
+    "image_id": patient,
+    "finding_id": np.full(i.size, ""),
+    "patch_id": np.array([f"p{k}" for k in i]),
   }
 
 
@@ -74,7 +78,8 @@ def test_cells_say_why_a_value_is_missing_and_never_show_nan(runs):
 
 def test_format_cell():
   metric = {
-    "value": 0.9512, "denominator": 300,
+    "value": 0.9512,
+    "denominator": 300,
     "ci": {"paper": {"low": 0.94, "high": 0.9624}, "wald": {"reason": "n = 0"}},
   }
   assert report.format_cell(metric, "paper") == "0.95 (0.94–0.96)"
@@ -98,9 +103,13 @@ def test_command_line_writes_both_tables(runs):
 
 def test_cross_validated_runs_add_the_spread_across_folds(runs):
   summary = {
-    "folds": 3, "task": 2, "network": "alexnet",
+    "folds": 3,
+    "task": 2,
+    "network": "alexnet",
     "per_fold": [
-      {"auc": 0.5, "patients": 4}, {"auc": None, "patients": 3}, {"auc": 0.75, "patients": 3},
+      {"auc": 0.5, "patients": 4},
+      {"auc": None, "patients": 3},
+      {"auc": 0.75, "patients": 3},
     ],
     "spread": {
       "auc": {"mean": 0.625, "std": 0.1768, "folds_defined": 2},

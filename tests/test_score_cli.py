@@ -36,11 +36,17 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
   config.preprocess.blur_sigma = 0.0
   config.async_checkpointing = False
   _, params, batch_stats = nnx.split(
-      models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+    models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
+  )
   checkpointing.save_config(config, workdir)
   with checkpointing.create_manager(workdir, config) as manager:
-    checkpointing.save(manager, 1, {"model": {"params": params, "batch_stats": batch_stats}},
-                       progress={}, metrics={config.early_stopping_metric: 0.5})
+    checkpointing.save(
+      manager,
+      1,
+      {"model": {"params": params, "batch_stats": batch_stats}},
+      progress={},
+      metrics={config.early_stopping_metric: 0.5},
+    )
   return workdir
 
 
@@ -61,8 +67,14 @@ def archive_of(tmp_path: pathlib.Path, *folders: pathlib.Path) -> pathlib.Path:
 
 def mcalc_score(*args: str, **kwargs) -> subprocess.Popen:
   """Starts mcalc-score (the console script's module) in a subprocess."""
-  return subprocess.Popen([sys.executable, "-m", "mcalc_jax.cli.score", *args], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+  return subprocess.Popen(
+    [sys.executable, "-m", "mcalc_jax.cli.score", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> None:
@@ -92,11 +104,19 @@ def assert_complete(output: pathlib.Path, archive: pathlib.Path, scored: int, fa
 
 
 def test_every_real_image_scores_and_corrupt_files_are_listed(
-    tmp_path, checkpoint, nyu_dir, cbis_dir):
+  tmp_path, checkpoint, nyu_dir, cbis_dir
+):
   archive = archive_of(tmp_path, nyu_dir, cbis_dir)
   output = tmp_path / "scores"
-  finish(mcalc_score(f"--workdir={checkpoint}", f"--input={archive}", f"--output={output}",
-                     f"--task2_workdir={checkpoint}", "--task1_threshold=0.735"))
+  finish(
+    mcalc_score(
+      f"--workdir={checkpoint}",
+      f"--input={archive}",
+      f"--output={output}",
+      f"--task2_workdir={checkpoint}",
+      "--task1_threshold=0.735",
+    )
+  )
 
   assert_complete(output, archive, scored=12, failed=2)
   for row in rows_of(output / "scores.csv"):  # Task 2 ran where Task 1 reached the threshold
@@ -110,8 +130,9 @@ def test_the_scorer_gives_what_the_classifier_gives_tile_by_tile(checkpoint):
   scores = scoring.Scorer(classifier, min_breast_fraction=0).score(mammogram)
 
   size, g = classifier.patch_size, scores.geometry
-  tiles = np.stack([mammogram.pixels[r : r + size, c : c + size]
-                    for r in g.tile_rows for c in g.tile_cols])
+  tiles = np.stack(
+    [mammogram.pixels[r : r + size, c : c + size] for r in g.tile_rows for c in g.tile_cols]
+  )
   expected = classifier.probabilities(tiles[..., None] / np.float32(mammogram.max_value))[:, 1]
   np.testing.assert_allclose(scores.task1.ravel(), expected, atol=1e-5)
 
@@ -146,9 +167,13 @@ def synthetic_archive(tmp_path) -> pathlib.Path:
     pixels = synthetic_mammogram((600 + 100 * n, 450), clusters=[(300, 200)], seed=n).pixels
     Image.fromarray(pixels).save(root / "site" / f"case{n}.png")
   (root / "site" / "broken.png").write_bytes(b"not a png")
-  findings = [manifest.Finding("p0", "site/case0.png", "f1", "calcification", "benign",
-                               col=200, row=300, radius=40),
-              manifest.Finding("p1", "site/case1.png"), manifest.Finding("p2", "site/broken.png")]
+  findings = [
+    manifest.Finding(
+      "p0", "site/case0.png", "f1", "calcification", "benign", col=200, row=300, radius=40
+    ),
+    manifest.Finding("p1", "site/case1.png"),
+    manifest.Finding("p2", "site/broken.png"),
+  ]
   manifest.write_manifest(root / "manifest.csv", findings)
   return root
 
@@ -180,8 +205,10 @@ def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, 
 
   case0 = next(r for r in rows_of(output / "scores.csv") if r["path"] == "site/case0.png")
   assert float(case0["task1_max"]) == 1.0
-  assert abs(float(case0["task1_max_row"]) - 300) < PATCH and abs(
-      float(case0["task1_max_col"]) - 200) < PATCH
+  assert (
+    abs(float(case0["task1_max_row"]) - 300) < PATCH
+    and abs(float(case0["task1_max_col"]) - 200) < PATCH
+  )
   assert inputs[0].annotations == (heatmaps.Circle(300, 200, 40),)
   assert "site/broken.png" in (output / "errors.csv").read_text()
 
@@ -208,4 +235,3 @@ def test_opening_a_log_drops_a_torn_row_and_repeated_keys(tmp_path):
   log.close()
 
   assert path.read_text() == "key,value\na,1\nb,2\nc,4\n"
-

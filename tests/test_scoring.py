@@ -30,8 +30,8 @@ def speck_probabilities(images: jax.Array) -> jax.Array:
 
 
 def synthetic_mammogram(
-    shape: tuple[int, int] = (1200, 900), clusters=CLUSTERS, seed: int = 0,
-    flipped: bool = False) -> Mammogram:
+  shape: tuple[int, int] = (1200, 900), clusters=CLUSTERS, seed: int = 0, flipped: bool = False
+) -> Mammogram:
   """A 12-bit breast (half ellipse on the chest wall, left) with specks around `clusters`."""
   rng = np.random.default_rng(seed)
   rows, cols = np.mgrid[: shape[0], : shape[1]]
@@ -42,9 +42,17 @@ def synthetic_mammogram(
     for dr, dc in rng.integers(-30, 30, size=(12, 2)):
       pixels[row + dr - 1 : row + dr + 2, col + dc - 1 : col + dc + 2] = 3900
   return Mammogram(
-      pixels=pixels.astype(np.uint16), max_value=MAX_VALUE, bits_stored=12,
-      pixel_spacing_mm=(0.1, 0.1), spacing_assumed=True, laterality="L", view="CC",
-      flipped=flipped, original_shape=shape, path="synthetic")
+    pixels=pixels.astype(np.uint16),
+    max_value=MAX_VALUE,
+    bits_stored=12,
+    pixel_spacing_mm=(0.1, 0.1),
+    spacing_assumed=True,
+    laterality="L",
+    view="CC",
+    flipped=flipped,
+    original_shape=shape,
+    path="synthetic",
+  )
 
 
 def tile_containing(geometry: scoring.TileGeometry, row: int, col: int) -> tuple[int, int]:
@@ -100,10 +108,13 @@ def test_small_images_share_batches_and_the_network_compiles_once():
     calls.append(1)
     return jitted(images)
 
-  images = [synthetic_mammogram((h, w), clusters=[(h // 2, w // 3)], seed=h)
-            for h, w in ((400, 300), (500, 350), (100, 90), (450, 500))]
+  images = [
+    synthetic_mammogram((h, w), clusters=[(h // 2, w // 3)], seed=h)
+    for h, w in ((400, 300), (500, 350), (100, 90), (450, 500))
+  ]
   scorer = scoring.Scorer(
-      counting_probabilities, patch_size=PATCH, stride=56, batch_size=256, buffer_pixels=2**20)
+    counting_probabilities, patch_size=PATCH, stride=56, batch_size=256, buffer_pixels=2**20
+  )
   streamed = dict(scorer.score_stream((n, scorer.prepare(m)) for n, m in enumerate(images)))
   assert len(calls) == 1  # four images, one batch
   alone = [scorer.score(m) for m in images]
@@ -116,10 +127,13 @@ def test_small_images_share_batches_and_the_network_compiles_once():
 @pytest.mark.parametrize("buffer_pixels", [150_000, 2**22])
 def test_streams_give_the_same_scores_whatever_the_packing(buffer_pixels):
   """A small buffer gives one image per pack (and grows for the 500x350 one)."""
-  images = [synthetic_mammogram((h, w), clusters=[(h // 2, w // 3)], seed=h)
-            for h, w in ((400, 300), (500, 350), (450, 500))]
+  images = [
+    synthetic_mammogram((h, w), clusters=[(h // 2, w // 3)], seed=h)
+    for h, w in ((400, 300), (500, 350), (450, 500))
+  ]
   scorer = scoring.Scorer(
-      speck_probabilities, patch_size=PATCH, batch_size=32, buffer_pixels=buffer_pixels)
+    speck_probabilities, patch_size=PATCH, batch_size=32, buffer_pixels=buffer_pixels
+  )
   streamed = list(scorer.score_stream((n, scorer.prepare(m)) for n, m in enumerate(images)))
 
   assert [n for n, _ in streamed] == [0, 1, 2]
@@ -133,7 +147,8 @@ def test_task2_scores_only_the_tiles_above_the_task1_threshold():
     return jnp.tile(jnp.array([[0.3, 0.7]]), (images.shape[0], 1))
 
   scorer = scoring.Scorer(
-      speck_probabilities, task2=malignancy, patch_size=PATCH, task1_threshold=0.5)
+    speck_probabilities, task2=malignancy, patch_size=PATCH, task1_threshold=0.5
+  )
   scores = scorer.score(synthetic_mammogram())
 
   above = np.nan_to_num(scores.task1, nan=-1) >= 0.5
@@ -163,8 +178,14 @@ def test_no_implicit_transfers_between_host_and_device():
 
 def test_average_map_averages_overlapping_tiles():
   geometry = scoring.TileGeometry(
-      tile_rows=np.array([0, 2]), tile_cols=np.array([0]), patch_size=4, stride=2,
-      image_shape=(6, 4), original_shape=(6, 4), flipped=False)
+    tile_rows=np.array([0, 2]),
+    tile_cols=np.array([0]),
+    patch_size=4,
+    stride=2,
+    image_shape=(6, 4),
+    original_shape=(6, 4),
+    flipped=False,
+  )
   heat = scoring.average_map(np.array([[0.2], [0.6]], np.float32), geometry)
 
   np.testing.assert_allclose(heat[:, 0], [0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
@@ -177,11 +198,16 @@ def run_on_eight_devices(script: str) -> dict:
 
   A subprocess, because the device count is fixed when JAX starts.
   """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=root,
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(script)],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

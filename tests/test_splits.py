@@ -10,16 +10,15 @@ from input_pipeline import splits
 from input_pipeline.manifest import Finding
 
 # 60 patients: 10 malignant, 10 benign, 40 without calcification.
-LABELS = {f"p{i:02d}": "malignant" if i < 10 else "benign" if i < 20 else "none"
-          for i in range(60)}
+LABELS = {f"p{i:02d}": "malignant" if i < 10 else "benign" if i < 20 else "none" for i in range(60)}
 
 
 def test_patient_label_is_the_worst_calcification_label():
   findings = [
-      Finding("a", "a1.dcm", "1", "calcification", "benign"),
-      Finding("a", "a2.dcm", "2", "calcification", "malignant"),
-      Finding("b", "b1.dcm", "1", "mass", "malignant"),  # not a calcification
-      Finding("c", "c1.dcm"),
+    Finding("a", "a1.dcm", "1", "calcification", "benign"),
+    Finding("a", "a2.dcm", "2", "calcification", "malignant"),
+    Finding("b", "b1.dcm", "1", "mass", "malignant"),  # not a calcification
+    Finding("c", "c1.dcm"),
   ]
   assert splits.patient_labels(findings) == {"a": "malignant", "b": "none", "c": "none"}
 

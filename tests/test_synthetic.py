@@ -14,14 +14,16 @@ from input_pipeline import manifest, synthetic
 from input_pipeline.mammogram import read_mammogram
 
 SMALL = synthetic.SyntheticOptions(
-    image_size=(600, 450), cluster_probability=1.0, monochrome1_fraction=0.5)
+  image_size=(600, 450), cluster_probability=1.0, monochrome1_fraction=0.5
+)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> str:
   """Three patients, every breast with a cluster, half the patients stored MONOCHROME1."""
   return synthetic.generate_cohort(
-      tmp_path_factory.mktemp("synthetic"), num_patients=3, seed=7, options=SMALL)
+    tmp_path_factory.mktemp("synthetic"), num_patients=3, seed=7, options=SMALL
+  )
 
 
 def display_pixels(ds: pydicom.Dataset) -> np.ndarray:
@@ -61,15 +63,21 @@ def test_manifest_rows_match_the_files(cohort):
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     for f in findings:
       assert (f.patient_id, f.laterality, f.view) == (
-          ds.PatientID, ds.ImageLaterality, ds.ViewPosition)
+        ds.PatientID,
+        ds.ImageLaterality,
+        ds.ViewPosition,
+      )
       assert f.density in synthetic.DENSITIES
     if findings[0].abnormality == "none":
       assert len(findings) == 1 and findings[0].label == ""
       continue
     for f in findings:
       assert f.abnormality == "calcification" and f.label in ("benign", "malignant")
-      assert f.subtype in (*synthetic.BENIGN_MORPHOLOGIES, *synthetic.MALIGNANT_MORPHOLOGIES,
-                           synthetic.AMBIGUOUS_MORPHOLOGY)
+      assert f.subtype in (
+        *synthetic.BENIGN_MORPHOLOGIES,
+        *synthetic.MALIGNANT_MORPHOLOGIES,
+        synthetic.AMBIGUOUS_MORPHOLOGY,
+      )
       assert 5 < f.radius < 56  # the cluster fits a 112-pixel patch
 
 
@@ -97,8 +105,11 @@ def test_clusters_lie_inside_the_breast_in_both_views(cohort):
       if f.abnormality == "calcification":
         assert pixels[int(f.row), int(f.col)] > background + 500
   clusters = collections.Counter(
-      (f.patient_id, f.laterality, f.finding_id) for fs in by_image.values() for f in fs
-      if f.abnormality == "calcification")
+    (f.patient_id, f.laterality, f.finding_id)
+    for fs in by_image.values()
+    for f in fs
+    if f.abnormality == "calcification"
+  )
   assert clusters and set(clusters.values()) == {2}  # each cluster in CC and MLO
 
 
@@ -109,7 +120,7 @@ def test_specks_are_brighter_than_their_surroundings(cohort):
     noise = 1.4826 * np.median(np.abs(detail[pixels > 1000]))
     for f in findings:
       r, c, radius = int(f.row), int(f.col), int(f.radius)
-      assert detail[r - radius:r + radius + 1, c - radius:c + radius + 1].max() > 2.5 * noise
+      assert detail[r - radius : r + radius + 1, c - radius : c + radius + 1].max() > 2.5 * noise
 
 
 def test_density_categories_follow_the_paper_proportions():
@@ -121,26 +132,32 @@ def test_density_categories_follow_the_paper_proportions():
 
 def test_denser_breasts_have_more_glandular_tissue():
   specs = synthetic.sample_cohort(400, seed=2)
-  means = [np.mean([s.glandular_fraction for s in specs if s.density == d])
-           for d in synthetic.DENSITIES]
+  means = [
+    np.mean([s.glandular_fraction for s in specs if s.density == d]) for d in synthetic.DENSITIES
+  ]
   assert means == sorted(means)
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
   tiny = synthetic.SyntheticOptions(image_size=(160, 120), cluster_probability=1.0)
-  paths = [synthetic.generate_cohort(tmp_path / name, num_patients=1, seed=seed, options=tiny)
-           for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+  paths = [
+    synthetic.generate_cohort(tmp_path / name, num_patients=1, seed=seed, options=tiny)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4))
+  ]
 
   def contents(manifest_path):
     folder = os.path.dirname(manifest_path)
-    files = sorted(os.path.relpath(os.path.join(d, n), folder)
-                   for d, _, names in os.walk(folder) for n in names)
+    files = sorted(
+      os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names
+    )
     return {name: open(os.path.join(folder, name), "rb").read() for name in files}
 
   a, b, c = map(contents, paths)
   assert a == b
-  pixels = [pydicom.dcmread(p / "SYN0001" / "SYN0001_L_CC.dcm").PixelData for p in
-            (tmp_path / "a", tmp_path / "c")]
+  pixels = [
+    pydicom.dcmread(p / "SYN0001" / "SYN0001_L_CC.dcm").PixelData
+    for p in (tmp_path / "a", tmp_path / "c")
+  ]
   assert pixels[0] != pixels[1]
 
 
@@ -167,8 +184,8 @@ def test_mammogram_background_has_a_power_law_spectrum_with_beta_near_3():
     inside = scipy.ndimage.binary_erosion(image.breast_mask, iterations=40)
     rows, cols = np.nonzero(inside)
     r, c = int(rows.mean()), int(cols.mean())
-    assert inside[r - 64:r + 64, c - 64:c + 64].all()
-    slopes.append(power_law_slope(image.pixels[r - 64:r + 64, c - 64:c + 64], 0.085))
+    assert inside[r - 64 : r + 64, c - 64 : c + 64].all()
+    slopes.append(power_law_slope(image.pixels[r - 64 : r + 64, c - 64 : c + 64], 0.085))
   assert np.mean(slopes) == pytest.approx(-3.0, abs=0.4)
 
 
@@ -186,15 +203,23 @@ def test_difficulty_lowers_speck_conspicuity_monotonically():
   peaks = []
   for difficulty in (0.0, 0.5, 1.0):
     options = synthetic.SyntheticOptions(
-        image_size=(600, 450), cluster_probability=1.0, difficulty=difficulty)
+      image_size=(600, 450), cluster_probability=1.0, difficulty=difficulty
+    )
     spec = synthetic.sample_cohort(1, seed=11, options=options)[0]
     image = synthetic.render_image(spec, options)
     pixels = image.pixels.astype(np.float32)
     detail = pixels - scipy.ndimage.median_filter(pixels, size=9)
-    peaks.append(np.mean([
-        detail[int(a.row) - int(a.radius):int(a.row) + int(a.radius) + 1,
-               int(a.col) - int(a.radius):int(a.col) + int(a.radius) + 1].max()
-        for a in image.annotations]))
+    peaks.append(
+      np.mean(
+        [
+          detail[
+            int(a.row) - int(a.radius) : int(a.row) + int(a.radius) + 1,
+            int(a.col) - int(a.radius) : int(a.col) + int(a.radius) + 1,
+          ].max()
+          for a in image.annotations
+        ]
+      )
+    )
   assert peaks[0] > peaks[1] > peaks[2]
 
 

@@ -23,7 +23,7 @@ def write_png(path, calcifications=()) -> None:
   inside = (rows - 80) ** 2 + cols**2 < 110**2
   pixels = np.where(inside, 120 + np.random.default_rng(0).integers(0, 40, (160, 120)), 3)
   for row, col in calcifications:
-    pixels[row - 1:row + 2, col - 1:col + 2] = 255
+    pixels[row - 1 : row + 2, col - 1 : col + 2] = 255
   Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
@@ -36,8 +36,9 @@ def write_cohort(folder) -> str:
       if p % 2 == 0 and view == "CC":
         write_png(folder / name, [(60, 40)])
         label = "malignant" if p % 4 == 0 else "benign"
-        findings.append(Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60,
-                                radius=5))
+        findings.append(
+          Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60, radius=5)
+        )
       else:
         write_png(folder / name)
         findings.append(Finding(f"p{p}", name, view=view))
@@ -60,8 +61,11 @@ def built(tmp_path_factory):
   folder = tmp_path_factory.mktemp("cohort")
   config = data_config(write_cohort(folder))
   builder = tfds_builder.McalcPatches(
-      config=tfds_builder.builder_config(config), data_dir=str(folder / "tfds"),
-      file_format="array_record", location=config.location)
+    config=tfds_builder.builder_config(config),
+    data_dir=str(folder / "tfds"),
+    file_format="array_record",
+    location=config.location,
+  )
   builder.download_and_prepare()
   return builder
 
@@ -78,9 +82,14 @@ def test_build_and_read_need_no_tensorflow(built):
 
 
 def test_splits_are_patient_disjoint_and_recorded(built):
-  patients = {split: {r["patient_id"] for r in records(built, split)} for split in built.info.splits}
-  assert not (patients["train"] & patients["validation"] or patients["train"] & patients["test"]
-              or patients["validation"] & patients["test"])
+  patients = {
+    split: {r["patient_id"] for r in records(built, split)} for split in built.info.splits
+  }
+  assert not (
+    patients["train"] & patients["validation"]
+    or patients["train"] & patients["test"]
+    or patients["validation"] & patients["test"]
+  )
   recorded = built.info.metadata["patients"]
   for split, ids in patients.items():
     assert all(recorded[p.decode()]["split"] == split for p in ids)
@@ -102,10 +111,21 @@ def test_corrupt_image_is_skipped_and_reported(built):
 
 
 def test_reopened_dataset_feeds_the_training_pipeline(built):
-  config = ml_collections.ConfigDict(dict(
-      dataset="mcalc_patches/tiny", data_dir=str(built.data_dir_root), task=1, batch_size=4,
-      eval_batch_size=8, seed=0, shuffle_seed_offset=1, augment=True, num_workers=0, prefetch=1,
-      train_split="train"))
+  config = ml_collections.ConfigDict(
+    dict(
+      dataset="mcalc_patches/tiny",
+      data_dir=str(built.data_dir_root),
+      task=1,
+      batch_size=4,
+      eval_batch_size=8,
+      seed=0,
+      shuffle_seed_offset=1,
+      augment=True,
+      num_workers=0,
+      prefetch=1,
+      train_split="train",
+    )
+  )
   data = pipeline.TfdsPatchData(config, process_index=0, process_count=1)
   batch = next(data.train_batches(0))
   assert batch["image"].shape == (4, 32, 32, 1) and batch["image"].max() <= 1.0
@@ -125,9 +145,18 @@ def test_changed_settings_need_a_new_config_name(tmp_path):
 def test_training_loop_runs_from_the_tfds_dataset(built, tmp_path):
 
   config = default.get_config()
-  config.update(dict(dataset="mcalc_patches/tiny", data_dir=str(built.data_dir_root), batch_size=4,
-                     eval_batch_size=8, num_train_steps=2, eval_every_steps=2, patch_size=32,
-                     async_checkpointing=False))
+  config.update(
+    dict(
+      dataset="mcalc_patches/tiny",
+      data_dir=str(built.data_dir_root),
+      batch_size=4,
+      eval_batch_size=8,
+      num_train_steps=2,
+      eval_every_steps=2,
+      patch_size=32,
+      async_checkpointing=False,
+    )
+  )
   summary = train.train_and_evaluate(config, tmp_path / "run")
   assert summary["step"] == 2 and summary["validation"]
   assert "tensorflow" not in sys.modules

@@ -62,7 +62,7 @@ def render_sheet(manifest_path: str, out_path: str, max_crops: int = 8) -> None:
   for ax, f in zip(axes[-1], clusters, strict=False):
     pixels = cache[f.image_path]
     r, c = int(f.row) - _CROP // 2, int(f.col) - _CROP // 2
-    crop = pixels[max(r, 0):r + _CROP, max(c, 0):c + _CROP]
+    crop = pixels[max(r, 0) : r + _CROP, max(c, 0) : c + _CROP]
     ax.imshow(crop, cmap="gray", vmin=np.percentile(crop, 1), vmax=crop.max())
     ax.set_title(f"{f.label[0].upper()} {f.subtype}", fontsize=8)
   fig.tight_layout()
@@ -80,8 +80,9 @@ def main() -> None:
   options = synthetic.SyntheticOptions(difficulty=args.difficulty)
   cohort_dir = args.cohort_dir or tempfile.mkdtemp(prefix="synthetic_")
   os.makedirs(cohort_dir, exist_ok=True)
-  path = synthetic.generate_cohort(cohort_dir, num_patients=args.patients, seed=args.seed,
-                                   options=options)
+  path = synthetic.generate_cohort(
+    cohort_dir, num_patients=args.patients, seed=args.seed, options=options
+  )
   render_sheet(path, args.out)
   print(f"cohort in {cohort_dir}, sheet in {args.out}")
 

@@ -24,12 +24,14 @@ from mcalc_jax.cli.flag_parsing import parse_flags
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py).", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the folds' runs and the pooled "
-                               "evaluation.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for the folds' runs and the pooled evaluation."
+)
 _FOLDS = flags.DEFINE_integer("folds", 5, "Number of patient-grouped folds (k).", lower_bound=2)
 _SEED = flags.DEFINE_integer("cv_seed", 0, "Seed of the fold assignment.")
-_THRESHOLD = flags.DEFINE_string("threshold_policy", "youden",
-                                 "Operating threshold chosen on the pooled validation parts.")
+_THRESHOLD = flags.DEFINE_string(
+  "threshold_policy", "youden", "Operating threshold chosen on the pooled validation parts."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,8 +40,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.info("Local devices: %s", jax.local_devices())
   parallel.enable_compilation_cache()
-  summary = cv.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _SEED.value,
-                              threshold_policy=_THRESHOLD.value)
+  summary = cv.cross_validate(
+    _CONFIG.value, _WORKDIR.value, _FOLDS.value, _SEED.value, threshold_policy=_THRESHOLD.value
+  )
   print(json.dumps(summary, indent=2))
 
 

@@ -28,7 +28,8 @@ _EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per task.")
 _MODEL = flags.DEFINE_enum("model", "alexnet", ["alexnet", "resnet18", "resnet34"], "Network.")
 _DIFFICULTY = flags.DEFINE_float("difficulty", 0.5, "Synthetic speck subtlety, 0 (easy) to 1.")
 _HEATMAPS = flags.DEFINE_integer(
-    "heatmaps", 4, "Test mammograms to score into heatmaps (0: skip the scoring step).")
+  "heatmaps", 4, "Test mammograms to score into heatmaps (0: skip the scoring step)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the cohort, the splits and the training.")
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -38,8 +39,9 @@ def _config(relative: str) -> ml_collections.ConfigDict:
   """A config file of the repository's configs/ folder (they are files, not a package)."""
   path = CONFIGS / relative
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: mcalc-demo runs from a source checkout "
-                            "(pip install -e .)")
+    raise FileNotFoundError(
+      f"{path} not found: mcalc-demo runs from a source checkout (pip install -e .)"
+    )
   return runpy.run_path(str(path))["get_config"]()
 
 
@@ -72,8 +74,11 @@ def train_task(task: int, workdir: str, builder, epochs: int, model: str, seed: 
   config.seed = seed
   run_dir = os.path.join(workdir, f"task{task}_{model}")
   summary = train.train_and_evaluate(config, run_dir)
-  print(f"task {task}: best validation {config.early_stopping_metric} "
-        f"{summary['best_value']:.3f} at step {summary['best_step']}", flush=True)
+  print(
+    f"task {task}: best validation {config.early_stopping_metric} "
+    f"{summary['best_value']:.3f} at step {summary['best_step']}",
+    flush=True,
+  )
   evaluation.evaluate_run(run_dir, split="test")
   return run_dir
 
@@ -82,10 +87,14 @@ def test_mammograms(builder, cohort: str, count: int) -> str:
   """Writes a manifest of `count` test-split mammograms with calcifications; returns its path."""
   from input_pipeline import manifest
 
-  test_patients = {p for p, info in builder.info.metadata["patients"].items()
-                   if info["split"] == "test"}
-  findings = [f for f in manifest.read_manifest(os.path.join(cohort, "manifest.csv"))
-              if f.patient_id in test_patients and f.abnormality == "calcification"]
+  test_patients = {
+    p for p, info in builder.info.metadata["patients"].items() if info["split"] == "test"
+  }
+  findings = [
+    f
+    for f in manifest.read_manifest(os.path.join(cohort, "manifest.csv"))
+    if f.patient_id in test_patients and f.abnormality == "calcification"
+  ]
   images = list(dict.fromkeys(f.image_path for f in findings))[:count]
   chosen = [f for f in findings if f.image_path in images]
   path = os.path.join(os.path.dirname(cohort), "heatmap_inputs.csv")
@@ -95,8 +104,15 @@ def test_mammograms(builder, cohort: str, count: int) -> str:
 
 def score(task1_dir: str, task2_dir: str, inputs: str, output: str) -> None:
   """Runs the `mcalc-score` job itself on the chosen mammograms."""
-  command = [sys.executable, "-m", "mcalc_jax.cli.score", f"--workdir={task1_dir}",
-             f"--task2_workdir={task2_dir}", f"--input={inputs}", f"--output={output}"]
+  command = [
+    sys.executable,
+    "-m",
+    "mcalc_jax.cli.score",
+    f"--workdir={task1_dir}",
+    f"--task2_workdir={task2_dir}",
+    f"--input={inputs}",
+    f"--output={output}",
+  ]
   subprocess.run(command, check=True)
 
 
@@ -115,8 +131,16 @@ def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str 
     print(f"  {'heatmaps (' + str(len(rows)) + ' images)':32s} {heatmaps}")
 
 
-def run_demo(workdir: str, *, patients: int, epochs: int, model: str, difficulty: float,
-             heatmaps: int, seed: int) -> None:
+def run_demo(
+  workdir: str,
+  *,
+  patients: int,
+  epochs: int,
+  model: str,
+  difficulty: float,
+  heatmaps: int,
+  seed: int,
+) -> None:
   """Every stage of the system, in order, on a synthetic cohort."""
   from mcalc_jax import report
 
@@ -147,9 +171,15 @@ def main(argv: list[str]) -> None:
   from mcalc_jax import parallel  # noqa: PLC0415 (imports JAX: after the flags are parsed)
 
   parallel.enable_compilation_cache()
-  run_demo(os.path.abspath(_WORKDIR.value), patients=_PATIENTS.value, epochs=_EPOCHS.value,
-           model=_MODEL.value, difficulty=_DIFFICULTY.value, heatmaps=_HEATMAPS.value,
-           seed=_SEED.value)
+  run_demo(
+    os.path.abspath(_WORKDIR.value),
+    patients=_PATIENTS.value,
+    epochs=_EPOCHS.value,
+    model=_MODEL.value,
+    difficulty=_DIFFICULTY.value,
+    heatmaps=_HEATMAPS.value,
+    seed=_SEED.value,
+  )
 
 
 def run() -> None:

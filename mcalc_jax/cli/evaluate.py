@@ -1,7 +1,7 @@
 """mcalc-evaluate: metrics, predictions and plots of a trained run, in WORKDIR/eval/<split>/.
 
-  mcalc-evaluate --workdir=runs/task1_alexnet [--split=test] [--checkpoint=best|latest]
-      [--threshold=youden|fixed:T|sensitivity:S] [--bootstrap_resamples=1000] [--seed=0]
+mcalc-evaluate --workdir=runs/task1_alexnet [--split=test] [--checkpoint=best|latest]
+    [--threshold=youden|fixed:T|sensitivity:S] [--bootstrap_resamples=1000] [--seed=0]
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from e
   parallel.enable_compilation_cache()
   result = evaluation.evaluate_run(
-    _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, threshold_policy=_THRESHOLD.value,
-    seed=_SEED.value, resamples=_RESAMPLES.value,
+    _WORKDIR.value,
+    _SPLIT.value,
+    _CHECKPOINT.value,
+    threshold_policy=_THRESHOLD.value,
+    seed=_SEED.value,
+    resamples=_RESAMPLES.value,
   )
   values = {name: m["value"] for name, m in result["metrics"].items()}
   logging.info("%s split, threshold %s: %s", _SPLIT.value, result["threshold"], json.dumps(values))

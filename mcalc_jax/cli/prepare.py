@@ -29,13 +29,17 @@ def prepare(config, data_dir: str, *, overwrite: bool = False) -> tfds.core.Data
   location = config.location
   if config.source == "synthetic":
     location = _synthetic_cohort(config, data_dir)
-  builder = tfds_builder.McalcPatches(config=tfds_builder.builder_config(config),
-                                      data_dir=data_dir, file_format="array_record",
-                                      location=location)
+  builder = tfds_builder.McalcPatches(
+    config=tfds_builder.builder_config(config),
+    data_dir=data_dir,
+    file_format="array_record",
+    location=location,
+  )
   if overwrite and os.path.isdir(builder.data_dir):
     shutil.rmtree(builder.data_dir)
-  logging.info("building %s/%s from %s into %s", builder.name, config.name, location,
-               builder.data_dir)
+  logging.info(
+    "building %s/%s from %s into %s", builder.name, config.name, location, builder.data_dir
+  )
   builder.download_and_prepare()
   return builder
 
@@ -48,21 +52,28 @@ def _synthetic_cohort(config, data_dir: str) -> str:
   if not os.path.isfile(os.path.join(location, "manifest.csv")):
     logging.info("generating %d synthetic patients in %s", config.synthetic.num_patients, location)
     synthetic.generate_cohort(
-        location, num_patients=config.synthetic.num_patients, seed=config.synthetic.seed,
-        options=synthetic.SyntheticOptions(difficulty=config.synthetic.difficulty))
+      location,
+      num_patients=config.synthetic.num_patients,
+      seed=config.synthetic.seed,
+      options=synthetic.SyntheticOptions(difficulty=config.synthetic.difficulty),
+    )
   return location
 
 
 def counts_table(builder: tfds.core.DatasetBuilder) -> str:
   """Patches per split and label (and patients per split), as a text table."""
   metadata = builder.info.metadata
-  rows = [f"{'split':<12}" + "".join(f"{label:>15}" for label in LABELS)
-          + f"{'total':>8}{'patients':>10}"]
+  rows = [
+    f"{'split':<12}" + "".join(f"{label:>15}" for label in LABELS) + f"{'total':>8}{'patients':>10}"
+  ]
   for split in splits.SPLITS:
     counts = metadata["counts"].get(split, {})
     patients = sum(p["split"] == split for p in metadata["patients"].values())
-    rows.append(f"{split:<12}" + "".join(f"{counts.get(label, 0):>15}" for label in LABELS)
-                + f"{sum(counts.values()):>8}{patients:>10}")
+    rows.append(
+      f"{split:<12}"
+      + "".join(f"{counts.get(label, 0):>15}" for label in LABELS)
+      + f"{sum(counts.values()):>8}{patients:>10}"
+    )
   return "\n".join(rows)
 
 

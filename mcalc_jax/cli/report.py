@@ -1,6 +1,6 @@
 """mcalc-report: the paper's Table 2 from evaluated runs, as OUTPUT.md and OUTPUT.csv.
 
-  mcalc-report runs/task1_alexnet runs/task1_resnet18 [--output=table2] [--split=test] [--digits=2]
+mcalc-report runs/task1_alexnet runs/task1_resnet18 [--output=table2] [--split=test] [--digits=2]
 """
 
 from __future__ import annotations

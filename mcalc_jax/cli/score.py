@@ -46,28 +46,46 @@ from input_pipeline.mammogram import Mammogram, read_mammogram
 from mcalc_jax import checkpointing, heatmaps, parallel, scoring
 
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Training run directory of the Task 1 classifier.", required=True)
+  "workdir", None, "Training run directory of the Task 1 classifier.", required=True
+)
 _INPUT = flags.DEFINE_string(
-    "input", None, "Folder of mammograms (recursive) or a manifest CSV.", required=True)
+  "input", None, "Folder of mammograms (recursive) or a manifest CSV.", required=True
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the outputs.", required=True)
 _TASK2_WORKDIR = flags.DEFINE_string(
-    "task2_workdir", "", "Training run directory of the Task 2 (malignancy) classifier, if any.")
+  "task2_workdir", "", "Training run directory of the Task 2 (malignancy) classifier, if any."
+)
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Checkpoint to load.")
 _STRIDE = flags.DEFINE_integer("stride", 0, "Tile stride in pixels; 0: the patch size.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Tiles per device call, all devices.")
 _TASK1_THRESHOLD = flags.DEFINE_float(
-    "task1_threshold", 0.5, "Task 1 probability from which a tile gets a Task 2 score.")
+  "task1_threshold", 0.5, "Task 1 probability from which a tile gets a Task 2 score."
+)
 _MIN_BREAST_FRACTION = flags.DEFINE_float(
-    "min_breast_fraction", 0.1, "Tiles with less breast than this fraction are skipped.")
+  "min_breast_fraction", 0.1, "Tiles with less breast than this fraction are skipped."
+)
 _KEEP_IDENTIFIERS = flags.DEFINE_bool(
-    "keep_identifiers", False, "Write input paths into the CSVs (they may name patients).")
+  "keep_identifiers", False, "Write input paths into the CSVs (they may name patients)."
+)
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Threads decoding images ahead.")
 _OVERLAYS = flags.DEFINE_bool("overlays", True, "Write an overlay PNG per image.")
 
 SCORE_COLUMNS = (
-    "key", "laterality", "view", "rows", "cols", "task1_max", "task1_max_row", "task1_max_col",
-    "task2_at_max", "tiles_scored", "tiles_skipped", "tiles_task2", "read_seconds",
-    "score_seconds")
+  "key",
+  "laterality",
+  "view",
+  "rows",
+  "cols",
+  "task1_max",
+  "task1_max_row",
+  "task1_max_col",
+  "task2_at_max",
+  "tiles_scored",
+  "tiles_skipped",
+  "tiles_task2",
+  "read_seconds",
+  "score_seconds",
+)
 ERROR_COLUMNS = ("key", "error", "reason")
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm")
 _DEFAULT_RADIUS = 50.0  # pixels, for findings without a radius
@@ -98,8 +116,11 @@ def find_inputs(source: str, exclude: str = "") -> list[Input]:
   exclude = os.path.abspath(exclude) if exclude else ""
   found = []
   for folder, dirs, files in os.walk(source):
-    dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                     and os.path.abspath(os.path.join(folder, d)) != exclude)
+    dirs[:] = sorted(
+      d
+      for d in dirs
+      if not d.startswith(".") and os.path.abspath(os.path.join(folder, d)) != exclude
+    )
     for name in sorted(files):
       path = os.path.join(folder, name)
       if not name.startswith(".") and _is_image(path):
@@ -140,8 +161,10 @@ class CsvLog:
   def __init__(self, path: str, columns: tuple[str, ...]):
     header, rows, clean = read_log(path)
     if header is not None and tuple(header) != columns:
-      raise ValueError(f"{path} has columns {header}, this run writes {list(columns)}: "
-                       "use another --output (or the same --keep_identifiers as before)")
+      raise ValueError(
+        f"{path} has columns {header}, this run writes {list(columns)}: "
+        "use another --output (or the same --keep_identifiers as before)"
+      )
     if header is None or not clean:
       with heatmaps.atomic_write(path, "w") as f:
         csv.writer(f, lineterminator="\n").writerows([columns, *rows])
@@ -150,7 +173,8 @@ class CsvLog:
   def append(self, row: Iterable[object]) -> None:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerow(
-        [str(v).replace("\n", " ").replace("\r", " ") for v in row])
+      [str(v).replace("\n", " ").replace("\r", " ") for v in row]
+    )
     line = text.getvalue().encode()
     while line:  # one write in practice; a short write (disk nearly full) continues the line
       line = line[os.write(self._fd, line) :]
@@ -182,7 +206,8 @@ def finished_keys(output: str) -> set[str]:
   """Keys in any process's scores or errors log: images that a rerun skips."""
   keys = set()
   for path in glob.glob(os.path.join(output, "scores*.csv")) + glob.glob(
-      os.path.join(output, "errors*.csv")):
+    os.path.join(output, "errors*.csv")
+  ):
     keys.update(row[0] for row in read_log(path)[1])
   return keys
 
@@ -205,7 +230,9 @@ class _Decoded:
 
 
 def _read_ahead(
-    inputs: list[Input], prepare: Callable[[Input], _Decoded], workers: int,
+  inputs: list[Input],
+  prepare: Callable[[Input], _Decoded],
+  workers: int,
 ) -> Iterator[tuple[Input, _Decoded | Exception]]:
   """Decodes images on `workers` threads, a few ahead of the consumer, in input order."""
   with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
@@ -231,12 +258,18 @@ class _Outputs:
   def __init__(self, output: str, keep_identifiers: bool, overlays: bool, progress: tqdm):
     scores_name, errors_name = _log_names()
     identity = ("path",) if keep_identifiers else ()
-    self.scores = CsvLog(os.path.join(output, scores_name), SCORE_COLUMNS[:1] + identity
-                         + SCORE_COLUMNS[1:])
-    self.errors = CsvLog(os.path.join(output, errors_name), ERROR_COLUMNS[:1] + identity
-                         + ERROR_COLUMNS[1:])
+    self.scores = CsvLog(
+      os.path.join(output, scores_name), SCORE_COLUMNS[:1] + identity + SCORE_COLUMNS[1:]
+    )
+    self.errors = CsvLog(
+      os.path.join(output, errors_name), ERROR_COLUMNS[:1] + identity + ERROR_COLUMNS[1:]
+    )
     self._output, self._keep, self._overlays, self._progress = (
-        output, keep_identifiers, overlays, progress)
+      output,
+      keep_identifiers,
+      overlays,
+      progress,
+    )
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
     self._pending: collections.deque = collections.deque()
 
@@ -263,8 +296,12 @@ class _Outputs:
     heatmaps.write_scores(os.path.join(self._output, f"{item.key}.npz"), scores)
     if self._overlays:
       heatmaps.write_overlay(
-          os.path.join(self._output, f"{item.key}.png"), decoded.prepared.pixels, scores,
-          annotations=item.annotations, title=item.relative_path if self._keep else item.key)
+        os.path.join(self._output, f"{item.key}.png"),
+        decoded.prepared.pixels,
+        scores,
+        annotations=item.annotations,
+        title=item.relative_path if self._keep else item.key,
+      )
     self.scores.append([item.key, *self._identity(item), *_score_row(decoded, scores)])
     self._progress.update()
 
@@ -289,11 +326,23 @@ def _score_row(decoded: _Decoded, scores: scoring.ImageScores) -> list[object]:
   if hottest is not None:
     row, col = scores.geometry.tile_center(*hottest)
     at_max = scores.task2[hottest] if scores.task2 is not None else math.nan
-    peak = [f"{scores.task1[hottest]:.6f}", f"{row:.1f}", f"{col:.1f}",
-            "" if math.isnan(at_max) else f"{at_max:.6f}"]
-  return [m.laterality, m.view, *m.original_shape, *peak, scores.tiles_scored,
-          scores.tiles_skipped, scores.tiles_task2, f"{decoded.seconds:.3f}",
-          f"{scores.seconds:.3f}"]
+    peak = [
+      f"{scores.task1[hottest]:.6f}",
+      f"{row:.1f}",
+      f"{col:.1f}",
+      "" if math.isnan(at_max) else f"{at_max:.6f}",
+    ]
+  return [
+    m.laterality,
+    m.view,
+    *m.original_shape,
+    *peak,
+    scores.tiles_scored,
+    scores.tiles_skipped,
+    scores.tiles_task2,
+    f"{decoded.seconds:.3f}",
+    f"{scores.seconds:.3f}",
+  ]
 
 
 def _remove_stale_temporaries(output: str, inputs: list[Input]) -> None:
@@ -306,16 +355,26 @@ def _remove_stale_temporaries(output: str, inputs: list[Input]) -> None:
 
 
 def score_archive(
-    scorer: scoring.Scorer, inputs: list[Input], output: str, *, keep_identifiers: bool = False,
-    overlays: bool = True, num_workers: int = 2) -> None:
+  scorer: scoring.Scorer,
+  inputs: list[Input],
+  output: str,
+  *,
+  keep_identifiers: bool = False,
+  overlays: bool = True,
+  num_workers: int = 2,
+) -> None:
   """Scores this process's share of `inputs` that no earlier run finished, into `output`."""
   os.makedirs(output, exist_ok=True)
-  share = inputs[jax.process_index()::jax.process_count()]
+  share = inputs[jax.process_index() :: jax.process_count()]
   _remove_stale_temporaries(output, share)
   done = finished_keys(output)
   todo = [i for i in share if i.key not in done]
-  logging.info("%d images, %d for this process, %d already done.", len(inputs), len(share),
-               len(share) - len(todo))
+  logging.info(
+    "%d images, %d for this process, %d already done.",
+    len(inputs),
+    len(share),
+    len(share) - len(todo),
+  )
 
   def prepare(item: Input) -> _Decoded:
     start = time.perf_counter()
@@ -347,13 +406,27 @@ def main(argv: list[str]) -> None:
   parallel.enable_compilation_cache()
   inputs = find_inputs(_INPUT.value, exclude=_OUTPUT.value)
   task1 = checkpointing.load_classifier(_WORKDIR.value, _CHECKPOINT.value)
-  task2 = (checkpointing.load_classifier(_TASK2_WORKDIR.value, _CHECKPOINT.value)
-           if _TASK2_WORKDIR.value else None)
+  task2 = (
+    checkpointing.load_classifier(_TASK2_WORKDIR.value, _CHECKPOINT.value)
+    if _TASK2_WORKDIR.value
+    else None
+  )
   scorer = scoring.Scorer(
-      task1, task2=task2, stride=_STRIDE.value or None, batch_size=_BATCH_SIZE.value,
-      task1_threshold=_TASK1_THRESHOLD.value, min_breast_fraction=_MIN_BREAST_FRACTION.value)
-  score_archive(scorer, inputs, _OUTPUT.value, keep_identifiers=_KEEP_IDENTIFIERS.value,
-                overlays=_OVERLAYS.value, num_workers=_NUM_WORKERS.value)
+    task1,
+    task2=task2,
+    stride=_STRIDE.value or None,
+    batch_size=_BATCH_SIZE.value,
+    task1_threshold=_TASK1_THRESHOLD.value,
+    min_breast_fraction=_MIN_BREAST_FRACTION.value,
+  )
+  score_archive(
+    scorer,
+    inputs,
+    _OUTPUT.value,
+    keep_identifiers=_KEEP_IDENTIFIERS.value,
+    overlays=_OVERLAYS.value,
+    num_workers=_NUM_WORKERS.value,
+  )
 
 
 def run() -> None:

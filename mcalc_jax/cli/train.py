@@ -46,8 +46,11 @@ def main(argv: Sequence[str]) -> None:
 def _evaluate(config) -> None:
   """The evaluation job on the finished run (single process: it pools every patient's rows)."""
   if jax.process_count() > 1:
-    logging.warning("Skipping the final evaluation in a multi-process run: run mcalc-evaluate "
-                    "--workdir=%s in one process.", _WORKDIR.value)
+    logging.warning(
+      "Skipping the final evaluation in a multi-process run: run mcalc-evaluate "
+      "--workdir=%s in one process.",
+      _WORKDIR.value,
+    )
     return
   evaluation.evaluate_run(_WORKDIR.value, split=config.test_split)
 
