@@ -112,6 +112,7 @@ def score(task1_dir: str, task2_dir: str, inputs: str, output: str) -> None:
     f"--task2_workdir={task2_dir}",
     f"--input={inputs}",
     f"--output={output}",
+    "--verbosity=-1",  # warnings and the progress bar only, like the rest of the demo
   ]
   subprocess.run(command, check=True)
 
