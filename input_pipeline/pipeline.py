@@ -128,11 +128,7 @@ class GrainPatchData:
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
-    if self.steps_per_epoch() == 0:
-      raise ValueError(
-        f"{self.num_examples(self._config.train_split)} training examples give "
-        f"no full batch of {self._config.batch_size}"
-      )
+    self._check_full_batch()
     steps = grain.MapDataset.range(start_step, _ENDLESS).map(self._train_batch)
     return iter(self._prefetched(steps))
 
@@ -164,6 +160,14 @@ class GrainPatchData:
   def _local_slots(self, batch_size: int) -> range:
     local = batch_size // self._process_count
     return range(self._process_index * local, (self._process_index + 1) * local)
+
+  def _check_full_batch(self) -> None:
+    """Training needs one full global batch at least (the remainder is dropped)."""
+    if self.steps_per_epoch() == 0:
+      raise ValueError(
+        f"{self.num_examples(self._config.train_split)} training examples give "
+        f"no full batch of {self._config.batch_size}"
+      )
 
   def _train_batch(self, step: int) -> dict:
     config, view = self._config, self._view(self._config.train_split)

@@ -47,8 +47,8 @@ class TfdataPatchData:
 
   def __init__(self, data: pipeline.GrainPatchData):
     self._tf = _tensorflow()  # fails here, with the extra to install, not at the first batch
-    # Its `_train_batch`, `_eval_batch` and `_config` are used directly: the pure batch functions
-    # are the grain backend's contract, and calling them is what keeps the two backends equal.
+    # Its `_train_batch`, `_eval_batch`, `_check_full_batch` and `_config` are used directly: the
+    # pure batch functions are the grain backend's contract, and calling them keeps the two equal.
     self._data = data
 
   def num_examples(self, split: str) -> int:
@@ -61,11 +61,7 @@ class TfdataPatchData:
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
     data = self._data
-    if data.steps_per_epoch() == 0:
-      raise ValueError(
-        f"{data.num_examples(data._config.train_split)} training examples give "
-        f"no full batch of {data._config.batch_size}"
-      )
+    data._check_full_batch()
     steps = self._tf.data.Dataset.counter(start_step)
     return self._stream(steps, lambda step: data._train_batch(int(step)), probe=start_step)
 

@@ -2,61 +2,23 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
+from test_pipeline import N, take
+from test_pipeline import make_data as make_grain_data  # the grain tests' cohort
 
 from configs import default
 from input_pipeline import pipeline, tfdata_pipeline
 from mcalc_jax import train
 
-N = 50  # 30 background, 10 benign, 10 malignant calcification patches
 NEEDS_TF = "the tf.data backend needs TensorFlow: pip install 'mcalc_jax[tfdata]'"
-
-
-def make_grain_data(process_index=0, process_count=1, **overrides) -> pipeline.ArrayPatchData:
-  """A small in-memory cohort on the grain backend (random pixels identify the examples)."""
-  config = ml_collections.ConfigDict(
-    dict(
-      task=1,
-      batch_size=8,
-      eval_batch_size=16,
-      seed=0,
-      shuffle_seed_offset=1,
-      augment=True,
-      num_workers=0,
-      prefetch=2,
-      train_split="train",
-    )
-  )
-  config.update(overrides)
-  images = np.random.default_rng(0).integers(0, 4096, (N, 8, 8, 1)).astype(np.uint16)
-  arrays = {
-    "image": images,
-    "max_value": 4095,
-    "task1_label": np.array([0] * 30 + [1] * 20),
-    "task2_label": np.array([-1] * 30 + [0] * 10 + [1] * 10),
-    "patch_id": np.array([f"patch{i}" for i in range(N)]),
-    "patient_id": np.array([f"p{i // 5}" for i in range(N)]),
-  }
-  return pipeline.ArrayPatchData(
-    {"train": arrays, "test": arrays},
-    config,
-    process_index=process_index,
-    process_count=process_count,
-  )
 
 
 @pytest.fixture
 def tensorflow():
   return pytest.importorskip("tensorflow", reason=NEEDS_TF)
-
-
-def take(iterator, n):
-  return list(itertools.islice(iterator, n))
 
 
 def assert_same_batches(actual: list[dict], expected: list[dict]) -> None:
