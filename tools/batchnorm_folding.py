@@ -17,13 +17,11 @@ import statistics
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mcalc_jax import checkpointing
-from mcalc_jax.preprocess import PreprocessOptions
-from tools import benchmark, benchmark_scoring
+from tools import benchmark
+from tools.inference_chunks import device_inference
 
 _TRAINED = nnx.BatchNorm.__call__
 VARIANTS: dict[str, Callable] = {
@@ -35,15 +33,11 @@ VARIANTS: dict[str, Callable] = {
 
 def measure(model: str, batch: int, rounds: int, seconds: float) -> dict[str, float]:
   """Median patches/s of one network's inference per BatchNorm variant, interleaved rounds."""
-  classifier = benchmark_scoring.random_classifier(model)
-  options = PreprocessOptions.from_config(classifier.config)
+  run = device_inference(model, batch)
   chunk = checkpointing.CPU_INFERENCE_MICRO_BATCH[model]
-  images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (batch, 112, 112, 1)), jnp.float32)
 
   def call() -> None:
-    checkpointing._probabilities(
-      classifier.graphdef, classifier.variables, images, options, chunk
-    ).block_until_ready()
+    run(chunk)
 
   rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
   try:

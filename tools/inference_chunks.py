@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,8 @@ from mcalc_jax.preprocess import PreprocessOptions
 from tools import benchmark, benchmark_scoring
 
 
-def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float) -> dict:
-  """{chunk: (median patches/s, max |probability difference| from the whole batch)}."""
+def device_inference(model: str, batch: int) -> Callable[[int], jax.Array]:
+  """run(chunk): probabilities of one device-resident batch under random weights, waited for."""
   classifier = benchmark_scoring.random_classifier(model)
   options = PreprocessOptions.from_config(classifier.config)
   images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (batch, 112, 112, 1)), jnp.float32)
@@ -36,6 +37,12 @@ def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float
       classifier.graphdef, classifier.variables, images, options, chunk
     ).block_until_ready()
 
+  return run
+
+
+def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float) -> dict:
+  """{chunk: (median patches/s, max |probability difference| from the whole batch)}."""
+  run = device_inference(model, batch)
   whole = run(0)
   differences = {chunk: float(jnp.abs(run(chunk) - whole).max()) for chunk in chunks}  # compiles
   rates: dict[int, list[float]] = {chunk: [] for chunk in chunks}
