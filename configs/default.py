@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Images per forward pass in inference: -1 per network on a CPU (cache-sized chunks), whole
   # batch on accelerators; 0 whole batch; N chunks of N. See checkpointing.inference_micro_batch.
   config.inference_micro_batch = -1
+  # Images per convolution call: -1 chunks of 8 on one CPU device (for the caches), the whole
+  # batch on accelerators or several devices; 0 whole batch; N chunks of N. See
+  # models.conv_batch_chunk.
+  config.conv_batch_chunk = -1
   config.learning_rate = 1e-4
   config.num_epochs = 30
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch

@@ -9,6 +9,7 @@ holds no RNG state and a step's randomness is a pure function of (seed, step).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,48 @@ _HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
+# Images per convolution on one CPU device (see `conv_batch_chunk`): the best of 4-16 for every
+# network in `python -m tools.conv_chunks` (docs/performance.md).
+CPU_CONV_BATCH_CHUNK = 8
+
+
+def conv_batch_chunk(config: ml_collections.ConfigDict) -> int:
+  """Images per convolution call (0: the whole batch at once).
+
+  `config.conv_batch_chunk` -1 (the default) chunks on a single CPU device and turns chunking
+  off on accelerators and when a batch is sharded over several devices (slicing a sharded batch
+  would move it between devices); 0 turns it off, N > 0 forces chunks of N.
+  """
+  value = int(config.get("conv_batch_chunk", -1))
+  if value >= 0:
+    return value
+  if jax.device_count() > 1 or jax.default_backend() != "cpu":
+    return 0
+  return CPU_CONV_BATCH_CHUNK
+
+
+@functools.cache
+def batch_chunked_conv(chunk: int) -> Callable[..., jax.Array]:
+  """`lax.conv_general_dilated` run on `chunk` images at a time, the results concatenated.
+
+  Why: XLA:CPU's convolutions, their weight gradients above all, slow down per image once a
+  batch's activations outgrow the caches (ResNet18's train step at batch 128: 30 -> 41 samples/s
+  in chunks of 8). Each image is convolved alone either way, so outputs are the same and only
+  the summation order of the weight gradient changes. Python slices rather than `lax.map`: the
+  backward pass of a scan over convolutions ran ten times slower. Cached, so equal chunks give
+  equal graph definitions (and jit cache hits).
+  """
+
+  def conv(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    pieces = range(0, lhs.shape[0], chunk) if chunk > 0 else [0]
+    if len(pieces) == 1:
+      return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    return jnp.concatenate(
+      [jax.lax.conv_general_dilated(lhs[i : i + chunk], rhs, *args, **kwargs) for i in pieces]
+    )
+
+  return conv
+
 
 def _conv(
   in_ch: int,
@@ -35,6 +78,7 @@ def _conv(
   dtype: Any,
   rngs: nnx.Rngs,
   resnet: bool = False,
+  batch_chunk: int = 0,
 ) -> nnx.Conv:
   """A square conv with torch-style explicit padding; ResNet convs have no bias and He init."""
   extra = {"use_bias": False, "kernel_init": _HE_NORMAL} if resnet else {}
@@ -46,6 +90,7 @@ def _conv(
     padding=((pad, pad), (pad, pad)),
     dtype=dtype,
     rngs=rngs,
+    conv_general_dilated=batch_chunked_conv(batch_chunk),
     **extra,
   )
 
@@ -82,7 +127,15 @@ class AlexNet(nnx.Module):
   count. Inputs need at least 63 pixels a side to leave one cell after the last pool.
   """
 
-  def __init__(self, num_classes: int, *, dtype: Any, rngs: nnx.Rngs, dropout_rate: float = 0.5):
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    dtype: Any,
+    rngs: nnx.Rngs,
+    dropout_rate: float = 0.5,
+    batch_chunk: int = 0,
+  ):
     layout = [
       (1, 64, 11, 4, 2),
       (64, 192, 5, 1, 2),
@@ -90,7 +143,9 @@ class AlexNet(nnx.Module):
       (384, 256, 3, 1, 1),
       (256, 256, 3, 1, 1),
     ]  # (in, out, kernel, stride, padding) as in torchvision
-    self.convs = nnx.List([_conv(*c, dtype=dtype, rngs=rngs) for c in layout])
+    self.convs = nnx.List(
+      [_conv(*c, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk) for c in layout]
+    )
     self.pool_after = (0, 1, 4)  # indices of the convs followed by a 3x3/2 max-pool
     self.fc1 = nnx.Linear(256 * 6 * 6, 4096, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(4096, 4096, dtype=dtype, rngs=rngs)
@@ -112,15 +167,18 @@ class AlexNet(nnx.Module):
 class BasicBlock(nnx.Module):
   """ResNet basic block: two 3x3 convs and a (projected, when the shape changes) shortcut."""
 
-  def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs, batch_chunk: int = 0
+  ):
     kw = {"dtype": dtype, "rngs": rngs}
-    self.conv1 = _conv(in_ch, out_ch, 3, stride, 1, resnet=True, **kw)
+    conv_kw = {**kw, "resnet": True, "batch_chunk": batch_chunk}
+    self.conv1 = _conv(in_ch, out_ch, 3, stride, 1, **conv_kw)
     self.bn1 = _batch_norm(out_ch, **kw)
-    self.conv2 = _conv(out_ch, out_ch, 3, 1, 1, resnet=True, **kw)
+    self.conv2 = _conv(out_ch, out_ch, 3, 1, 1, **conv_kw)
     self.bn2 = _batch_norm(out_ch, **kw)
     self.projects = stride != 1 or in_ch != out_ch
     if self.projects:
-      self.proj_conv = _conv(in_ch, out_ch, 1, stride, 0, resnet=True, **kw)
+      self.proj_conv = _conv(in_ch, out_ch, 1, stride, 0, **conv_kw)
       self.proj_bn = _batch_norm(out_ch, **kw)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -134,15 +192,25 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
   """torchvision ResNet with basic blocks: 7x7/2 stem, 3x3/2 max-pool, 4 stages, global pool."""
 
-  def __init__(self, stage_sizes: Sequence[int], num_classes: int, *, dtype: Any, rngs: nnx.Rngs):
-    self.stem = _conv(1, 64, 7, 2, 3, resnet=True, dtype=dtype, rngs=rngs)
+  def __init__(
+    self,
+    stage_sizes: Sequence[int],
+    num_classes: int,
+    *,
+    dtype: Any,
+    rngs: nnx.Rngs,
+    batch_chunk: int = 0,
+  ):
+    self.stem = _conv(1, 64, 7, 2, 3, resnet=True, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk)
     self.stem_bn = _batch_norm(64, dtype=dtype, rngs=rngs)
     blocks, in_ch = [], 64
     for stage, size in enumerate(stage_sizes):
       out_ch = 64 * 2**stage
       for i in range(size):
         stride = 2 if stage > 0 and i == 0 else 1
-        blocks.append(BasicBlock(in_ch, out_ch, stride, dtype=dtype, rngs=rngs))
+        blocks.append(
+          BasicBlock(in_ch, out_ch, stride, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk)
+        )
         in_ch = out_ch
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
@@ -167,4 +235,9 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
   """Builds `config.model` with `config.num_classes` outputs in compute dtype `config.dtype`."""
   if config.model not in _FACTORIES:
     raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(_FACTORIES)}")
-  return _FACTORIES[config.model](config.num_classes, dtype=jnp.dtype(config.dtype), rngs=rngs)
+  return _FACTORIES[config.model](
+    config.num_classes,
+    dtype=jnp.dtype(config.dtype),
+    rngs=rngs,
+    batch_chunk=conv_batch_chunk(config),
+  )

@@ -73,3 +73,34 @@ def test_adaptive_avg_pool_is_identity_at_6x6_and_averages_larger_maps():
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match="resnet50"):
     models.create_model(_config("resnet50"), nnx.Rngs(0))
+
+
+def test_batch_chunked_convolutions_give_the_whole_batch_logits_and_gradients():
+  images = jax.random.uniform(jax.random.key(1), (20, 64, 64, 1))  # 20: the last chunk is ragged
+  labels = jnp.arange(20) % 2
+
+  def logits_and_grads(chunk: int):
+    config = _config("resnet18")
+    config.conv_batch_chunk = chunk
+    net = models.create_model(config, nnx.Rngs(0))
+
+    def loss(net):
+      logits = net(images, train=True)
+      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(20), labels]), logits
+
+    return nnx.grad(loss, has_aux=True)(net)
+
+  grads, logits = logits_and_grads(0)
+  chunked_grads, chunked_logits = logits_and_grads(8)
+  np.testing.assert_allclose(chunked_logits, logits, atol=1e-5)
+  for whole, chunked in zip(jax.tree.leaves(grads), jax.tree.leaves(chunked_grads), strict=True):
+    np.testing.assert_allclose(chunked, whole, atol=1e-5 * float(jnp.max(jnp.abs(whole))) + 1e-7)
+
+
+def test_conv_batch_chunk_is_on_for_one_cpu_device_and_off_when_sharded(monkeypatch):
+  assert models.conv_batch_chunk(_config("resnet18")) == models.CPU_CONV_BATCH_CHUNK
+  forced = _config("alexnet")
+  forced.conv_batch_chunk = 0
+  assert models.conv_batch_chunk(forced) == 0
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  assert models.conv_batch_chunk(_config("resnet18")) == 0

@@ -56,8 +56,27 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # --- FLOPs from the layer shapes -------------------------------------------------------------
 
 
-def _out(size: int, kernel: int, stride: int, pad: int) -> int:
+def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
   return (size + 2 * pad - kernel) // stride + 1
+
+
+def resnet_convs(model: str, size: int = PATCH) -> list[tuple[int, int, int, int, int, int]]:
+  """(input side, in channels, out channels, kernel, stride, padding) of each ResNet convolution."""
+  stages = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}[model]
+  convs = [(size, 1, 64, 7, 2, 3)]
+  side = conv_output_size(conv_output_size(size, 7, 2, 3), 3, 2, 1)  # stem, then max-pool
+  cin = 64
+  for stage, blocks in enumerate(stages):
+    cout = 64 * 2**stage
+    for i in range(blocks):
+      stride = 2 if stage > 0 and i == 0 else 1
+      if stride != 1 or cin != cout:
+        convs.append((side, cin, cout, 1, stride, 0))
+      convs.append((side, cin, cout, 3, stride, 1))
+      side = conv_output_size(side, 3, stride, 1)
+      convs.append((side, cout, cout, 3, 1, 1))
+      cin = cout
+  return convs
 
 
 def forward_flops(model: str, size: int = PATCH) -> int:
@@ -70,34 +89,23 @@ def forward_flops(model: str, size: int = PATCH) -> int:
 
   def conv(s: int, cin: int, cout: int, k: int, stride: int, pad: int) -> int:
     nonlocal macs
-    s = _out(s, k, stride, pad)
+    s = conv_output_size(s, k, stride, pad)
     macs += s * s * cout * cin * k * k
     return s
 
   if model == "alexnet":
     s = conv(size, 1, 64, 11, 4, 2)
-    s = _out(s, 3, 2, 0)
+    s = conv_output_size(s, 3, 2, 0)
     s = conv(s, 64, 192, 5, 1, 2)
-    s = _out(s, 3, 2, 0)
+    s = conv_output_size(s, 3, 2, 0)
     s = conv(s, 192, 384, 3, 1, 1)
     s = conv(s, 384, 256, 3, 1, 1)
     conv(s, 256, 256, 3, 1, 1)
     macs += 256 * 6 * 6 * 4096 + 4096 * 4096 + 4096 * 2
     return 2 * macs
-  stages = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}[model]
-  s = conv(size, 1, 64, 7, 2, 3)
-  s = _out(s, 3, 2, 1)
-  cin = 64
-  for stage, blocks in enumerate(stages):
-    cout = 64 * 2**stage
-    for i in range(blocks):
-      stride = 2 if stage > 0 and i == 0 else 1
-      if stride != 1 or cin != cout:
-        conv(s, cin, cout, 1, stride, 0)
-      s_next = conv(s, cin, cout, 3, stride, 1)
-      conv(s_next, cout, cout, 3, 1, 1)
-      s, cin = s_next, cout
-  macs += cin * 2
+  for side, cin, cout, k, stride, pad in resnet_convs(model, size):
+    conv(side, cin, cout, k, stride, pad)
+  macs += 512 * 2
   return 2 * macs
 
 
@@ -148,12 +156,16 @@ def matmul_ceiling(repeats: int, torch: Any | None, dtype: str) -> dict[str, flo
 # --- JAX ---------------------------------------------------------------------------------------
 
 
-def jax_train_rate(
-  model: str, batch_size: int, repeats: int, min_seconds: float, dtype: str
-) -> float:
-  """Samples/s of the project's jitted train step (compilation excluded)."""
+def jax_train_call(
+  model: str, batch_size: int, dtype: str, overrides: dict[str, Any] | None = None
+) -> Callable[[], None]:
+  """One call = one compiled train step of the project on a fixed batch, waited for.
+
+  `overrides` sets further fields of the default configuration (e.g. conv_batch_chunk).
+  """
   config = default.get_config()
   config.model, config.batch_size, config.dtype = model, batch_size, dtype
+  config.update(overrides or {})
   mesh = parallel.make_mesh()
   graphdef, tx, state = train.create_train_state(config, mesh)
   rng = np.random.default_rng(0)
@@ -171,7 +183,14 @@ def jax_train_rate(
     holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics)
 
-  return timed_rate(call, batch_size, repeats, min_seconds)
+  return call
+
+
+def jax_train_rate(
+  model: str, batch_size: int, repeats: int, min_seconds: float, dtype: str
+) -> float:
+  """Samples/s of the project's jitted train step (compilation excluded)."""
+  return timed_rate(jax_train_call(model, batch_size, dtype), batch_size, repeats, min_seconds)
 
 
 def jax_infer_rate(classifier: Any, batch_size: int, repeats: int, min_seconds: float) -> float:

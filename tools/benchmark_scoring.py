@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,10 +57,16 @@ def synthetic_mammogram(shape: tuple[int, int], seed: int = 0) -> Mammogram:
   )
 
 
-def random_classifier(model: str, dtype: str = "float32") -> checkpointing.Classifier:
-  """A randomly initialised classifier of the default configuration (the paper's preprocessing)."""
+def random_classifier(
+  model: str, dtype: str = "float32", overrides: dict[str, Any] | None = None
+) -> checkpointing.Classifier:
+  """A randomly initialised classifier of the default configuration (the paper's preprocessing).
+
+  `overrides` sets further configuration fields (e.g. conv_batch_chunk).
+  """
   config = default.get_config()
   config.model, config.dtype = model, dtype
+  config.update(overrides or {})
   config.patch_size = _PATCH
   graphdef, params, batch_stats = nnx.split(
     models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat

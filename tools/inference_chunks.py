@@ -52,6 +52,12 @@ def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float
   return {chunk: (statistics.median(rates[chunk]), differences[chunk]) for chunk in chunks}
 
 
+def chunk_sizes(text: str) -> list[int]:
+  """'8,16' -> [0, 8, 16]: the whole batch (0) always comes first, as the reference."""
+  chunks = [int(c) for c in text.split(",")]
+  return chunks if chunks[0] == 0 else [0, *chunks]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="alexnet,resnet18,resnet34")
@@ -60,9 +66,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seconds", type=float, default=2.0)
   args = parser.parse_args()
-  chunks = [int(c) for c in args.chunks.split(",")]
-  if chunks[0] != 0:
-    chunks.insert(0, 0)
+  chunks = chunk_sizes(args.chunks)
   print(f"batch {args.batch}, {jax.devices()[0].platform}, median of {args.rounds} rounds")
   print("| network | chunk | patches/s | x whole batch | max abs difference |")
   print("| --- | --- | --- | --- | --- |")
