@@ -15,22 +15,12 @@ the same logits and gradients is tested in tests/test_models.py.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from tools import benchmark, benchmark_scoring, inference_chunks
-
-
-def interleaved(calls: dict[int, Callable[[], None]], items: int, rounds: int, seconds: float):
-  """{chunk: median items/s} over `rounds` rounds that each time every call in turn."""
-  rates: dict[int, list[float]] = {chunk: [] for chunk in calls}
-  for _ in range(rounds):
-    for chunk, call in calls.items():
-      rates[chunk].append(benchmark.timed_rate(call, items, 1, seconds))
-  return {chunk: statistics.median(r) for chunk, r in rates.items()}
 
 
 def infer_call(model: str, chunk: int, batch: int) -> Callable[[], None]:
@@ -64,7 +54,7 @@ def main() -> None:
         }
       else:
         calls = {c: infer_call(model, c, batch) for c in chunks}
-      rates = interleaved(calls, batch, args.rounds, args.seconds)
+      rates = inference_chunks.interleaved(calls, batch, args.rounds, args.seconds)
       for chunk, rate in rates.items():
         print(
           f"| {model} | {job} | {batch} | {chunk or 'whole'} | {rate:.1f} | "

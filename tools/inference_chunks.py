@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +46,23 @@ def sweep(model: str, batch: int, chunks: list[int], rounds: int, seconds: float
   run = device_inference(model, batch)
   whole = run(0)
   differences = {chunk: float(jnp.abs(run(chunk) - whole).max()) for chunk in chunks}  # compiles
-  rates: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+  calls = {chunk: (lambda c=chunk: run(c)) for chunk in chunks}
+  rates = interleaved(calls, batch, rounds, seconds, warmup=0)  # compiled and run above
+  return {chunk: (rates[chunk], differences[chunk]) for chunk in chunks}
+
+
+def interleaved(
+  calls: dict[int, Callable[[], Any]], items: int, rounds: int, seconds: float, warmup: int = 1
+) -> dict[int, float]:
+  """{key: median items/s} over `rounds` rounds that each time every call in turn.
+
+  Interleaving makes other jobs on the cores slow every variant alike.
+  """
+  rates: dict[int, list[float]] = {key: [] for key in calls}
   for _ in range(rounds):
-    for chunk in chunks:
-      rates[chunk].append(benchmark.timed_rate(lambda c=chunk: run(c), batch, 1, seconds, 0))
-  return {chunk: (statistics.median(rates[chunk]), differences[chunk]) for chunk in chunks}
+    for key, call in calls.items():
+      rates[key].append(benchmark.timed_rate(call, items, 1, seconds, warmup))
+  return {key: statistics.median(r) for key, r in rates.items()}
 
 
 def chunk_sizes(text: str) -> list[int]:
