@@ -142,11 +142,7 @@ def inference_micro_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.
   default) picks per network and backend, 0 turns chunking off, N > 0 forces chunks of N.
   """
   value = int(config.get("inference_micro_batch", -1))
-  if value >= 0:
-    return value
-  if mesh.size > 1 or jax.default_backend() != "cpu":
-    return 0
-  return CPU_INFERENCE_MICRO_BATCH.get(config.model, 0)
+  return models.cpu_chunk(value, CPU_INFERENCE_MICRO_BATCH.get(config.model, 0), mesh.size)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "micro_batch"))

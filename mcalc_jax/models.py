@@ -30,19 +30,26 @@ _BN_EPSILON = 1e-5
 CPU_CONV_BATCH_CHUNK = 8
 
 
+def cpu_chunk(value: int, cpu_default: int, devices: int) -> int:
+  """Resolves a chunk-size setting: N >= 0 as given, -1 `cpu_default` on one CPU device, else 0.
+
+  Chunks keep a CPU's caches warm; accelerators want whole batches, and slicing a batch sharded
+  over several devices would move it between them.
+  """
+  if value >= 0:
+    return value
+  return cpu_default if devices == 1 and jax.default_backend() == "cpu" else 0
+
+
 def conv_batch_chunk(config: ml_collections.ConfigDict) -> int:
   """Images per convolution call (0: the whole batch at once).
 
   `config.conv_batch_chunk` -1 (the default) chunks on a single CPU device and turns chunking
-  off on accelerators and when a batch is sharded over several devices (slicing a sharded batch
-  would move it between devices); 0 turns it off, N > 0 forces chunks of N.
+  off on accelerators and when a batch is sharded over several devices; 0 turns it off, N > 0
+  forces chunks of N.
   """
   value = int(config.get("conv_batch_chunk", -1))
-  if value >= 0:
-    return value
-  if jax.device_count() > 1 or jax.default_backend() != "cpu":
-    return 0
-  return CPU_CONV_BATCH_CHUNK
+  return cpu_chunk(value, CPU_CONV_BATCH_CHUNK, jax.device_count())
 
 
 @functools.cache
