@@ -1,24 +1,32 @@
-"""Default hyper-parameters: the paper's values (Pesapane et al. 2023).
+"""Training configuration: the paper's settings (Pesapane et al. 2023), for any task and network.
 
-Every experiment config imports this file and overrides fields; every field can be overridden on
-the command line, e.g. `--config.model=resnet34 --config.batch_size=64`.
+  mcalc-train --config=configs/default.py:task=2,model=resnet34 --workdir=runs/task2_resnet34
+  mcalc-cv --config=configs/default.py:task=1,model=alexnet --workdir=runs/cv/task1_alexnet
+
+Arguments (after the colon): `task` (1: calcification vs background, 2: malignant vs benign) and
+`model` (a network of `mcalc_jax.networks.NETWORKS`). Every field can then be overridden on the
+command line, e.g. `--config.batch_size=64 --config.learning_rate=3e-4`; a misspelt field is an
+error (the config is locked).
 """
 
 import ml_collections
 
+from mcalc_jax.configs import common
 
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the default training configuration."""
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the training configuration for `arg` ('task=1,model=alexnet' by default)."""
+  args = common.parse_arg(arg, task=1, model="alexnet")
   config = ml_collections.ConfigDict()
 
   # Task 1: calcification patch (1) vs background (0). Task 2: malignant (1) vs benign (0).
-  config.task = 1
-  config.model = "alexnet"  # alexnet | resnet18 | resnet34
+  config.task = args.task
+  config.model = args.model  # alexnet | resnet18 | resnet34 (mcalc_jax.networks)
   config.num_classes = 2
   config.dtype = "float32"  # compute dtype; parameters stay float32. bfloat16 on accelerators.
 
-  # Data: a TFDS patch dataset built by `mcalc-prepare`, or "synthetic" (generated patches for
-  # smoke tests and benchmarks, mcalc_jax.train.SyntheticPatchData).
+  # Data: a TFDS patch dataset built by `mcalc-prepare`, or "noise" (generated noise patches for
+  # smoke tests and benchmarks, input_pipeline.noise).
   config.dataset = "mcalc_patches/mias"  # name/builder_config of the TFDS builder
   config.data_dir = ""  # TFDS data_dir; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.train_split = "train"
@@ -40,13 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation (the paper: cross-entropy, Adam, batch 16, lr 1e-4, early stopping).
   config.batch_size = 16  # global batch over all devices and hosts
   config.eval_batch_size = 64
-  # Images per forward pass in inference: -1 per network on a CPU (cache-sized chunks), whole
-  # batch on accelerators; 0 whole batch; N chunks of N. See checkpointing.inference_micro_batch.
-  config.inference_micro_batch = -1
-  # Images per convolution call: -1 chunks of 8 on one CPU device (for the caches), the whole
-  # batch on accelerators or several devices; 0 whole batch; N chunks of N. See
-  # models.conv_batch_chunk.
-  config.conv_batch_chunk = -1
   config.learning_rate = 1e-4
   config.num_epochs = 30
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch
@@ -59,6 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.async_checkpointing = True
   config.evaluate_at_end = True  # mcalc-train ends with mcalc-evaluate on config.test_split
+
+  # CPU speed (mcalc_jax.cpu_tuning): images per convolution call and per inference forward pass.
+  # -1: chunks on one CPU device, the whole batch on accelerators or several devices; 0: whole
+  # batch; N: chunks of N. Results are the same either way, up to float rounding.
+  config.cpu_tuning = ml_collections.ConfigDict({"conv_chunk": -1, "inference_chunk": -1})
 
   # Multi-host: leave empty on one host. JAX_COORDINATOR_ADDRESS or a SLURM / Open MPI launch with
   # more than one process also configures a cluster (mcalc_jax.parallel.maybe_initialize_distributed).

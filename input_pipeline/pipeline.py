@@ -26,6 +26,13 @@ ID_FIELDS = ("patient_id", "image_id", "finding_id", "patch_id")
 _ENDLESS = 2**62  # steps; grain's MapDataset needs a length
 
 
+def process_place() -> tuple[int, int]:
+  """(index, count) of this process in the job; JAX is asked only here, when it is needed."""
+  import jax  # noqa: PLC0415
+
+  return jax.process_index(), jax.process_count()
+
+
 class PatchData(Protocol):
   """What the training loop consumes (see docs/design.md)."""
 
@@ -36,7 +43,8 @@ class PatchData(Protocol):
   def num_examples(self, split: str) -> int: ...
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+  """An id as str, whether it arrives as str or as bytes (TFDS string features)."""
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -62,7 +70,7 @@ class _TaskView(Sequence):
   def __getitem__(self, i: int) -> dict:
     record = self._source[int(self._indices[i])]
     image = np.asarray(record["image"], np.float32) / float(record["max_value"])
-    ids = {k: _text(record[k]) if k in record else "" for k in ID_FIELDS}
+    ids = {k: as_text(record[k]) if k in record else "" for k in ID_FIELDS}
     return {"image": image, "label": self.labels[i], **ids}
 
 
@@ -100,9 +108,7 @@ class GrainPatchData:
     process_count: int | None = None,
   ):
     if process_count is None:
-      import jax  # asked only when the caller does not say which process this is
-
-      process_index, process_count = jax.process_index(), jax.process_count()
+      process_index, process_count = process_place()
     self._sources, self._config = sources, config
     self._views: dict[str, _TaskView] = {}
     self._epoch: tuple[int, np.ndarray | None] = (-1, None)
@@ -126,17 +132,25 @@ class GrainPatchData:
     """Full global batches per epoch (the remainder is dropped)."""
     return self.num_examples(self._config.train_split) // self._config.batch_size
 
+  @property
+  def config(self):
+    """The training config the batches follow."""
+    return self._config
+
+  def num_eval_batches(self, split: str) -> int:
+    """Batches of one pass over `split` (the last one padded)."""
+    return math.ceil(self.num_examples(split) / self._config.eval_batch_size)
+
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
-    self._check_full_batch()
-    steps = grain.MapDataset.range(start_step, _ENDLESS).map(self._train_batch)
+    self.check_full_batch()
+    steps = grain.MapDataset.range(start_step, _ENDLESS).map(self.train_batch)
     return iter(self._prefetched(steps))
 
   def eval_batches(self, split: str) -> Iterator[dict]:
     """One pass in file order; the last batch is padded with mask=False to the fixed shape."""
-    num = math.ceil(self.num_examples(split) / self._config.eval_batch_size)
-    batches = grain.MapDataset.range(num).map(functools.partial(self._eval_batch, split))
-    return iter(self._prefetched(batches))
+    indices = grain.MapDataset.range(self.num_eval_batches(split))
+    return iter(self._prefetched(indices.map(functools.partial(self.eval_batch, split))))
 
   def _prefetched(self, batches: grain.MapDataset) -> grain.IterDataset:
     config = self._config
@@ -161,7 +175,7 @@ class GrainPatchData:
     local = batch_size // self._process_count
     return range(self._process_index * local, (self._process_index + 1) * local)
 
-  def _check_full_batch(self) -> None:
+  def check_full_batch(self) -> None:
     """Training needs one full global batch at least (the remainder is dropped)."""
     if self.steps_per_epoch() == 0:
       raise ValueError(
@@ -169,7 +183,8 @@ class GrainPatchData:
         f"no full batch of {self._config.batch_size}"
       )
 
-  def _train_batch(self, step: int) -> dict:
+  def train_batch(self, step: int) -> dict:
+    """This process's share of global batch `step`: a pure function of the step (and the seed)."""
     config, view = self._config, self._view(self._config.train_split)
     epoch, position = divmod(step, self.steps_per_epoch())
     order = self._permutation(epoch)
@@ -182,7 +197,8 @@ class GrainPatchData:
       examples.append(example)
     return _stack(examples, [True] * len(examples), with_ids=False)
 
-  def _eval_batch(self, split: str, index: int) -> dict:
+  def eval_batch(self, split: str, index: int) -> dict:
+    """This process's share of batch `index` of one pass over `split`, padded with mask=False."""
     view, size = self._view(split), self._config.eval_batch_size
     positions = [index * size + slot for slot in self._local_slots(size)]
     mask = [p < len(view) for p in positions]

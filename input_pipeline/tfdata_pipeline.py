@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,13 +41,12 @@ class TfdataPatchData:
   functions, epoch permutations and per-process slots; only the scheduling differs: tf.data's
   autotuned threads and `prefetch` instead of grain's (`config.num_workers` is not used). The
   numeric arrays are read-only (tf.data's buffers); nothing in training writes to a batch.
-  `mcalc_jax.train.create_data` builds one for `config.input_backend = "tfdata"`.
+  `patch_data.create_data` builds one for `config.input_backend = "tfdata"`.
   """
 
   def __init__(self, data: pipeline.GrainPatchData):
     self._tf = _tensorflow()  # fails here, with the extra to install, not at the first batch
-    # Its `_train_batch`, `_eval_batch`, `_check_full_batch` and `_config` are used directly: the
-    # pure batch functions are the grain backend's contract, and calling them keeps the two equal.
+    # The grain backend's pure batch functions are its contract; calling them keeps the two equal.
     self._data = data
 
   def num_examples(self, split: str) -> int:
@@ -61,16 +59,16 @@ class TfdataPatchData:
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     """Endless: this process's share of global batch `start_step`, then the next ones."""
     data = self._data
-    data._check_full_batch()
+    data.check_full_batch()
     steps = self._tf.data.Dataset.counter(start_step)
-    return self._stream(steps, lambda step: data._train_batch(int(step)), probe=start_step)
+    return self._stream(steps, lambda step: data.train_batch(int(step)), probe=start_step)
 
   def eval_batches(self, split: str) -> Iterator[dict]:
     """One pass in file order; the last batch is padded with mask=False to the fixed shape."""
-    num = math.ceil(self.num_examples(split) / self._data._config.eval_batch_size)
+    num = self._data.num_eval_batches(split)
     if num == 0:
       return iter(())
-    batch = functools.partial(self._data._eval_batch, split)
+    batch = functools.partial(self._data.eval_batch, split)
     return self._stream(self._tf.data.Dataset.range(num), lambda i: batch(int(i)), probe=0)
 
   def _stream(self, indices: Any, batch: Callable[[Any], dict], probe: int) -> Iterator[dict]:
@@ -98,7 +96,7 @@ class TfdataPatchData:
         tensor.set_shape(example[key].shape)
       return dict(zip(keys, tensors, strict=True))
 
-    prefetch = max(2, self._data._config.prefetch)
+    prefetch = max(2, self._data.config.prefetch)
     dataset = indices.map(as_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     numpy_batches = dataset.prefetch(prefetch).as_numpy_iterator()
     return map(functools.partial(_decoded, strings), numpy_batches)

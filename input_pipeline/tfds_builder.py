@@ -7,7 +7,7 @@ and `Image` features would need TensorFlow to encode. Read with `builder.as_data
 
 One `BuilderConfig` per source holds everything that defines the examples (registered ones for
 mias, cbis_ddsm, synthetic and a generic manifest; `builder_config` turns a data config from
-configs/data/ into one); the data's location is passed to the builder (`location`) or comes from
+configs/data.py into one); the data's location is passed to the builder (`location`) or comes from
 `manual_dir`. Splits are by patient (`input_pipeline.splits`), and the split
 of every patient, the settings and every skipped image are recorded in the dataset's
 `metadata.json` (`builder.info.metadata`). A mammogram that cannot be read is logged with its path
@@ -26,10 +26,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from input_pipeline import breast, errors, mammogram, patches, splits
-from input_pipeline.manifest import Finding, read_manifest
-
-SOURCES = ("mias", "cbis_ddsm", "synthetic", "manifest")
+from input_pipeline import breast, errors, mammogram, patches, sources, splits
+from input_pipeline.manifest import Finding
 
 
 @dataclasses.dataclass
@@ -50,11 +48,6 @@ class McalcPatchesConfig(tfds.core.BuilderConfig):
     return self.source, self.patch, tuple(self.split_fractions), self.split_seed
 
 
-# Per-source extraction: MIAS clusters are few (18 usable here), so 8 ROIs per cluster; the
-# synthetic and CBIS-DDSM clusters 4; a generic manifest follows the paper (one per annotation).
-_PER_CLUSTER = {"mias": 8, "cbis_ddsm": 4, "synthetic": 4, "manifest": 1}
-
-
 class McalcPatches(tfds.core.GeneratorBasedBuilder):
   """Calcification and background patches at native bit depth, split by patient.
 
@@ -68,12 +61,12 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Paper's extraction: annotation-centred ROIs, tissue background."}
   BUILDER_CONFIGS = [
     McalcPatchesConfig(
-      name=s,
-      source=s,
-      description=f"{s} findings",
-      patch=patches.PatchSettings(per_cluster=_PER_CLUSTER[s]),
+      name=name,
+      source=name,
+      description=source.description,
+      patch=patches.PatchSettings(per_cluster=source.per_cluster),
     )
-    for s in SOURCES
+    for name, source in sources.SOURCES.items()
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass --manual_dir: the MIAS or CBIS-DDSM folder, or a manifest.csv's folder."
@@ -123,7 +116,7 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     location = self._location or (_has_manual(dl_manager) and os.fspath(dl_manager.manual_dir))
     if not location:
       raise ValueError(f"{config.name}: no data location (pass location or manual_dir)")
-    findings = load_findings(config.source, location)
+    findings = sources.get(config.source).load_findings(location)
     labels = splits.patient_labels(findings, config.patch.positive_abnormalities)
     assignment = splits.split_patients(labels, config.split_fractions, config.split_seed)
     self.info.metadata.update(
@@ -247,17 +240,6 @@ def group_images(findings: Sequence[Finding]) -> list[ImageFindings]:
   return sorted(images, key=lambda im: im.image_id)
 
 
-def load_findings(source: str, location: str) -> list[Finding]:
-  """The findings of a source: its importer's, or the manifest's at `location`."""
-  if source in ("mias", "cbis_ddsm"):
-    from input_pipeline import importers  # only the importing sources need it
-
-    return getattr(importers, f"import_{source}")(location)
-  if os.path.isdir(location):
-    location = os.path.join(location, "manifest.csv")
-  return read_manifest(location)
-
-
 def _positives(images: Sequence[ImageFindings], settings: patches.PatchSettings) -> int:
   return sum(patches.num_positive_patches(im.findings, settings) for im in images)
 
@@ -278,21 +260,9 @@ def patch_class(patch: patches.Patch) -> str:
   return patch.severity or "calcification"
 
 
-def data_config(source: str, location: str) -> ml_collections.ConfigDict:
-  """A data config (configs/data/*.py) holding the registered settings of `source`."""
-  registered = McalcPatches.builder_configs[source]
-  config = ml_collections.ConfigDict()
-  config.source = source
-  config.name = source  # the builder config: <data_dir>/mcalc_patches/<name>/<version>
-  config.location = location
-  config.seed = registered.split_seed  # patch sampling and patient split
-  config.patch = {k: v for k, v in dataclasses.asdict(registered.patch).items() if k != "seed"}
-  config.split = ml_collections.ConfigDict({"fractions": registered.split_fractions})
-  return config
-
-
 def builder_config(config: ml_collections.ConfigDict) -> McalcPatchesConfig:
-  """The BuilderConfig a data config describes; the registered object when the settings match.
+  """The BuilderConfig a data config (configs/data.py) describes; the registered object when the
+  settings match.
 
   tfds refuses a custom config named like a registered one, so changed settings need a new
   `config.name`; the error says so.
@@ -304,7 +274,7 @@ def builder_config(config: ml_collections.ConfigDict) -> McalcPatchesConfig:
     patch=patch,
     split_fractions=tuple(config.split.fractions),
     split_seed=config.seed,
-    description=f"{config.source} findings",
+    description=sources.get(config.source).description,
   )
   registered = McalcPatches.builder_configs.get(config.name)
   if registered is None:

@@ -22,11 +22,12 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import pipeline, splits
-from mcalc_jax import checkpointing, evaluation, metrics, train
+from input_pipeline import pipeline, splits, tfds_builder
+from mcalc_jax import evaluation, files, inference, metrics, train
 
 FOLDS_FILE = "folds.json"
 SUMMARY_FILE = "cv_summary.json"
@@ -42,8 +43,6 @@ def load_patches(
   Returns arrays keyed like the TFDS features (ids as str) and patient -> 'malignant' | 'benign' |
   'none' (from the dataset's metadata, else from the patches), for stratifying the folds.
   """
-  from input_pipeline import tfds_builder  # noqa: PLC0415  (tfds only for this path)
-
   builder = tfds_builder.open_builder(dataset, data_dir or None)
   records = []
   for split in sorted(builder.info.splits):
@@ -57,7 +56,7 @@ def load_patches(
       k: np.array([int(r[k]) for r in records], np.int32)
       for k in ("max_value", "task1_label", "task2_label")
     },
-    **{k: np.array([_text(r[k]) for r in records]) for k in pipeline.ID_FIELDS},
+    **{k: np.array([pipeline.as_text(r[k]) for r in records]) for k in pipeline.ID_FIELDS},
   }
   recorded = builder.info.metadata.get("patients", {}) if builder.info.metadata else {}
   labels = {
@@ -68,10 +67,6 @@ def load_patches(
   if len(labels) < len(np.unique(arrays["patient_id"])):
     labels = patient_labels(arrays)
   return arrays, labels
-
-
-def _text(value: Any) -> str:
-  return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def patient_labels(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -107,16 +102,14 @@ def fold_data(
 
 
 def _save_predictions(path: pathlib.Path, preds: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-  """Writes atomically (tmp + rename): the file's existence marks a finished fold."""
+  """Writes atomically: the file's existence marks a finished fold."""
   flat = {
     f"{part}__{k}": (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
     for part, p in preds.items()
     for k, v in p.items()
   }
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
+  with files.atomic_write(path) as f:
     np.savez(f, **flat)
-  os.replace(tmp, path)
 
 
 def load_predictions(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -144,8 +137,7 @@ def _fold_metrics(preds: Mapping[str, Mapping[str, np.ndarray]], policy: str) ->
     threshold = 0.5  # validation part lacks a class: the untuned threshold
   points = metrics.point_metrics(test["label"], test["prob"], threshold, split="test")
   return {
-    "auc": points["auc"].value,
-    "accuracy": points["accuracy"].value,
+    **{name: points[name].value for name in metrics.FOLD_SPREAD_METRICS},
     "threshold": threshold,
     "examples": int(len(test["label"])),
     "patients": int(len(np.unique(test["patient_id"]))),
@@ -169,9 +161,7 @@ def _assignment(workdir: pathlib.Path, record: dict) -> list[dict[str, list[str]
     if previous != record:
       raise ValueError(f"{path} holds other folds (k, seed or dataset changed): use a new workdir")
   else:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(record, indent=2))
   return record["folds"]
 
 
@@ -191,8 +181,6 @@ def cross_validate(
   `arrays`/`labels` default to `load_patches(config.dataset, config.data_dir)`. Returns the
   summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
   """
-  import jax  # noqa: PLC0415
-
   if jax.process_count() > 1:
     raise NotImplementedError("run mcalc-cv in a single process (predictions are per host)")
   workdir = pathlib.Path(workdir)
@@ -220,12 +208,12 @@ def cross_validate(
     if not path.exists():
       data = fold_data(arrays, fold, config)
       train.train_and_evaluate(config, fold_dir, data=data)
-      classifier = checkpointing.load_classifier(fold_dir, "best")
+      classifier = inference.load_classifier(fold_dir, "best")
       _save_predictions(
         path,
         {
-          "test": train.predict(classifier, data.eval_batches(config.test_split)),
-          "validation": train.predict(classifier, data.eval_batches(config.eval_split)),
+          "test": inference.predict(classifier, data.eval_batches(config.test_split)),
+          "validation": inference.predict(classifier, data.eval_batches(config.eval_split)),
         },
       )
     per_fold.append(load_predictions(path))
@@ -246,8 +234,9 @@ def cross_validate(
     "dataset": str(config.dataset),
     "cross_validation": {"folds": folds, "seed": seed},
   }
-  class_names = evaluation.CLASS_NAMES.get(int(config.task), ("negative", "positive"))
-  evaluation.write_outputs(workdir / "eval" / "test", result, pooled, class_names)
+  evaluation.write_outputs(
+    workdir / "eval" / "test", result, pooled, evaluation.task_class_names(int(config.task))
+  )
 
   fold_metrics = [_fold_metrics(p, threshold_policy) for p in per_fold]
   summary = {
@@ -257,8 +246,8 @@ def cross_validate(
     "network": str(config.model),
     "dataset": str(config.dataset),
     "per_fold": fold_metrics,
-    "spread": {m: _spread([f[m] for f in fold_metrics]) for m in ("auc", "accuracy")},
-    "pooled": {m: result["metrics"][m]["value"] for m in ("auc", "accuracy")},
+    "spread": {m: _spread([f[m] for f in fold_metrics]) for m in metrics.FOLD_SPREAD_METRICS},
+    "pooled": {m: result["metrics"][m]["value"] for m in metrics.FOLD_SPREAD_METRICS},
     "pooled_counts": result["counts"],
   }
   (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

@@ -18,20 +18,24 @@ import json
 import os
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
-from mcalc_jax import metrics, plots
+from input_pipeline import patch_data, pipeline
+from input_pipeline.pipeline import ID_FIELDS
+from mcalc_jax import files, inference, metrics, plots
 
-ID_FIELDS = ("patient_id", "image_id", "finding_id", "patch_id")
 CSV_COLUMNS = ("split", *ID_FIELDS, "label", "prob", "called")
 CLASS_NAMES = {1: ("background", "calcification"), 2: ("benign", "malignant")}
 _GENERIC_CLASS_NAMES = ("negative", "positive")
+
+
+def task_class_names(task: int) -> tuple[str, str]:
+  """The (label 0, label 1) names of `task`, for plots."""
+  return CLASS_NAMES.get(task, _GENERIC_CLASS_NAMES)
+
+
 BOOTSTRAP_RESAMPLES = 1000
-
-
-def _as_text(values: np.ndarray) -> np.ndarray:
-  """Ids as str, whether they arrive as str or as bytes (TFDS string features)."""
-  return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values)])
 
 
 def check_predictions(preds: Mapping[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
@@ -47,7 +51,7 @@ def check_predictions(preds: Mapping[str, np.ndarray], split: str) -> dict[str, 
   labels = np.asarray(preds["label"])
   if not np.isin(labels, (0, 1)).all():
     raise ValueError(f"{split} labels must be 0 or 1, got values {np.unique(labels).tolist()}")
-  out = {k: _as_text(preds[k]) for k in ID_FIELDS}
+  out = {k: np.array([pipeline.as_text(v) for v in np.asarray(preds[k])]) for k in ID_FIELDS}
   out["label"] = labels.astype(np.int64)
   out["prob"] = np.asarray(preds["prob"], dtype=np.float64)
   return out
@@ -125,7 +129,7 @@ def write_predictions(
   path: str | os.PathLike, preds_by_split: Mapping[str, dict], threshold: float
 ) -> None:
   """One CSV row per example: enough to recompute every metric and the threshold offline."""
-  with open(path, "w", newline="") as f:
+  with files.atomic_write(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(CSV_COLUMNS)
     for split, preds in preds_by_split.items():
@@ -186,8 +190,9 @@ def write_outputs(
   write_predictions(
     os.path.join(out_dir, "predictions.csv"), checked, evaluation["threshold"]["value"]
   )
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump(evaluation, f, indent=2, allow_nan=False)
+  files.write_text(
+    os.path.join(out_dir, "metrics.json"), json.dumps(evaluation, indent=2, allow_nan=False)
+  )
   _write_plots(out_dir, evaluation, checked[evaluation["split"]], class_names)
 
 
@@ -201,21 +206,16 @@ def evaluate_run(
   resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
   """Loads the run's classifier, predicts validation and `split`, writes WORKDIR/eval/<split>/."""
-  # Imported here so the metric code above stays usable (and testable) without a trained model.
-  import jax
-
-  from mcalc_jax import checkpointing, train
-
   if jax.process_count() > 1:
-    # train.predict gives this process's share; patient ids must be pooled before any metric.
+    # predict gives this process's share; patient ids must be pooled before any metric.
     raise NotImplementedError("run mcalc-evaluate in a single process (predictions are per host)")
   workdir = os.fspath(workdir)
-  classifier = checkpointing.load_classifier(workdir, checkpoint)
+  classifier = inference.load_classifier(workdir, checkpoint)
   config = classifier.config
-  data = train.create_data(config)  # the run's own data source (TFDS or synthetic)
+  data = patch_data.create_data(config)  # the run's own data source (TFDS or noise)
   val_split = config.eval_split
   splits = dict.fromkeys((val_split, split))  # one prediction pass when split is validation
-  preds = {s: train.predict(classifier, data.eval_batches(s)) for s in splits}
+  preds = {s: inference.predict(classifier, data.eval_batches(s)) for s in splits}
   evaluation = evaluate_predictions(
     preds[val_split],
     preds[split],
@@ -232,6 +232,7 @@ def evaluate_run(
     "network": str(config.model),
     "dataset": str(config.dataset),
   }
-  class_names = CLASS_NAMES.get(int(config.task), _GENERIC_CLASS_NAMES)
-  write_outputs(os.path.join(workdir, "eval", split), evaluation, preds, class_names)
+  write_outputs(
+    os.path.join(workdir, "eval", split), evaluation, preds, task_class_names(int(config.task))
+  )
   return evaluation

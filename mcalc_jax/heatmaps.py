@@ -1,7 +1,7 @@
 """Scoring outputs on disk: the probability grids (npz, lossless) and an overlay PNG for review.
 
-Every file is written atomically (a hidden temporary file beside it, fsynced, then renamed), so
-a killed run leaves either the old file, the new file or no file, never half of one.
+Every file is written atomically (`mcalc_jax.files.atomic_write`), so a killed run leaves either
+the old file, the new file or no file, never half of one.
 
 npz keys (one image):
   task1            float32 [gh, gw]  P(calcification) per tile; NaN where not scored (no breast)
@@ -22,17 +22,17 @@ npz keys (one image):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
-from typing import IO, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle as CirclePatch
 
+from mcalc_jax.files import atomic_write
 from mcalc_jax.scoring import ImageScores, TileGeometry, average_map
 
 _DISPLAY_PIXELS = 1024  # longer side of the mammogram in the overlay
@@ -45,27 +45,6 @@ class Circle(NamedTuple):
   row: float
   col: float
   radius: float
-
-
-def temporary_path(path: str | os.PathLike) -> str:
-  """The hidden file `path` is written to before the rename (left behind only by a kill)."""
-  head, tail = os.path.split(os.fspath(path))
-  return os.path.join(head, f".{tail}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-  """Opens a temporary file that replaces `path` only once it is complete and on disk."""
-  tmp = temporary_path(path)
-  try:
-    with open(tmp, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
 
 
 def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:

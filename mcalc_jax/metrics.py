@@ -19,7 +19,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 CI_METHODS = ("paper", "wald", "bootstrap")
 CI_DESCRIPTIONS = {
   "paper": "paper's Wald interval, x +- 1.96 sqrt(x(1-x)/n), n = examples in the split",
@@ -28,14 +27,50 @@ CI_DESCRIPTIONS = {
 }
 Z_95 = 1.96  # the paper's constant
 _CONFUSION_CELLS = ("tp", "fp", "tn", "fn")
-# Each proportion as (numerator cells, denominator cells, what an empty denominator means).
-_PROPORTIONS = {
-  "accuracy": (("tp", "tn"), _CONFUSION_CELLS, "no examples"),
-  "sensitivity": (("tp",), ("tp", "fn"), "no positive examples"),
-  "specificity": (("tn",), ("tn", "fp"), "no negative examples"),
-  "ppv": (("tp",), ("tp", "fp"), "no example called positive at this threshold"),
-  "npv": (("tn",), ("tn", "fn"), "no example called negative at this threshold"),
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+  """A registered metric: its column in reports and how it is computed and compared.
+
+  A proportion gives its numerator and denominator confusion cells and what an empty
+  denominator means; the rank metrics (AUC, loss) have none.
+  """
+
+  column: str
+  numerator: tuple[str, ...] = ()
+  denominator: tuple[str, ...] = ()
+  empty: str = ""
+  higher_is_better: bool = True
+  reported: bool = True  # a column of the Table 2 report (with three intervals)
+  fold_spread: bool = False  # summarised per cross-validation fold (mean +- sd)
+
+
+# The one list of metrics: report columns (in this order), early stopping's comparison and the
+# cross-validation spread all read it. 'loss' is the validation loss training watches.
+REGISTRY: dict[str, MetricInfo] = {
+  "auc": MetricInfo("AUC", fold_spread=True),
+  "accuracy": MetricInfo(
+    "Accuracy", ("tp", "tn"), _CONFUSION_CELLS, "no examples", fold_spread=True
+  ),
+  "sensitivity": MetricInfo("Sensitivity", ("tp",), ("tp", "fn"), "no positive examples"),
+  "specificity": MetricInfo("Specificity", ("tn",), ("tn", "fp"), "no negative examples"),
+  "ppv": MetricInfo("PPV", ("tp",), ("tp", "fp"), "no example called positive at this threshold"),
+  "npv": MetricInfo("NPV", ("tn",), ("tn", "fn"), "no example called negative at this threshold"),
+  "loss": MetricInfo("Loss", higher_is_better=False, reported=False),
 }
+METRICS = tuple(name for name, info in REGISTRY.items() if info.reported)
+FOLD_SPREAD_METRICS = tuple(name for name, info in REGISTRY.items() if info.fold_spread)
+_PROPORTIONS = {name: info for name, info in REGISTRY.items() if info.numerator}
+
+
+def is_better(metric: str, new: float, old: float | None) -> bool:
+  """Whether `new` improves on `old` for registered `metric`; a NaN never improves."""
+  if old is None or np.isnan(old):
+    return not np.isnan(new)
+  return new > old if REGISTRY[metric].higher_is_better else new < old
+
+
 # Cluster bootstrap intervals are withheld when more resamples than this leave a metric undefined.
 _MAX_UNDEFINED_RESAMPLES = 0.5
 _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resamples x examples per chunk, bounds memory
@@ -174,9 +209,9 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def _proportions(cells: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """(value, denominator) of every proportion; works on counts and on arrays of weighted counts."""
   out = {}
-  for name, (numerator, denominator, _) in _PROPORTIONS.items():
-    den = sum(cells[c] for c in denominator)
-    out[name] = (_divide(sum(cells[c] for c in numerator), den), den)
+  for name, info in _PROPORTIONS.items():
+    den = sum(cells[c] for c in info.denominator)
+    out[name] = (_divide(sum(cells[c] for c in info.numerator), den), den)
   return out
 
 
@@ -330,7 +365,7 @@ def point_metrics(
     out["auc"] = Metric(None, None, str(e))
   for name, (value, denominator) in _proportions(cells).items():
     if denominator == 0:
-      reason = f"{_PROPORTIONS[name][2]}; {class_counts(truth, split)}"
+      reason = f"{_PROPORTIONS[name].empty}; {class_counts(truth, split)}"
       out[name] = Metric(None, 0, reason)
     else:
       out[name] = Metric(float(value), int(denominator))

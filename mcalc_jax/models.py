@@ -1,21 +1,21 @@
-"""The paper's three patch classifiers as Flax NNX modules: AlexNet, ResNet18 and ResNet34.
+"""The paper's patch classifiers as Flax NNX modules: AlexNet and the basic-block ResNets.
 
-Layouts follow torchvision (so parameter counts match it with 1 input channel and 2 classes), in
-NHWC. Parameters are float32; `dtype` sets the compute dtype (bfloat16 on accelerators). Every
-module takes `train` at call time instead of holding a train/eval flag, so one graph definition
-serves the jitted train and eval functions, and dropout takes its key at call time, so the model
-holds no RNG state and a step's randomness is a pure function of (seed, step).
+Architecture only: which network a config names, and how a built one is tuned for a CPU, live in
+`mcalc_jax.networks` and `mcalc_jax.cpu_tuning`. Layouts follow torchvision (so parameter counts
+match it with 1 input channel and 2 classes), in NHWC. Parameters are float32; `dtype` sets the
+compute dtype (bfloat16 on accelerators). Every module takes `train` at call time instead of
+holding a train/eval flag, so one graph definition serves the jitted train and eval functions;
+AlexNet's dropout takes its key at call time, so the model holds no RNG state and a step's
+randomness is a pure function of (seed, step).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -24,55 +24,6 @@ from flax import nnx
 _HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
-
-# Images per convolution on one CPU device (see `conv_batch_chunk`): the best of 4-16 for every
-# network in `python -m tools.conv_chunks` (docs/performance.md).
-CPU_CONV_BATCH_CHUNK = 8
-
-
-def cpu_chunk(value: int, cpu_default: int, devices: int) -> int:
-  """Resolves a chunk-size setting: N >= 0 as given, -1 `cpu_default` on one CPU device, else 0.
-
-  Chunks keep a CPU's caches warm; accelerators want whole batches, and slicing a batch sharded
-  over several devices would move it between them.
-  """
-  if value >= 0:
-    return value
-  return cpu_default if devices == 1 and jax.default_backend() == "cpu" else 0
-
-
-def conv_batch_chunk(config: ml_collections.ConfigDict) -> int:
-  """Images per convolution call (0: the whole batch at once).
-
-  `config.conv_batch_chunk` -1 (the default) chunks on a single CPU device and turns chunking
-  off on accelerators and when a batch is sharded over several devices; 0 turns it off, N > 0
-  forces chunks of N.
-  """
-  value = int(config.get("conv_batch_chunk", -1))
-  return cpu_chunk(value, CPU_CONV_BATCH_CHUNK, jax.device_count())
-
-
-@functools.cache
-def batch_chunked_conv(chunk: int) -> Callable[..., jax.Array]:
-  """`lax.conv_general_dilated` run on `chunk` images at a time, the results concatenated.
-
-  Why: XLA:CPU's convolutions, their weight gradients above all, slow down per image once a
-  batch's activations outgrow the caches (ResNet18's train step at batch 128: 30 -> 41 samples/s
-  in chunks of 8). Each image is convolved alone either way, so outputs are the same and only
-  the summation order of the weight gradient changes. Python slices rather than `lax.map`: the
-  backward pass of a scan over convolutions ran ten times slower. Cached, so equal chunks give
-  equal graph definitions (and jit cache hits).
-  """
-
-  def conv(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-    pieces = range(0, lhs.shape[0], chunk) if chunk > 0 else [0]
-    if len(pieces) == 1:
-      return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
-    return jnp.concatenate(
-      [jax.lax.conv_general_dilated(lhs[i : i + chunk], rhs, *args, **kwargs) for i in pieces]
-    )
-
-  return conv
 
 
 def _conv(
@@ -85,7 +36,6 @@ def _conv(
   dtype: Any,
   rngs: nnx.Rngs,
   resnet: bool = False,
-  batch_chunk: int = 0,
 ) -> nnx.Conv:
   """A square conv with torch-style explicit padding; ResNet convs have no bias and He init."""
   extra = {"use_bias": False, "kernel_init": _HE_NORMAL} if resnet else {}
@@ -97,7 +47,6 @@ def _conv(
     padding=((pad, pad), (pad, pad)),
     dtype=dtype,
     rngs=rngs,
-    conv_general_dilated=batch_chunked_conv(batch_chunk),
     **extra,
   )
 
@@ -141,7 +90,6 @@ class AlexNet(nnx.Module):
     dtype: Any,
     rngs: nnx.Rngs,
     dropout_rate: float = 0.5,
-    batch_chunk: int = 0,
   ):
     layout = [
       (1, 64, 11, 4, 2),
@@ -150,16 +98,16 @@ class AlexNet(nnx.Module):
       (384, 256, 3, 1, 1),
       (256, 256, 3, 1, 1),
     ]  # (in, out, kernel, stride, padding) as in torchvision
-    self.convs = nnx.List(
-      [_conv(*c, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk) for c in layout]
-    )
+    self.convs = nnx.List([_conv(*c, dtype=dtype, rngs=rngs) for c in layout])
     self.pool_after = (0, 1, 4)  # indices of the convs followed by a 3x3/2 max-pool
     self.fc1 = nnx.Linear(256 * 6 * 6, 4096, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(4096, 4096, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(4096, num_classes, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate)
 
-  def __call__(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None = None):
+  def __call__(
+    self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     for i, conv in enumerate(self.convs):
       x = nnx.relu(conv(x))
       if i in self.pool_after:
@@ -174,11 +122,9 @@ class AlexNet(nnx.Module):
 class BasicBlock(nnx.Module):
   """ResNet basic block: two 3x3 convs and a (projected, when the shape changes) shortcut."""
 
-  def __init__(
-    self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs, batch_chunk: int = 0
-  ):
+  def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
     kw = {"dtype": dtype, "rngs": rngs}
-    conv_kw = {**kw, "resnet": True, "batch_chunk": batch_chunk}
+    conv_kw = {**kw, "resnet": True}
     self.conv1 = _conv(in_ch, out_ch, 3, stride, 1, **conv_kw)
     self.bn1 = _batch_norm(out_ch, **kw)
     self.conv2 = _conv(out_ch, out_ch, 3, 1, 1, **conv_kw)
@@ -206,45 +152,22 @@ class ResNet(nnx.Module):
     *,
     dtype: Any,
     rngs: nnx.Rngs,
-    batch_chunk: int = 0,
   ):
-    self.stem = _conv(1, 64, 7, 2, 3, resnet=True, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk)
+    self.stem = _conv(1, 64, 7, 2, 3, resnet=True, dtype=dtype, rngs=rngs)
     self.stem_bn = _batch_norm(64, dtype=dtype, rngs=rngs)
     blocks, in_ch = [], 64
     for stage, size in enumerate(stage_sizes):
       out_ch = 64 * 2**stage
       for i in range(size):
         stride = 2 if stage > 0 and i == 0 else 1
-        blocks.append(
-          BasicBlock(in_ch, out_ch, stride, dtype=dtype, rngs=rngs, batch_chunk=batch_chunk)
-        )
+        blocks.append(BasicBlock(in_ch, out_ch, stride, dtype=dtype, rngs=rngs))
         in_ch = out_ch
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None = None):
-    del dropout_key  # ResNets have no dropout; the argument keeps one call signature.
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nnx.relu(self.stem_bn(self.stem(x), use_running_average=not train))
     x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x, train=train)
     return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
-
-
-_FACTORIES: dict[str, Callable[..., nnx.Module]] = {
-  "alexnet": AlexNet,
-  "resnet18": lambda num_classes, **kw: ResNet((2, 2, 2, 2), num_classes, **kw),
-  "resnet34": lambda num_classes, **kw: ResNet((3, 4, 6, 3), num_classes, **kw),
-}
-
-
-def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-  """Builds `config.model` with `config.num_classes` outputs in compute dtype `config.dtype`."""
-  if config.model not in _FACTORIES:
-    raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(_FACTORIES)}")
-  return _FACTORIES[config.model](
-    config.num_classes,
-    dtype=jnp.dtype(config.dtype),
-    rngs=rngs,
-    batch_chunk=conv_batch_chunk(config),
-  )

@@ -13,36 +13,13 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
 # Launcher variables that report how many processes a job has; > 1 means a cluster is configured.
 _PROCESS_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-
-
-_CACHE_VARIABLE = "MCALC_JAX_COMPILATION_CACHE"
-_DEFAULT_CACHE = os.path.join("~", ".cache", "mcalc_jax", "xla")
-
-
-def enable_compilation_cache() -> str | None:
-  """Keeps compiled XLA programs on disk, so that a rerun of a job skips compilation.
-
-  Each job compiles its networks at start-up (seconds per network and batch shape on a CPU, more
-  on accelerators); with the cache a rerun, a resumed run or the next fold loads them instead.
-  `JAX_COMPILATION_CACHE_DIR`, when set, is JAX's own setting and wins; else
-  `MCALC_JAX_COMPILATION_CACHE` names the folder (default ~/.cache/mcalc_jax/xla), and 'off'
-  disables the cache. Returns the folder in use, or None.
-  """
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  directory = os.environ.get(_CACHE_VARIABLE, _DEFAULT_CACHE)
-  if directory.lower() in ("", "off", "0", "false"):
-    return None
-  directory = os.path.expanduser(directory)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  return directory
 
 
 def maybe_initialize_distributed(
@@ -115,3 +92,15 @@ def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, np.nd
   padding = [(0, padded_n - n)] + [(0, 0)] * (array.ndim - 1)
   mask = np.arange(padded_n) < n
   return np.pad(array, padding), mask
+
+
+def gather_rows(values: np.ndarray) -> np.ndarray:
+  """Concatenates 1-D arrays of different lengths from all processes, in process order
+  (the identity on one process)."""
+  if jax.process_count() == 1:
+    return values
+  lengths = multihost_utils.process_allgather(np.array([len(values)]))
+  padded = np.zeros(int(lengths.max()), values.dtype)
+  padded[: len(values)] = values
+  gathered = multihost_utils.process_allgather(padded)
+  return np.concatenate([row[:n] for row, n in zip(gathered, lengths.ravel(), strict=True)])

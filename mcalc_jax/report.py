@@ -14,24 +14,11 @@ import json
 import os
 from collections.abc import Sequence
 
-from mcalc_jax import metrics
+from mcalc_jax import metrics, networks
 
-COLUMNS = (
-  "Run",
-  "Task",
-  "Network",
-  "CI",
-  "AUC",
-  "Accuracy",
-  "Sensitivity",
-  "Specificity",
-  "PPV",
-  "NPV",
-  "Threshold",
-  "n",
-)
-_METRIC_COLUMNS = dict(zip(COLUMNS[4:10], metrics.METRICS, strict=True))
-NETWORK_NAMES = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet34": "ResNet34"}
+# One column per registered reported metric, in the registry's order.
+_METRIC_COLUMNS = {metrics.REGISTRY[name].column: name for name in metrics.METRICS}
+COLUMNS = ("Run", "Task", "Network", "CI", *_METRIC_COLUMNS, "Threshold", "n")
 CI_LABELS = {
   "paper": "paper: Wald, n = test set",
   "wald": "Wald, n = metric's denominator",
@@ -43,8 +30,7 @@ FOLD_COLUMNS = (
   "Network",
   "Folds",
   "AUC per fold",
-  "AUC mean ± sd",
-  "Accuracy mean ± sd",
+  *(f"{metrics.REGISTRY[name].column} mean ± sd" for name in metrics.FOLD_SPREAD_METRICS),
   "Patients per fold",
 )
 PAPER_COLUMNS = ("Task", "Network", "AUC", "Accuracy", "Sensitivity", "Specificity", "PPV", "NPV")
@@ -85,7 +71,7 @@ def load_evaluation(run_dir: str | os.PathLike, split: str = "test") -> dict:
 
 
 def fold_spread_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
-  """One row per cross-validated run: each fold's AUC, and mean +- sd of AUC and accuracy."""
+  """One row per cross-validated run: each fold's AUC, and mean +- sd of the fold-spread metrics."""
   rows = []
   for evaluation in sorted(evaluations, key=_sort_key):
     if "cv" not in evaluation:
@@ -106,11 +92,10 @@ def fold_spread_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
       [
         run.get("dir", ""),
         str(cv["task"]),
-        NETWORK_NAMES.get(cv["network"], cv["network"]),
+        networks.display_name(cv["network"]),
         str(cv["folds"]),
         per_fold,
-        mean_sd("auc"),
-        mean_sd("accuracy"),
+        *(mean_sd(name) for name in metrics.FOLD_SPREAD_METRICS),
         ", ".join(f"{fold['patients']}" for fold in cv["per_fold"]),
       ]
     )
@@ -139,7 +124,7 @@ def _n_cell(evaluation: dict) -> str:
 
 def _sort_key(evaluation: dict) -> tuple:
   network = evaluation["run"].get("network", "")
-  order = list(NETWORK_NAMES)
+  order = list(networks.NETWORKS)
   rank = order.index(network) if network in order else len(order)
   return (evaluation["run"].get("task", 0), rank)
 
@@ -153,7 +138,7 @@ def table_rows(evaluations: Sequence[dict], digits: int = 2) -> list[dict[str, s
     common = {
       "Run": run.get("dir", run.get("workdir", "")),
       "Task": str(run.get("task", "")),
-      "Network": NETWORK_NAMES.get(run.get("network", ""), run.get("network", "")),
+      "Network": networks.display_name(run.get("network", "")),
       "Threshold": f"{threshold['value']:.3f} ({threshold['policy']} on {threshold['chosen_on']})",
       "n": _n_cell(evaluation),
     }

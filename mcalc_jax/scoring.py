@@ -35,7 +35,7 @@ import numpy as np
 
 from input_pipeline import breast
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import checkpointing, parallel
+from mcalc_jax import inference, parallel
 from mcalc_jax.preprocess import PreprocessOptions
 
 ProbabilitiesFn = Callable[[jax.Array], jax.Array]
@@ -194,7 +194,7 @@ class _Pack:
 class Scorer:
   """Scores whole mammograms with a Task 1 classifier and, optionally, a Task 2 classifier.
 
-  `task1`/`task2` are `checkpointing.Classifier`s, other `ClassifierLike` objects, or bare
+  `task1`/`task2` are `inference.Classifier`s, other `ClassifierLike` objects, or bare
   jit-able probabilities functions (float32 [N, S, S, 1] in [0, 1] -> [N, 2]; then give
   `patch_size`).
   `batch_size` is the global tile batch over the local devices (rounded up to a multiple of
@@ -421,19 +421,19 @@ def _device_probabilities(
 ) -> ProbabilitiesFn:
   """A jit-able, asynchronous probabilities function of device arrays on this process's mesh.
 
-  `checkpointing.Classifier.probabilities` takes host arrays and runs SPMD over every process's
+  `inference.Classifier.probabilities` takes host arrays and runs SPMD over every process's
   devices; scoring keeps tiles on this process's devices, so it calls the same jitted model
   function (same preprocessing) with the variables' local copies.
   """
-  if isinstance(model, checkpointing.Classifier):
+  if isinstance(model, inference.Classifier):
     variables = jax.tree.map(lambda x: _local_copy(x, replicated), model.variables)
     options = PreprocessOptions.from_config(model.config)
     return functools.partial(
-      checkpointing._probabilities,
+      inference.probabilities,
       model.graphdef,
       variables,
       options=options,
-      micro_batch=checkpointing.inference_micro_batch(model.config, replicated.mesh),
+      chunk=inference.inference_chunk(model.config, replicated.mesh),
     )
   return getattr(model, "probabilities", model)
 

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.struct
@@ -28,14 +28,11 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import parameter_overview
-from flax import nnx
-from jax.experimental import multihost_utils
+from flax import nnx, traverse_util
 
-from mcalc_jax import checkpointing, metrics, models, parallel, writers
+from input_pipeline import patch_data
+from mcalc_jax import checkpointing, inference, metrics, networks, parallel, writers
 from mcalc_jax.preprocess import PreprocessOptions, preprocess
-
-SYNTHETIC_DATASET = "synthetic"
-_NON_ID_FIELDS = ("image", "label", "mask")
 
 
 @flax.struct.dataclass
@@ -48,7 +45,7 @@ class TrainState:
   opt_state: optax.OptState
 
   def variables(self) -> dict[str, nnx.State]:
-    """The model variables, as `checkpointing.Classifier` and the 'model' checkpoint item hold them."""
+    """The model variables, as `inference.Classifier` and the 'model' checkpoint item hold them."""
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
@@ -57,10 +54,10 @@ def create_train_state(
 ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState]:
   """Initialises the model and Adam from `config.seed`, replicated over `mesh`."""
   tx = optax.adam(config.learning_rate)
-  graphdef, _ = checkpointing.abstract_variables(config, mesh)
+  graphdef, _ = inference.abstract_variables(config, mesh)
 
   def init() -> TrainState:
-    model = models.create_model(config, nnx.Rngs(config.seed))
+    model = networks.create_model(config, nnx.Rngs(config.seed))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
@@ -76,6 +73,7 @@ def train_step(
   tx: optax.GradientTransformation,
   options: PreprocessOptions,
   seed: int,
+  network: str,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam step on the mean cross-entropy of `batch`; returns the new state and batch metrics."""
   dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -85,7 +83,7 @@ def train_step(
   model = nnx.merge(graphdef, state.params, state.batch_stats)
 
   def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
-    logits = model(images, train=True, dropout_key=dropout_key)
+    logits = networks.call(model, network, images, train=True, dropout_key=dropout_key)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return loss, logits
 
@@ -114,23 +112,10 @@ def make_train_step(
     tx=tx,
     options=PreprocessOptions.from_config(config),
     seed=config.seed,
+    network=config.model,
   )
   replicated = parallel.replicated(mesh)
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
-
-
-def predict(
-  classifier: checkpointing.Classifier, batches: Iterable[Mapping[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-  """P(class 1), label and id fields of every unmasked example in `batches` (this process's)."""
-  parts: dict[str, list[np.ndarray]] = {}
-  for batch in batches:
-    keep = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)), bool)
-    fields = {"prob": classifier.probabilities(batch["image"])[:, 1], "label": batch["label"]}
-    fields |= {k: v for k, v in batch.items() if k not in _NON_ID_FIELDS}
-    for key, value in fields.items():
-      parts.setdefault(key, []).append(np.asarray(value)[keep])
-  return {key: np.concatenate(values) for key, values in parts.items()}
 
 
 def validation_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -141,13 +126,13 @@ def validation_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float("nan")
 
 
-def evaluate(
-  classifier: checkpointing.Classifier, batches: Iterable[Mapping[str, np.ndarray]]
+def validate(
+  classifier: inference.Classifier, batches: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[str, float]:
-  """Loss, accuracy (threshold 0.5) and AUC over all processes' unmasked examples."""
-  predictions = predict(classifier, batches)
-  prob = _gather_from_processes(predictions["prob"].astype(np.float64))
-  label = _gather_from_processes(predictions["label"].astype(np.int64))
+  """Validation loss, accuracy (threshold 0.5) and AUC over all processes' unmasked examples."""
+  predictions = inference.predict(classifier, batches)
+  prob = parallel.gather_rows(predictions["prob"].astype(np.float64))
+  label = parallel.gather_rows(predictions["label"].astype(np.int64))
   p_true = np.clip(np.where(label == 1, prob, 1.0 - prob), 1e-7, 1.0)
   return {
     "loss": float(-np.log(p_true).mean()),
@@ -155,94 +140,6 @@ def evaluate(
     "auc": validation_auc(label, prob),
     "num_examples": float(len(label)),
   }
-
-
-def _gather_from_processes(values: np.ndarray) -> np.ndarray:
-  """Concatenates 1-D arrays of different lengths from all processes (identity on one)."""
-  if jax.process_count() == 1:
-    return values
-  lengths = multihost_utils.process_allgather(np.array([len(values)]))
-  padded = np.zeros(int(lengths.max()), values.dtype)
-  padded[: len(values)] = values
-  gathered = multihost_utils.process_allgather(padded)
-  return np.concatenate([row[:n] for row, n in zip(gathered, lengths.ravel(), strict=True)])
-
-
-class SyntheticPatchData:
-  """A PatchData source of generated patches: smoke tests, CLI checks and benchmarks.
-
-  Background patches are smooth noise; calcification patches (label 1) add a few bright specks,
-  so the task is learnable. Batch contents depend only on (seed, step, process), which makes
-  `train_batches(start_step)` replay exactly.
-  """
-
-  def __init__(
-    self, config: ml_collections.ConfigDict, *, train_examples: int = 256, eval_examples: int = 64
-  ):
-    self._size = int(config.patch_size)
-    self._seed = int(config.seed)
-    self._local_batch = config.batch_size // jax.process_count()
-    self._eval_batch = config.eval_batch_size // jax.process_count()
-    self._examples = {config.train_split: train_examples}
-    self._examples |= {config.eval_split: eval_examples, config.test_split: eval_examples}
-
-  def num_examples(self, split: str) -> int:
-    return self._examples[split]
-
-  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    for step in range(start_step, 2**62):
-      rng = np.random.default_rng([self._seed, step, jax.process_index()])
-      yield self._patches(rng, self._local_batch)
-
-  def eval_batches(self, split: str) -> Iterator[dict[str, Any]]:
-    rng = np.random.default_rng([self._seed, len(split), 2**31])
-    examples = self._patches(rng, self._examples[split])
-    ids = np.array([f"synthetic-{i}" for i in range(self._examples[split])], object)
-    examples |= {"patient_id": ids, "image_id": ids, "finding_id": ids, "patch_id": ids}
-    mine = {k: v[jax.process_index() :: jax.process_count()] for k, v in examples.items()}
-    for start in range(0, len(mine["label"]), self._eval_batch):
-      chunk = {k: v[start : start + self._eval_batch] for k, v in mine.items()}
-      yield {k: _pad_rows(v, self._eval_batch) for k, v in chunk.items()}
-
-  def _patches(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    labels = rng.integers(0, 2, n).astype(np.int32)
-    images = 0.3 + 0.05 * rng.standard_normal((n, self._size, self._size, 1))
-    for i in np.flatnonzero(labels):
-      rows, cols = rng.integers(2, self._size - 2, (2, 5))
-      for r, c in zip(rows, cols, strict=True):
-        images[i, r - 1 : r + 2, c - 1 : c + 2] = 0.9
-    return {
-      "image": np.clip(images, 0, 1).astype(np.float32),
-      "label": labels,
-      "mask": np.ones(n, bool),
-    }
-
-
-def _pad_rows(values: np.ndarray, size: int) -> np.ndarray:
-  """Pads to `size` rows: zeros (mask False for 'mask'), empty strings for ids."""
-  if values.dtype == object:
-    return np.concatenate([values, np.full(size - len(values), "", object)])
-  return parallel.pad_to_multiple(values, size)[0]
-
-
-def create_data(config: ml_collections.ConfigDict) -> Any:
-  """The PatchData source named by `config.dataset`: 'synthetic' or a TFDS patch dataset.
-
-  A TFDS dataset streams on grain or, with `config.input_backend = "tfdata"`, on tf.data (same
-  batches). The backend is checked first, so a typo fails even for the synthetic data.
-  """
-  backend = config.get("input_backend", "grain")  # configs saved before the field: grain
-  if backend not in ("grain", "tfdata"):
-    raise ValueError(f"config.input_backend must be 'grain' or 'tfdata', not {backend!r}")
-  if config.dataset == SYNTHETIC_DATASET:
-    return SyntheticPatchData(config)
-  from input_pipeline import pipeline  # noqa: PLC0415  (the data issue's module; heavy imports)
-
-  if backend == "grain":
-    return pipeline.TfdsPatchData(config)
-  from input_pipeline import tfdata_pipeline  # noqa: PLC0415  (imports TensorFlow on use)
-
-  return tfdata_pipeline.TfdataPatchData(pipeline.TfdsPatchData(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +187,7 @@ class EarlyStopping:
   def update(self, step: int, value: float) -> None:
     """Records an evaluation. A tie moves the best step (as Orbax's BestN keeps the later
     checkpoint) but does not reset the patience."""
-    improved = checkpointing.metric_is_better(self.metric, value, self.best_value)
+    improved = metrics.is_better(self.metric, value, self.best_value)
     if improved or value == self.best_value:
       self.best_value, self.best_step = value, step
     self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
@@ -312,8 +209,10 @@ class ProgressLog:
     self._last_step, self._last_time = start_step, time.perf_counter()
     self._metrics: list[dict[str, jax.Array]] = []
 
-  def record(self, step: int, metrics: dict[str, jax.Array], writer: writers.MetricWriter) -> None:
-    self._metrics.append(metrics)
+  def record(
+    self, step: int, step_metrics: dict[str, jax.Array], writer: writers.MetricWriter
+  ) -> None:
+    self._metrics.append(step_metrics)
     if not self._schedule.is_due(step, self._schedule.log_every):
       return
     now = time.perf_counter()
@@ -335,8 +234,8 @@ class ProgressLog:
     self._last_step, self._last_time, self._metrics = step, now, []
 
 
-def _stack(metrics: list[dict[str, jax.Array]]) -> dict[str, list[jax.Array]]:
-  return {k: [m[k] for m in metrics] for k in metrics[0]}
+def _stack(records: list[dict[str, jax.Array]]) -> dict[str, list[jax.Array]]:
+  return {k: [r[k] for r in records] for k in records[0]}
 
 
 def _raise_if_not_finite(step: int, loss: jax.Array) -> None:
@@ -390,17 +289,6 @@ def _restore_or_start(
   return restored, dataclasses.replace(early_stopping, **progress)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}, for hyper-parameter tables."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat |= _flatten(value, f"{prefix}{key}.")
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Any = None
 ) -> dict[str, Any]:
@@ -409,7 +297,7 @@ def train_and_evaluate(
   Args:
     config: the run configuration (configs/default.py).
     workdir: checkpoints, config.json and TensorBoard events go here.
-    data: a PatchData source (docs/design.md); default: `create_data(config)`.
+    data: a PatchData source (docs/design.md); default: `patch_data.create_data(config)`.
 
   Returns:
     A summary: the step this invocation started from and ended at, the best step and metric
@@ -419,7 +307,7 @@ def train_and_evaluate(
     raise ValueError(
       f"batch_size {config.batch_size} is not a multiple of the {jax.device_count()} devices"
     )
-  data = create_data(config) if data is None else data
+  data = patch_data.create_data(config) if data is None else data
   mesh = parallel.make_mesh()
   schedule = Schedule.from_config(config, data)
   graphdef, tx, state = create_train_state(config, mesh)
@@ -427,7 +315,7 @@ def train_and_evaluate(
   parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), msg=config.model)
   writer = writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   try:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(traverse_util.flatten_dict(config.to_dict(), sep="."))
     with checkpointing.create_manager(workdir, config) as manager:
       run = _Run(config, data, mesh, schedule, graphdef, tx, manager, writer)
       early_stopping = EarlyStopping(config.early_stopping_metric, config.early_stopping_patience)
@@ -453,18 +341,18 @@ def _train_loop(run: _Run, state: TrainState, early_stopping: EarlyStopping) -> 
     batch = next(batches)
     if step == start_step:
       _check_batch_shape(batch, config)
-    state, metrics = step_fn(state, parallel.global_batch(batch, run.mesh))
+    state, step_metrics = step_fn(state, parallel.global_batch(batch, run.mesh))
     if pending_loss is not None:  # checked one step late, so the host never waits on the device
       _raise_if_not_finite(step, pending_loss)
-    step, pending_loss = step + 1, metrics["loss"]
-    progress.record(step, metrics, run.writer)
+    step, pending_loss = step + 1, step_metrics["loss"]
+    progress.record(step, step_metrics, run.writer)
     evaluate_now = schedule.is_due(step, schedule.eval_every)
     if not (evaluate_now or schedule.is_due(step, schedule.checkpoint_every)):
       continue
     _raise_if_not_finite(step, pending_loss)  # never checkpoint a diverged state
     if evaluate_now:
-      classifier = checkpointing.Classifier(config, run.graphdef, state.variables(), run.mesh)
-      validation = evaluate(classifier, run.data.eval_batches(config.eval_split))
+      classifier = inference.Classifier(config, run.graphdef, state.variables(), run.mesh)
+      validation = validate(classifier, run.data.eval_batches(config.eval_split))
       early_stopping.update(step, validation[config.early_stopping_metric])
       run.writer.write_scalars(step, {f"validation/{k}": v for k, v in validation.items()})
     checkpointing.save(

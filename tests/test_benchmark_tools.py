@@ -6,14 +6,14 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from mcalc_jax import models
-from tools import benchmark
+from mcalc_jax import networks
+from tools.benchmarks import networks as benchmark
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet34"])
 def test_resnet_convs_are_the_models_convolutions(model):
   config = ml_collections.ConfigDict({"model": model, "num_classes": 2, "dtype": "float32"})
-  net = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: networks.create_model(config, nnx.Rngs(0)))
   kernels = Counter(
     (node.kernel.shape, node.strides, node.padding)
     for _, node in nnx.iter_graph(net)

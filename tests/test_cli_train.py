@@ -17,10 +17,10 @@ def _mcalc_train(*args: str) -> subprocess.CompletedProcess:
 
 def test_trains_an_experiment_config_with_overrides(tmp_path):
   result = _mcalc_train(
-    "--config=configs/task1_alexnet.py",
+    "--config=configs/default.py:task=1,model=alexnet",
     f"--workdir={tmp_path}",
     "--config.num_train_steps=2",
-    "--config.dataset=synthetic",  # generated patches: no dataset to build
+    "--config.dataset=noise",  # generated noise patches: no dataset to build
     "--config.batch_size=8",
     "--config.patch_size=64",
     "--config.preprocess.input_size=64",
@@ -35,7 +35,9 @@ def test_trains_an_experiment_config_with_overrides(tmp_path):
 
 def test_misspelt_config_field_fails_with_a_suggestion(tmp_path):
   result = _mcalc_train(
-    "--config=configs/task1_alexnet.py", f"--workdir={tmp_path}", "--config.learning_rat=3e-4"
+    "--config=configs/default.py:task=1,model=alexnet",
+    f"--workdir={tmp_path}",
+    "--config.learning_rat=3e-4",
   )
   assert result.returncode != 0
   assert "unknown --config field 'learning_rat'" in result.stderr

@@ -10,26 +10,13 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from configs import default
-from input_pipeline import tfds_builder
-from input_pipeline.manifest import Finding, write_manifest
 from mcalc_jax import cv, report
+from mcalc_jax.configs import default
+from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
 REPO = pathlib.Path(__file__).parents[1]
-NUM_PATIENTS = 10
 FOLDS = 3
-
-
-def write_png(path, calcifications=()) -> None:
-  """A 160x120 8-bit image: a bright half-disc of breast against the left edge."""
-  rows, cols = np.mgrid[:160, :120]
-  inside = (rows - 80) ** 2 + cols**2 < 110**2
-  pixels = np.where(inside, 120 + np.random.default_rng(0).integers(0, 40, (160, 120)), 3)
-  for row, col in calcifications:
-    pixels[row - 1 : row + 2, col - 1 : col + 2] = 255
-  Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
 def build_dataset(folder) -> str:
@@ -38,30 +25,8 @@ def build_dataset(folder) -> str:
   Every patient has a cluster so that each fold's validation part (20% of each label stratum of
   its training part) holds calcification patches.
   """
-  findings = []
-  for p in range(NUM_PATIENTS):
-    for view in ("CC", "MLO"):
-      name = f"p{p}_{view}.png"
-      if view == "CC":
-        write_png(folder / name, [(60, 40)])
-        label = "malignant" if p % 2 == 0 else "benign"
-        findings.append(
-          Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60, radius=5)
-        )
-      else:
-        write_png(folder / name)
-        findings.append(Finding(f"p{p}", name, view=view))
-  write_manifest(folder / "manifest.csv", findings)
-  config = tfds_builder.data_config("manifest", str(folder / "manifest.csv"))
-  config.name, config.patch.size, config.patch.per_cluster = "cvtiny", 32, 3
-  builder = tfds_builder.McalcPatches(
-    config=tfds_builder.builder_config(config),
-    data_dir=str(folder / "tfds"),
-    file_format="array_record",
-    location=config.location,
-  )
-  builder.download_and_prepare()
-  return str(builder.data_dir_root)
+  manifest = write_cohort(folder, cluster_every=1, corrupt=False)
+  return str(build(manifest, str(folder / "tfds"), name="cvtiny").data_dir_root)
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import types
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-import mcalc_jax
 from mcalc_jax import evaluation, metrics
 
 
 def synthetic_predictions(
   seed: int, *, patients: int = 20, per_patient: int = 6, shift: float = 0.0
 ) -> dict[str, np.ndarray]:
-  """What train.predict returns: probabilities, labels and the id fields, as numpy arrays."""
+  """What inference.predict returns: probabilities, labels and the id fields, as numpy arrays."""
   rng = np.random.default_rng(seed)
   n = patients * per_patient
   label = rng.integers(0, 2, n)
@@ -133,12 +131,6 @@ def test_unusable_predictions_are_rejected_naming_the_split():
     evaluation.evaluate_predictions(val, test)
 
 
-def _install(monkeypatch, package: types.ModuleType, name: str, module) -> None:
-  """Makes `from package import name` give `module` for this test only."""
-  monkeypatch.setitem(sys.modules, f"{package.__name__}.{name}", module)
-  monkeypatch.setattr(package, name, module, raising=False)
-
-
 def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch):
   # Stand-ins for the trained classifier and the dataset: evaluate_run only wires them together.
   config = types.SimpleNamespace(
@@ -160,11 +152,10 @@ def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch
     loaded.append((str(workdir), which))
     return types.SimpleNamespace(config=config)
 
-  _install(monkeypatch, mcalc_jax, "checkpointing", types.SimpleNamespace(load_classifier=load))
   data = lambda cfg: types.SimpleNamespace(eval_batches=lambda split: split)  # noqa: E731
-  _install(
-    monkeypatch, mcalc_jax, "train", types.SimpleNamespace(predict=predict, create_data=data)
-  )
+  monkeypatch.setattr(evaluation.inference, "load_classifier", load)
+  monkeypatch.setattr(evaluation.inference, "predict", predict)
+  monkeypatch.setattr(evaluation.patch_data, "create_data", data)
 
   result = evaluation.evaluate_run(tmp_path, "test", "latest", resamples=100)
 

@@ -79,14 +79,3 @@ def test_overlay_is_a_png_in_the_original_orientation(tmp_path, flipped_scores):
   assert (rgb[..., 0] - rgb[..., 2] > 100).any()  # red (hot) and blue (cold) both appear
   assert (rgb[..., 2] - rgb[..., 0] > 100).any()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
-
-
-def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-  path = tmp_path / "c.txt"
-  path.write_text("old")
-  with pytest.raises(RuntimeError), heatmaps.atomic_write(path, "w") as f:
-    f.write("half")
-    raise RuntimeError("killed")
-
-  assert path.read_text() == "old"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]

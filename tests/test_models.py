@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mcalc_jax import models
+from mcalc_jax import models, networks
 
 # torchvision's counts (3 input channels, 1000 classes) minus the first conv's two extra input
 # channels and minus the 998 extra head outputs. BatchNorm scale and bias count (torch
@@ -23,7 +23,7 @@ def _config(model: str, dtype: str = "float32") -> ml_collections.ConfigDict:
 
 
 def _abstract_model(model: str, dtype: str = "float32") -> nnx.Module:
-  return nnx.eval_shape(lambda: models.create_model(_config(model, dtype), nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: networks.create_model(_config(model, dtype), nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize("model", sorted(EXPECTED_PARAMS))
@@ -36,8 +36,8 @@ def test_parameter_count_matches_torchvision(model):
 @pytest.mark.parametrize("train", [True, False])
 def test_two_logits_per_patch(model, train):
   def forward(images):
-    net = models.create_model(_config(model), nnx.Rngs(0))
-    return net(images, train=train, dropout_key=jax.random.key(0))
+    net = networks.create_model(_config(model), nnx.Rngs(0))
+    return networks.call(net, model, images, train=train, dropout_key=jax.random.key(0))
 
   logits = jax.eval_shape(forward, jax.ShapeDtypeStruct((3, 112, 112, 1), jnp.float32))
   assert logits.shape == (3, 2) and logits.dtype == jnp.float32
@@ -45,7 +45,7 @@ def test_two_logits_per_patch(model, train):
 
 def test_bfloat16_computes_in_bfloat16_with_float32_params():
   def forward(images):
-    net = models.create_model(_config("resnet18", "bfloat16"), nnx.Rngs(0))
+    net = networks.create_model(_config("resnet18", "bfloat16"), nnx.Rngs(0))
     return nnx.state(net, nnx.Param), net.stem(images), net(images, train=False)
 
   params, features, logits = jax.eval_shape(
@@ -72,35 +72,4 @@ def test_adaptive_avg_pool_is_identity_at_6x6_and_averages_larger_maps():
 
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match="resnet50"):
-    models.create_model(_config("resnet50"), nnx.Rngs(0))
-
-
-def test_batch_chunked_convolutions_give_the_whole_batch_logits_and_gradients():
-  images = jax.random.uniform(jax.random.key(1), (20, 64, 64, 1))  # 20: the last chunk is ragged
-  labels = jnp.arange(20) % 2
-
-  def logits_and_grads(chunk: int):
-    config = _config("resnet18")
-    config.conv_batch_chunk = chunk
-    net = models.create_model(config, nnx.Rngs(0))
-
-    def loss(net):
-      logits = net(images, train=True)
-      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(20), labels]), logits
-
-    return nnx.grad(loss, has_aux=True)(net)
-
-  grads, logits = logits_and_grads(0)
-  chunked_grads, chunked_logits = logits_and_grads(8)
-  np.testing.assert_allclose(chunked_logits, logits, atol=1e-5)
-  for whole, chunked in zip(jax.tree.leaves(grads), jax.tree.leaves(chunked_grads), strict=True):
-    np.testing.assert_allclose(chunked, whole, atol=1e-5 * float(jnp.max(jnp.abs(whole))) + 1e-7)
-
-
-def test_conv_batch_chunk_is_on_for_one_cpu_device_and_off_when_sharded(monkeypatch):
-  assert models.conv_batch_chunk(_config("resnet18")) == models.CPU_CONV_BATCH_CHUNK
-  forced = _config("alexnet")
-  forced.conv_batch_chunk = 0
-  assert models.conv_batch_chunk(forced) == 0
-  monkeypatch.setattr(jax, "device_count", lambda: 8)
-  assert models.conv_batch_chunk(_config("resnet18")) == 0
+    networks.create_model(_config("resnet50"), nnx.Rngs(0))

@@ -6,8 +6,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8, so the rest of the suite kee
 
 import json
 import os
-import pathlib
-import runpy
 import subprocess
 import sys
 
@@ -16,8 +14,7 @@ import numpy as np
 import pytest
 
 from mcalc_jax import parallel
-
-DEFAULT_CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "default.py"
+from mcalc_jax.configs import default
 
 # Tolerances of the 8-device vs 1-device comparison after one Adam step (lr 1e-4). Loss and
 # BatchNorm statistics differ only in the order of float32 reductions. Adam's first update is
@@ -100,7 +97,7 @@ def _one_step(mesh, batch):
   """ResNet18 (BatchNorm makes the global-batch statistics matter) at 32x32, one train step."""
   from mcalc_jax import train  # noqa: PLC0415
 
-  config = runpy.run_path(str(DEFAULT_CONFIG))["get_config"]()
+  config = default.get_config()
   config.model, config.patch_size, config.preprocess.input_size = "resnet18", 32, 32
   graphdef, tx, state = train.create_train_state(config, mesh)
   step = train.make_train_step(config, graphdef, tx, mesh)

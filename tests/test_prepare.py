@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs.data import synthetic as synthetic_config
-from input_pipeline import importers, tfds_builder
-from mcalc_jax.cli import prepare
+from input_pipeline import importers, prepare, tfds_builder
+from mcalc_jax.configs import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Patients 105-128 hold all 16 calcification images of the shared split (and their other breast).
@@ -35,7 +34,7 @@ def run_prepare(location: str, data_dir: str) -> str:
     sys.executable,
     "-m",
     "mcalc_jax.cli.prepare",
-    f"--config={os.path.join(REPO, 'configs', 'data', 'mias.py')}",
+    f"--config={os.path.join(REPO, 'configs', 'data.py')}:source=mias",
     f"--config.location={location}",
     f"--data_dir={data_dir}",
   ]
@@ -90,7 +89,7 @@ def test_prepare_builds_all_of_mini_mias(mias_dir, tmp_path):
 
 
 def test_prepare_generates_and_builds_the_synthetic_cohort(tmp_path):
-  config = synthetic_config.get_config()
+  config = data.get_config("source=synthetic")
   config.synthetic.num_patients = 4
   builder = prepare.prepare(config, str(tmp_path))
   assert os.path.isfile(tmp_path / "synthetic_cohort" / "manifest.csv")

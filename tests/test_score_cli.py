@@ -16,10 +16,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from configs import default
 from input_pipeline import manifest
-from mcalc_jax import checkpointing, heatmaps, models, scoring
-from mcalc_jax.cli import score
+from mcalc_jax import archive, checkpointing, heatmaps, inference, networks, scoring
+from mcalc_jax.configs import default
 from tests.test_scoring import PATCH, speck_probabilities, synthetic_mammogram
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -36,7 +35,7 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
   config.preprocess.blur_sigma = 0.0
   config.async_checkpointing = False
   _, params, batch_stats = nnx.split(
-    models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
+    networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
   )
   checkpointing.save_config(config, workdir)
   with checkpointing.create_manager(workdir, config) as manager:
@@ -45,7 +44,7 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
       1,
       {"model": {"params": params, "batch_stats": batch_stats}},
       progress={},
-      metrics={config.early_stopping_metric: 0.5},
+      validation={config.early_stopping_metric: 0.5},
     )
   return workdir
 
@@ -55,7 +54,7 @@ def archive_of(tmp_path: pathlib.Path, *folders: pathlib.Path) -> pathlib.Path:
   root = tmp_path / "archive"
   for folder in folders:
     for path in folder.rglob("*"):
-      if path.is_file() and path.suffix.lower() in score.IMAGE_SUFFIXES:
+      if path.is_file() and path.suffix.lower() in archive.IMAGE_SUFFIXES:
         link = root / folder.name / path.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path)
@@ -87,11 +86,11 @@ def rows_of(path: pathlib.Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def assert_complete(output: pathlib.Path, archive: pathlib.Path, scored: int, failed: int):
+def assert_complete(output: pathlib.Path, folder: pathlib.Path, scored: int, failed: int):
   """Every image has exactly one whole row; every scored one has its npz and overlay."""
   scores, errors = rows_of(output / "scores.csv"), rows_of(output / "errors.csv")
   keys = [r["key"] for r in scores + errors]
-  expected = {i.key for i in score.find_inputs(str(archive))}
+  expected = {i.key for i in archive.find_inputs(str(folder))}
   assert sorted(keys) == sorted(expected) and len(keys) == len(set(keys))
   assert (len(scores), len(errors)) == (scored, failed)
   for row in scores:
@@ -106,26 +105,26 @@ def assert_complete(output: pathlib.Path, archive: pathlib.Path, scored: int, fa
 def test_every_real_image_scores_and_corrupt_files_are_listed(
   tmp_path, checkpoint, nyu_dir, cbis_dir
 ):
-  archive = archive_of(tmp_path, nyu_dir, cbis_dir)
+  folder = archive_of(tmp_path, nyu_dir, cbis_dir)
   output = tmp_path / "scores"
   finish(
     mcalc_score(
       f"--workdir={checkpoint}",
-      f"--input={archive}",
+      f"--input={folder}",
       f"--output={output}",
       f"--task2_workdir={checkpoint}",
       "--task1_threshold=0.735",
     )
   )
 
-  assert_complete(output, archive, scored=12, failed=2)
+  assert_complete(output, folder, scored=12, failed=2)
   for row in rows_of(output / "scores.csv"):  # Task 2 ran where Task 1 reached the threshold
     assert (row["task2_at_max"] != "") == (float(row["task1_max"]) >= 0.735)
   assert "archive" not in (output / "errors.csv").read_text()  # no paths without the flag
 
 
 def test_the_scorer_gives_what_the_classifier_gives_tile_by_tile(checkpoint):
-  classifier = checkpointing.load_classifier(checkpoint)
+  classifier = inference.load_classifier(checkpoint)
   mammogram = synthetic_mammogram((700, 500))
   scores = scoring.Scorer(classifier, min_breast_fraction=0).score(mammogram)
 
@@ -138,9 +137,9 @@ def test_the_scorer_gives_what_the_classifier_gives_tile_by_tile(checkpoint):
 
 
 def test_kill_9_then_rerun_leaves_no_duplicate_or_partial_rows(tmp_path, checkpoint, nyu_dir):
-  archive = archive_of(tmp_path, nyu_dir)
+  folder = archive_of(tmp_path, nyu_dir)
   output = tmp_path / "scores"
-  args = (f"--workdir={checkpoint}", f"--input={archive}", f"--output={output}", "--num_workers=1")
+  args = (f"--workdir={checkpoint}", f"--input={folder}", f"--output={output}", "--num_workers=1")
   first = mcalc_score(*args)
   deadline = time.monotonic() + 240
   while not (output / "scores.csv").exists() or len(rows_of(output / "scores.csv")) < 1:
@@ -155,7 +154,7 @@ def test_kill_9_then_rerun_leaves_no_duplicate_or_partial_rows(tmp_path, checkpo
   finish(mcalc_score(*args))
 
   assert done_before < 8
-  assert_complete(output, archive, scored=8, failed=2)
+  assert_complete(output, folder, scored=8, failed=2)
 
 
 @pytest.fixture
@@ -183,25 +182,25 @@ def speck_scorer() -> scoring.Scorer:
 
 
 def test_a_rerun_skips_finished_images_and_keeps_identifiers_out(synthetic_archive):
-  inputs = score.find_inputs(str(synthetic_archive))
+  inputs = archive.find_inputs(str(synthetic_archive))
   output = synthetic_archive / "out"  # inside the input: its overlays are no inputs
-  score.score_archive(speck_scorer(), inputs[:2], str(output))
+  archive.score_archive(speck_scorer(), inputs[:2], str(output))
   first = (output / "scores.csv").read_text()
-  score.score_archive(speck_scorer(), inputs, str(output))
+  archive.score_archive(speck_scorer(), inputs, str(output))
 
   scores, errors = rows_of(output / "scores.csv"), rows_of(output / "errors.csv")
   assert (output / "scores.csv").read_text().startswith(first)  # old rows untouched
   assert [r["key"] for r in scores] == [i.key for i in inputs if "broken" not in i.path]
   assert [r["key"] for r in errors] == [inputs[0].key] and errors[0]["reason"]
   assert "site" not in (output / "scores.csv").read_text() + (output / "errors.csv").read_text()
-  assert inputs[1].key == score.image_key("site/case0.png")
-  assert score.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
+  assert inputs[1].key == archive.image_key("site/case0.png")
+  assert archive.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
 
 
 def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, tmp_path):
-  inputs = score.find_inputs(str(synthetic_archive / "manifest.csv"))
+  inputs = archive.find_inputs(str(synthetic_archive / "manifest.csv"))
   output = tmp_path / "out"
-  score.score_archive(speck_scorer(), inputs, str(output), keep_identifiers=True)
+  archive.score_archive(speck_scorer(), inputs, str(output), keep_identifiers=True)
 
   case0 = next(r for r in rows_of(output / "scores.csv") if r["path"] == "site/case0.png")
   assert float(case0["task1_max"]) == 1.0
@@ -214,23 +213,23 @@ def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, 
 
 
 def test_each_process_scores_its_own_share(synthetic_archive, tmp_path, monkeypatch):
-  inputs = [i for i in score.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
+  inputs = [i for i in archive.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
   output = tmp_path / "out"
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   for index in (0, 1):
     monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-    score.score_archive(speck_scorer(), inputs, str(output))
+    archive.score_archive(speck_scorer(), inputs, str(output))
 
   for index in (0, 1):
     keys = [r["key"] for r in rows_of(output / f"scores.{index}-of-2.csv")]
     assert keys == [i.key for i in inputs[index::2]]
-  assert score.finished_keys(str(output)) == {i.key for i in inputs}
+  assert archive.finished_keys(str(output)) == {i.key for i in inputs}
 
 
 def test_opening_a_log_drops_a_torn_row_and_repeated_keys(tmp_path):
   path = tmp_path / "scores.csv"
   path.write_text("key,value\na,1\nb,2\na,3\nc,")
-  log = score.CsvLog(str(path), ("key", "value"))
+  log = archive.CsvLog(str(path), ("key", "value"))
   log.append(["c", "4"])
   log.close()
 

@@ -236,17 +236,17 @@ def test_a_classifier_replicated_on_every_device_scores_on_a_subset():
   result = run_on_eight_devices("""
     import json, jax, numpy as np
     from flax import nnx
-    from configs import default
-    from mcalc_jax import checkpointing, models, parallel, scoring
+    from mcalc_jax.configs import default
+    from mcalc_jax import inference, networks, parallel, scoring
     from tests.test_scoring import synthetic_mammogram
     config = default.get_config()
     config.model, config.patch_size, config.preprocess.input_size = "resnet18", 112, 32
     graphdef, params, batch_stats = nnx.split(
-        models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+        networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
     mesh = parallel.make_mesh()
     variables = jax.device_put(
         {"params": params, "batch_stats": batch_stats}, parallel.replicated(mesh))
-    classifier = checkpointing.Classifier(config, graphdef, variables, mesh)
+    classifier = inference.Classifier(config, graphdef, variables, mesh)
     image = synthetic_mammogram((500, 400))
     grids = [scoring.Scorer(classifier, devices=devices).score(image).task1
              for devices in (jax.devices(), jax.devices()[4:])]

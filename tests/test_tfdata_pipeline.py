@@ -9,9 +9,8 @@ import pytest
 from test_pipeline import N, take
 from test_pipeline import make_data as make_grain_data  # the grain tests' cohort
 
-from configs import default
-from input_pipeline import pipeline, tfdata_pipeline
-from mcalc_jax import train
+from input_pipeline import patch_data, pipeline, tfdata_pipeline
+from mcalc_jax.configs import default
 
 NEEDS_TF = "the tf.data backend needs TensorFlow: pip install 'mcalc_jax[tfdata]'"
 
@@ -72,7 +71,7 @@ def test_create_data_picks_the_tfdata_backend(tensorflow, monkeypatch):
   monkeypatch.setattr(pipeline, "TfdsPatchData", lambda config: make_grain_data())
   config = default.get_config()
   config.input_backend = "tfdata"
-  data = train.create_data(config)
+  data = patch_data.create_data(config)
   assert isinstance(data, tfdata_pipeline.TfdataPatchData)
   assert data.num_examples("test") == N
 
@@ -84,7 +83,7 @@ def test_create_data_refuses_an_unknown_backend():
   config = default.get_config()
   config.input_backend = "torch"
   with pytest.raises(ValueError, match="input_backend must be 'grain' or 'tfdata'"):
-    train.create_data(config)
+    patch_data.create_data(config)
 
 
 def test_missing_tensorflow_names_the_extra_to_install(monkeypatch):

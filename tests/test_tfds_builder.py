@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
 from input_pipeline import pipeline, tfds_builder
 from input_pipeline.manifest import Finding, write_manifest
 from mcalc_jax import train
+from mcalc_jax.configs import data, default
 
 NUM_PATIENTS = 10
 
@@ -27,47 +27,47 @@ def write_png(path, calcifications=()) -> None:
   Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
-def write_cohort(folder) -> str:
-  """Patients with two views each; even patients have a calcification; one file is corrupt."""
+def write_cohort(folder, *, cluster_every: int = 2, corrupt: bool = True) -> str:
+  """Patients with two views each; every `cluster_every`-th patient has a calcification on CC,
+  malignant and benign in turn; with `corrupt`, one file is broken. Returns the manifest."""
   findings = []
   for p in range(NUM_PATIENTS):
     for view in ("CC", "MLO"):
       name = f"p{p}_{view}.png"
-      if p % 2 == 0 and view == "CC":
+      if p % cluster_every == 0 and view == "CC":
         write_png(folder / name, [(60, 40)])
-        label = "malignant" if p % 4 == 0 else "benign"
+        label = "malignant" if (p // cluster_every) % 2 == 0 else "benign"
         findings.append(
           Finding(f"p{p}", name, "c1", "calcification", label, col=40, row=60, radius=5)
         )
       else:
         write_png(folder / name)
         findings.append(Finding(f"p{p}", name, view=view))
-  (folder / "p1_MLO.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  if corrupt:
+    (folder / "p1_MLO.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
   manifest = folder / "manifest.csv"
   write_manifest(manifest, findings)
   return str(manifest)
 
 
-def data_config(location: str) -> ml_collections.ConfigDict:
-  config = tfds_builder.data_config("manifest", location)
-  config.name = "tiny"
-  config.patch.size = 32
-  config.patch.per_cluster = 3
-  return config
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("cohort")
-  config = data_config(write_cohort(folder))
+def build(manifest: str, data_dir: str, name: str = "tiny") -> tfds_builder.McalcPatches:
+  """The 32x32 patch dataset of a manifest, 3 patches per cluster."""
+  config = data.get_config("source=manifest")
+  config.location, config.name, config.patch.size, config.patch.per_cluster = manifest, name, 32, 3
   builder = tfds_builder.McalcPatches(
     config=tfds_builder.builder_config(config),
-    data_dir=str(folder / "tfds"),
+    data_dir=data_dir,
     file_format="array_record",
     location=config.location,
   )
   builder.download_and_prepare()
   return builder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("cohort")
+  return build(write_cohort(folder), str(folder / "tfds"))
 
 
 def records(builder, split):
@@ -135,7 +135,7 @@ def test_reopened_dataset_feeds_the_training_pipeline(built):
 
 
 def test_changed_settings_need_a_new_config_name(tmp_path):
-  config = tfds_builder.data_config("mias", str(tmp_path))
+  config = data.get_config(f"source=mias,location={tmp_path}")
   assert tfds_builder.builder_config(config) is tfds_builder.McalcPatches.builder_configs["mias"]
   config.patch.per_cluster = 2
   with pytest.raises(ValueError, match="--config.name"):

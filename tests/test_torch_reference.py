@@ -9,17 +9,17 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from mcalc_jax import models
+from mcalc_jax import networks
 
 torch = pytest.importorskip("torch")
-torch_reference = pytest.importorskip("tools.torch_reference")
+torch_reference = pytest.importorskip("tools.benchmarks.torch_reference")
 
 MODELS = ("alexnet", "resnet18", "resnet34")
 
 
 def _jax_param_count(model: str) -> int:
   config = ml_collections.ConfigDict({"model": model, "num_classes": 2, "dtype": "float32"})
-  abstract = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: networks.create_model(config, nnx.Rngs(0)))
   return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 

@@ -7,7 +7,6 @@ with SIGKILL; the tests themselves run under pytest.
 import csv
 import os
 import pathlib
-import runpy
 import signal
 import subprocess
 import sys
@@ -19,19 +18,20 @@ import pytest
 import sklearn.metrics
 from PIL import Image
 
-from mcalc_jax import checkpointing, parallel, train
+from input_pipeline import noise
+from mcalc_jax import inference, parallel, train
+from mcalc_jax.configs import default
 
-DEFAULT_CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "default.py"
 PATCH = 112
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  """Default config on synthetic 32x32 patches with ResNet18: small enough for seconds-long runs."""
-  config = runpy.run_path(str(DEFAULT_CONFIG))["get_config"]()
+  """Default config on noise 32x32 patches with ResNet18: small enough for seconds-long runs."""
+  config = default.get_config()
   config.update(
     {
       "model": "resnet18",
-      "dataset": "synthetic",
+      "dataset": "noise",
       "patch_size": 32,
       "batch_size": 8,
       "eval_batch_size": 16,
@@ -43,8 +43,8 @@ def _config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def _data(config: ml_collections.ConfigDict) -> train.SyntheticPatchData:
-  return train.SyntheticPatchData(config, train_examples=64, eval_examples=16)
+def _data(config: ml_collections.ConfigDict) -> noise.NoisePatchData:
+  return noise.NoisePatchData(config, train_examples=64, eval_examples=16)
 
 
 # --- host-side pieces ----------------------------------------------------------------------
@@ -79,27 +79,6 @@ def test_synthetic_data_replays_from_any_step():
   data = _data(_config())
   from_zero = [b["image"] for _, b in zip(range(4), data.train_batches(0), strict=False)]
   np.testing.assert_array_equal(next(data.train_batches(3))["image"], from_zero[3])
-
-
-class _FixedClassifier:
-  """Stands in for checkpointing.Classifier: P(class 1) is the patch's mean pixel."""
-
-  def probabilities(self, images: np.ndarray) -> np.ndarray:
-    p = images.mean(axis=(1, 2, 3))
-    return np.stack([1 - p, p], axis=1)
-
-
-def test_predict_keeps_unmasked_examples_with_their_ids():
-  batch = {
-    "image": np.linspace(0, 1, 4).reshape(4, 1, 1, 1).astype(np.float32),
-    "label": np.array([0, 1, 1, 0], np.int32),
-    "mask": np.array([True, True, True, False]),
-    "patch_id": np.array(["a", "b", "c", ""], object),
-  }
-  out = train.predict(_FixedClassifier(), [batch, batch])
-  np.testing.assert_allclose(out["prob"], [0, 1 / 3, 2 / 3] * 2, rtol=1e-6)
-  np.testing.assert_array_equal(out["patch_id"], ["a", "b", "c"] * 2)
-  np.testing.assert_array_equal(out["label"], [0, 1, 1] * 2)
 
 
 # --- training -----------------------------------------------------------------------------
@@ -151,7 +130,7 @@ def test_each_network_fits_a_small_batch_of_real_patches(model, mias_dir):
   assert losses[-1] < losses[0]
 
 
-class _NaNData(train.SyntheticPatchData):
+class _NaNData(noise.NoisePatchData):
   """Synthetic patches with a NaN pixel in the batch of step 3 (index 2)."""
 
   def train_batches(self, start_step: int = 0):
@@ -173,7 +152,7 @@ def _resume_config() -> ml_collections.ConfigDict:
   return _config(num_train_steps=5, eval_every_steps=2, checkpoint_every_steps=1)
 
 
-class _KilledData(train.SyntheticPatchData):
+class _KilledData(noise.NoisePatchData):
   """Synthetic patches whose process dies by SIGKILL when asked for batch `kill_at`."""
 
   def __init__(self, config: ml_collections.ConfigDict, kill_at: int):
@@ -202,8 +181,8 @@ def test_kill_and_resume_ends_with_the_same_parameters(tmp_path):
   assert resumed["start_step"] in (2, 3)  # step 3's async save may not have been committed
   assert resumed["step"] == uninterrupted["step"] == 5
   assert resumed["validation"] == uninterrupted["validation"]
-  expected = checkpointing.load_classifier(tmp_path / "straight", "latest").variables
-  actual = checkpointing.load_classifier(tmp_path / "resumed", "latest").variables
+  expected = inference.load_classifier(tmp_path / "straight", "latest").variables
+  actual = inference.load_classifier(tmp_path / "resumed", "latest").variables
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 

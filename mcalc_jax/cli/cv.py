@@ -1,7 +1,7 @@
 """mcalc-cv: patient-grouped k-fold cross-validation of one of the paper's classifiers.
 
-  mcalc-cv --config=configs/task1_alexnet.py --folds=5 --workdir=runs/cv_task1_alexnet \
-      --config.dataset=mcalc_patches/mias
+  mcalc-cv --config=configs/default.py:task=1,model=alexnet --folds=5 \
+      --workdir=runs/cv_task1_alexnet --config.data_dir=runs/tfds
   mcalc-report runs/cv_task1_alexnet
 
 Trains one model per fold in WORKDIR/fold_<i>, pools the out-of-fold predictions (every patient
@@ -12,34 +12,26 @@ and accuracy with their spread. Rerunning with the same flags resumes where it s
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
-from mcalc_jax import cv, parallel
-from mcalc_jax.cli.flag_parsing import parse_flags
+from mcalc_jax import cv, runtime
+from mcalc_jax.cli import common
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file (configs/*.py).", lock_config=True
-)
+_CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Directory for the folds' runs and the pooled evaluation."
+  "workdir", None, "Directory for the folds' runs and the pooled evaluation.", required=True
 )
 _FOLDS = flags.DEFINE_integer("folds", 5, "Number of patient-grouped folds (k).", lower_bound=2)
 _SEED = flags.DEFINE_integer("cv_seed", 0, "Seed of the fold assignment.")
 _THRESHOLD = flags.DEFINE_string(
   "threshold_policy", "youden", "Operating threshold chosen on the pooled validation parts."
 )
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.info("Local devices: %s", jax.local_devices())
-  parallel.enable_compilation_cache()
+def main(argv: list[str]) -> None:
+  common.no_extra_arguments(argv)
+  runtime.start_job()
   summary = cv.cross_validate(
     _CONFIG.value, _WORKDIR.value, _FOLDS.value, _SEED.value, threshold_policy=_THRESHOLD.value
   )
@@ -47,9 +39,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  """Console-script entry point."""
-  jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  common.run(main)
 
 
 if __name__ == "__main__":

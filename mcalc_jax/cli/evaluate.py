@@ -10,7 +10,8 @@ import json
 
 from absl import app, flags, logging
 
-from mcalc_jax import evaluation, metrics, parallel
+from mcalc_jax import evaluation, metrics, runtime
+from mcalc_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (threshold from validation).")
@@ -25,13 +26,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the patient bootstrap.")
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.no_extra_arguments(argv)
   try:
     metrics.ThresholdPolicy.parse(_THRESHOLD.value)  # fail before loading a model
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  parallel.enable_compilation_cache()
+  runtime.start_job()
   result = evaluation.evaluate_run(
     _WORKDIR.value,
     _SPLIT.value,
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from mcalc_jax import report
+from mcalc_jax.cli import common
 
 _OUTPUT = flags.DEFINE_string("output", "table2", "Output path without extension (.md and .csv).")
 _SPLIT = flags.DEFINE_string("split", "test", "Evaluated split to tabulate (WORKDIR/eval/<split>).")
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """JAX against a PyTorch reference on this machine, in one run: train and inference speed per network.
 
-  python -m tools.benchmark                       # all networks, train 16/128, inference 16/256
-  python -m tools.benchmark --quick               # a few minutes: fewer repeats and batches
-  python -m tools.benchmark --models=resnet18 --batch_sizes=16 --repeats=3 --torch_compile
+  python -m tools.benchmarks.networks                       # all networks, train 16/128, inference 16/256
+  python -m tools.benchmarks.networks --quick               # a few minutes: fewer repeats and batches
+  python -m tools.benchmarks.networks --models=resnet18 --batch_sizes=16 --repeats=3 --torch_compile
 
 Measures in one process, so every number shares the machine's state (other jobs on the cores
 skew all of them alike, and the load average is recorded):
@@ -11,7 +11,7 @@ skew all of them alike, and the load average is recorded):
   - forward FLOPs per 112x112 patch (2 x multiply-adds, from the layer shapes);
   - per network, train samples/s (the project's jitted train step: preprocessing, augmentation,
     Adam) and inference patches/s (`Classifier.probabilities`: host batch, preprocessing,
-    softmax), and the same network in PyTorch (`tools.torch_reference`: Adam; host batch, the same
+    softmax), and the same network in PyTorch (`tools.benchmarks.torch_reference`: Adam; host batch, the same
     blur and z-score, softmax, host probabilities), best of
     channels_last eager and, with --torch_compile, torch.compile), same thread count, on the
     same device (a GPU when JAX has one; --dtype=bfloat16 runs PyTorch under autocast);
@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
 from mcalc_jax import parallel, train
-from tools import benchmark_scoring
+from mcalc_jax.configs import default
+from tools.benchmarks import scoring as benchmark_scoring
 
 MODELS = ("alexnet", "resnet18", "resnet34")
 PATCH = 112
@@ -161,7 +161,7 @@ def jax_train_call(
 ) -> Callable[[], None]:
   """One call = one compiled train step of the project on a fixed batch, waited for.
 
-  `overrides` sets further fields of the default configuration (e.g. conv_batch_chunk).
+  `overrides` sets further fields of the default configuration (e.g. {'cpu_tuning': {'conv_chunk': 0}}).
   """
   config = default.get_config()
   config.model, config.batch_size, config.dtype = model, batch_size, dtype
@@ -251,7 +251,7 @@ def import_torch() -> tuple[Any, Any] | tuple[None, str]:
   try:
     import torch  # noqa: PLC0415 (the optional extra)
 
-    from tools import torch_reference  # noqa: PLC0415
+    from tools.benchmarks import torch_reference  # noqa: PLC0415
   except ImportError as error:
     return None, f"{error}"
   torch.set_num_threads(os.cpu_count() or 1)
@@ -358,7 +358,7 @@ def markdown(report: dict[str, Any]) -> str:
   lines = [
     "# mcalc_jax benchmark: JAX against PyTorch",
     "",
-    f"Written by `python -m tools.benchmark {' '.join(report['argv'])}`, {m['date']}.",
+    f"Written by `python -m tools.benchmarks.networks {' '.join(report['argv'])}`, {m['date']}.",
     "",
     f"- Machine: {m['cpu']} ({m['cpu_flags']}), {m['cores']} cores, backend {m['backend']}; "
     f"load average {m['load_average_start']:.1f} at the start, "
@@ -375,7 +375,7 @@ def markdown(report: dict[str, Any]) -> str:
     f"- Medians of {report['repeats']} repetitions (each >= {report['min_seconds']} s) after a "
     "warm-up, compilation excluded. JAX: the project's train step (preprocessing, augmentation, "
     "Adam) and `Classifier.probabilities` (host in/out, preprocessing, softmax); PyTorch: "
-    "`tools.torch_reference` (train: Adam on a device-resident batch; inference: host batch in, "
+    "`tools.benchmarks.torch_reference` (train: Adam on a device-resident batch; inference: host batch in, "
     "the same blur and z-score, softmax, host out), best of "
     + ", ".join(report["torch_variants"] or ["(absent)"])
     + ".",
@@ -406,7 +406,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
       "",
       f"Whole {benchmark_scoring.SHAPE[0]}x{benchmark_scoring.SHAPE[1]} 12-bit mammogram "
-      f"(synthetic, `tools.benchmark_scoring`), {report['scoring_images']} image(s) streamed "
+      f"(synthetic, `tools.benchmarks.scoring`), {report['scoring_images']} image(s) streamed "
       "after a warm-up, seconds per image. Breast: tiles with under 10 % breast skipped (the "
       "scorer's default); every tile: nothing skipped, the like-for-like comparison with "
       "PyTorch, which scores every tile.",

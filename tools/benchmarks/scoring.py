@@ -1,6 +1,6 @@
 """Whole-mammogram scoring speed: the scorer against a naive tile loop and PyTorch, in one run.
 
-  python -m tools.benchmark_scoring [--models=alexnet,resnet18] [--strides=112,56] [--images=2]
+  python -m tools.benchmarks.scoring [--models=alexnet,resnet18] [--strides=112,56] [--images=2]
       [--batch_size=256] [--naive_tiles=64]
 
 A 4000x3000 12-bit synthetic mammogram is scored tile by tile over its whole area (no
@@ -11,7 +11,7 @@ tiles/s for
     streamed (compilation excluded, on a small warm-up image);
   - a naive loop: one tile cut on the host and scored per call (`Classifier.probabilities`),
     timed on `--naive_tiles` tiles and extrapolated;
-  - the same network in PyTorch (`tools.torch_reference`: torchvision's layout, defined without
+  - the same network in PyTorch (`tools.benchmarks.torch_reference`: torchvision's layout, defined without
     torchvision; channels_last, batches of `--batch_size` tiles cut with `unfold`), when torch is
     importable (the optional `torch` extra);
 with the scorer's speed-up over each as a ratio.
@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from configs import default
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import checkpointing, models, parallel, scoring
+from mcalc_jax import inference, networks, parallel, scoring
+from mcalc_jax.configs import default
 
 SHAPE = (4000, 3000)
 _PATCH = 112
@@ -59,27 +59,27 @@ def synthetic_mammogram(shape: tuple[int, int], seed: int = 0) -> Mammogram:
 
 def random_classifier(
   model: str, dtype: str = "float32", overrides: dict[str, Any] | None = None
-) -> checkpointing.Classifier:
+) -> inference.Classifier:
   """A randomly initialised classifier of the default configuration (the paper's preprocessing).
 
-  `overrides` sets further configuration fields (e.g. conv_batch_chunk).
+  `overrides` sets further configuration fields (e.g. {'cpu_tuning': {'conv_chunk': 0}}).
   """
   config = default.get_config()
   config.model, config.dtype = model, dtype
   config.update(overrides or {})
   config.patch_size = _PATCH
   graphdef, params, batch_stats = nnx.split(
-    models.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
+    networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
   )
   mesh = parallel.make_mesh()
   variables = jax.device_put(
     {"params": params, "batch_stats": batch_stats}, parallel.replicated(mesh)
   )
-  return checkpointing.Classifier(config, graphdef, variables, mesh)
+  return inference.Classifier(config, graphdef, variables, mesh)
 
 
 def time_scorer(
-  classifier: checkpointing.Classifier,
+  classifier: inference.Classifier,
   stride: int,
   images: int,
   batch_size: int,
@@ -100,7 +100,7 @@ def time_scorer(
   return seconds, results[0][1].tiles_scored
 
 
-def time_naive_loop(classifier: checkpointing.Classifier, tiles: int) -> float:
+def time_naive_loop(classifier: inference.Classifier, tiles: int) -> float:
   """Tiles per second of one host-cut tile per call."""
   pixels = synthetic_mammogram(SHAPE).pixels
   origins = [(r, c) for r in range(0, 4000 - _PATCH, 560) for c in range(0, 3000 - _PATCH, 336)]
@@ -129,7 +129,7 @@ def torch_tiles_per_second(
   """
   import torch  # noqa: PLC0415 (the optional extra)
 
-  from tools import torch_reference  # noqa: PLC0415 (needs torch; no torchvision)
+  from tools.benchmarks import torch_reference  # noqa: PLC0415 (needs torch; no torchvision)
 
   torch.set_num_threads(os.cpu_count() or 1)
   net = torch_reference.create(model)

@@ -1,0 +1,74 @@
+"""Building the `mcalc_patches` TFDS dataset a data config describes (the `mcalc-prepare` job).
+
+`prepare(config, data_dir)` generates the source's location first where the source is generated
+(the synthetic cohort), builds the dataset (or finds it built) and returns its builder;
+`counts_table(builder)` is the per-split, per-label summary the job prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import ml_collections
+import tensorflow_datasets as tfds
+from absl import logging
+
+from input_pipeline import sources, splits, tfds_builder
+
+LABELS = ("background", "benign", "malignant", "calcification")
+
+
+def prepare(
+  config: ml_collections.ConfigDict, data_dir: str, *, overwrite: bool = False
+) -> tfds.core.DatasetBuilder:
+  """Builds (or finds) the dataset `config` (configs/data.py) describes; returns its builder."""
+  location = config.location
+  if sources.get(config.source).generated:
+    location = _synthetic_cohort(config, data_dir)
+  builder = tfds_builder.McalcPatches(
+    config=tfds_builder.builder_config(config),
+    data_dir=data_dir,
+    file_format="array_record",
+    location=location,
+  )
+  if overwrite and os.path.isdir(builder.data_dir):
+    shutil.rmtree(builder.data_dir)
+  logging.info(
+    "building %s/%s from %s into %s", builder.name, config.name, location, builder.data_dir
+  )
+  builder.download_and_prepare()
+  return builder
+
+
+def _synthetic_cohort(config: ml_collections.ConfigDict, data_dir: str) -> str:
+  """The synthetic cohort's folder, generated first unless its manifest exists."""
+  from input_pipeline import synthetic  # noqa: PLC0415  (only this source renders images)
+
+  location = config.location or os.path.join(data_dir, "synthetic_cohort")
+  if not os.path.isfile(os.path.join(location, "manifest.csv")):
+    logging.info("generating %d synthetic patients in %s", config.synthetic.num_patients, location)
+    synthetic.generate_cohort(
+      location,
+      num_patients=config.synthetic.num_patients,
+      seed=config.synthetic.seed,
+      options=synthetic.SyntheticOptions(difficulty=config.synthetic.difficulty),
+    )
+  return location
+
+
+def counts_table(builder: tfds.core.DatasetBuilder) -> str:
+  """Patches per split and label (and patients per split), as a text table."""
+  metadata = builder.info.metadata
+  rows = [
+    f"{'split':<12}" + "".join(f"{label:>15}" for label in LABELS) + f"{'total':>8}{'patients':>10}"
+  ]
+  for split in splits.SPLITS:
+    counts = metadata["counts"].get(split, {})
+    patients = sum(p["split"] == split for p in metadata["patients"].values())
+    rows.append(
+      f"{split:<12}"
+      + "".join(f"{counts.get(label, 0):>15}" for label in LABELS)
+      + f"{sum(counts.values()):>8}{patients:>10}"
+    )
+  return "\n".join(rows)

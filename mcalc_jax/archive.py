@@ -1,0 +1,418 @@
+"""Archive scoring: a heatmap and a score for every mammogram of an archive, resumable after a kill.
+
+`score_job(ScoreOptions(...))` is the `mcalc-score` job (and what `mcalc-demo` runs in process);
+`score_archive` scores a list of `Input`s with a ready `scoring.Scorer`.
+
+Input: every DICOM (.dcm, .dicom, or no extension with a DICOM preamble), PNG and PGM under the
+folder, recursively, in sorted order (OUTPUT and hidden entries excluded); or the images of a
+manifest CSV (`input_pipeline.manifest`), whose findings with coordinates are drawn as circles.
+
+Output, per image KEY (the first 16 hex digits of the sha1 of its path relative to the input
+folder, or to the manifest's folder; never patient tags):
+  KEY.npz      the probability grids and the geometry that maps them to pixels (mcalc_jax.heatmaps)
+  KEY.png      the overlay (unless --nooverlays)
+  scores.csv   one row per scored image: SCORE_COLUMNS
+  errors.csv   one row per image that could not be read or scored: ERROR_COLUMNS
+With --keep_identifiers both CSVs also carry `path` (relative), and error reasons keep the path.
+
+Every file is written atomically and a CSV row only after the image's files, each row in one
+fsynced write; a rerun drops a torn last row, skips images already in scores.csv or errors.csv
+and rescores the rest. With several processes (jax.distributed), process i takes the images with
+index i modulo the process count and appends to scores.i-of-n.csv / errors.i-of-n.csv.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import glob
+import hashlib
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import jax
+from absl import logging
+from tqdm import tqdm
+
+from input_pipeline import manifest
+from input_pipeline.errors import MammogramError
+from input_pipeline.mammogram import Mammogram, read_mammogram
+from mcalc_jax import files, heatmaps, inference, scoring
+
+SCORE_COLUMNS = (
+  "key",
+  "laterality",
+  "view",
+  "rows",
+  "cols",
+  "task1_max",
+  "task1_max_row",
+  "task1_max_col",
+  "task2_at_max",
+  "tiles_scored",
+  "tiles_skipped",
+  "tiles_task2",
+  "read_seconds",
+  "score_seconds",
+)
+ERROR_COLUMNS = ("key", "error", "reason")
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm")
+_DEFAULT_RADIUS = 50.0  # pixels, for findings without a radius
+_WRITES_IN_FLIGHT = 4  # images held by the writer thread at most
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+  """One image to score: its key, where it is, and the findings to draw."""
+
+  key: str
+  path: str
+  relative_path: str
+  annotations: tuple[heatmaps.Circle, ...] = ()
+
+
+def image_key(relative_path: str) -> str:
+  """A stable, non-identifying name for an image: a hash of its path relative to the input."""
+  return hashlib.sha1(relative_path.encode()).hexdigest()[:16]
+
+
+def find_inputs(source: str, exclude: str = "") -> list[Input]:
+  """The images of a folder (recursive, sorted, `exclude` and hidden entries skipped) or manifest."""
+  if os.path.isfile(source):
+    return _manifest_inputs(source)
+  if not os.path.isdir(source):
+    raise FileNotFoundError(f"--input {source} is neither a folder nor a manifest file")
+  exclude = os.path.abspath(exclude) if exclude else ""
+  found = []
+  for folder, dirs, names in os.walk(source):
+    dirs[:] = sorted(
+      d
+      for d in dirs
+      if not d.startswith(".") and os.path.abspath(os.path.join(folder, d)) != exclude
+    )
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      if not name.startswith(".") and _is_image(path):
+        relative = os.path.relpath(path, source).replace(os.sep, "/")
+        found.append(Input(image_key(relative), path, relative))
+  return found
+
+
+def _is_image(path: str) -> bool:
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix:
+    return suffix in IMAGE_SUFFIXES
+  with open(path, "rb") as f:
+    return f.read(132)[128:] == b"DICM"
+
+
+def _manifest_inputs(path: str) -> list[Input]:
+  base = os.path.dirname(os.path.abspath(path))
+  circles: dict[str, list[heatmaps.Circle]] = collections.defaultdict(list)
+  for finding in manifest.read_manifest(path):
+    found = circles[finding.image_path]  # creates the entry: images without findings count too
+    if finding.row is not None and finding.col is not None:
+      found.append(heatmaps.Circle(finding.row, finding.col, finding.radius or _DEFAULT_RADIUS))
+  inputs = []
+  for image_path, drawn in circles.items():
+    relative = os.path.relpath(image_path, base).replace(os.sep, "/")
+    inputs.append(Input(image_key(relative), image_path, relative, tuple(drawn)))
+  return inputs
+
+
+class CsvLog:
+  """An append-only CSV keyed by its first column, whose rows survive kill -9 whole.
+
+  Each row is one write of a whole line, flushed to disk; opening an existing log drops a torn
+  last line and repeated keys (rewriting the file atomically if it had any).
+  """
+
+  def __init__(self, path: str, columns: tuple[str, ...]):
+    header, rows, clean = read_log(path)
+    if header is not None and tuple(header) != columns:
+      raise ValueError(
+        f"{path} has columns {header}, this run writes {list(columns)}: "
+        "use another --output (or the same --keep_identifiers as before)"
+      )
+    if header is None or not clean:
+      with files.atomic_write(path, "w") as f:
+        csv.writer(f, lineterminator="\n").writerows([columns, *rows])
+    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+  def append(self, row: Iterable[object]) -> None:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(
+      [str(v).replace("\n", " ").replace("\r", " ") for v in row]
+    )
+    line = text.getvalue().encode()
+    while line:  # one write in practice; a short write (disk nearly full) continues the line
+      line = line[os.write(self._fd, line) :]
+    os.fsync(self._fd)
+
+  def close(self) -> None:
+    os.close(self._fd)
+
+
+def read_log(path: str) -> tuple[list[str] | None, list[list[str]], bool]:
+  """Header and rows of a CSV log minus a torn last line and repeated keys; whether it had none."""
+  if not os.path.exists(path):
+    return None, [], True
+  with open(path, newline="") as f:
+    lines = f.read().splitlines(keepends=True)
+  whole = [line for line in lines if line.endswith("\n")]
+  rows = list(csv.reader(whole))
+  header, body = (rows[0], rows[1:]) if rows else (None, [])
+  seen: set[str] = set()
+  unique = []
+  for row in body:
+    if row and row[0] not in seen:
+      seen.add(row[0])
+      unique.append(row)
+  return header, unique, len(whole) == len(lines) and len(unique) == len(body)
+
+
+def finished_keys(output: str) -> set[str]:
+  """Keys in any process's scores or errors log: images that a rerun skips."""
+  keys = set()
+  for path in glob.glob(os.path.join(output, "scores*.csv")) + glob.glob(
+    os.path.join(output, "errors*.csv")
+  ):
+    keys.update(row[0] for row in read_log(path)[1])
+  return keys
+
+
+def _log_names() -> tuple[str, str]:
+  if jax.process_count() == 1:
+    return "scores.csv", "errors.csv"
+  shard = f"{jax.process_index()}-of-{jax.process_count()}"
+  return f"scores.{shard}.csv", f"errors.{shard}.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+  """An image read, decoded and prepared for the devices on a worker thread."""
+
+  input: Input
+  mammogram: Mammogram
+  prepared: scoring.PreparedImage
+  seconds: float
+
+
+def _read_ahead(
+  inputs: list[Input],
+  prepare: Callable[[Input], DecodedImage],
+  workers: int,
+) -> Iterator[tuple[Input, DecodedImage | Exception]]:
+  """Decodes images on `workers` threads, a few ahead of the consumer, in input order."""
+  with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+    pending: collections.deque = collections.deque()
+    for item in inputs:
+      pending.append((item, pool.submit(prepare, item)))
+      if len(pending) > 2 * workers:
+        yield _outcome(*pending.popleft())
+    while pending:
+      yield _outcome(*pending.popleft())
+
+
+def _outcome(
+  item: Input, future: concurrent.futures.Future
+) -> tuple[Input, DecodedImage | Exception]:
+  try:
+    return item, future.result()
+  except Exception as e:  # noqa: BLE001 (any failure of one image is that image's error row)
+    return item, e
+
+
+class _Outputs:
+  """Writes each image's files and then its CSV row, on one background thread, in order."""
+
+  def __init__(self, output: str, keep_identifiers: bool, overlays: bool, progress: tqdm):
+    scores_name, errors_name = _log_names()
+    identity = ("path",) if keep_identifiers else ()
+    self.scores = CsvLog(
+      os.path.join(output, scores_name), SCORE_COLUMNS[:1] + identity + SCORE_COLUMNS[1:]
+    )
+    self.errors = CsvLog(
+      os.path.join(output, errors_name), ERROR_COLUMNS[:1] + identity + ERROR_COLUMNS[1:]
+    )
+    self._output, self._keep, self._overlays, self._progress = (
+      output,
+      keep_identifiers,
+      overlays,
+      progress,
+    )
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
+    self._pending: collections.deque = collections.deque()
+
+  def scored(self, decoded: DecodedImage, scores: scoring.ImageScores) -> None:
+    self._submit(self._write_scores, decoded, scores)
+
+  def failed(self, item: Input, error: Exception) -> None:
+    self._submit(self._write_error, item, error)
+
+  def close(self) -> None:
+    while self._pending:
+      self._pending.popleft().result()
+    self._pool.shutdown()
+    self.scores.close()
+    self.errors.close()
+
+  def _submit(self, fn: Callable, *args) -> None:
+    self._pending.append(self._pool.submit(fn, *args))
+    while len(self._pending) > _WRITES_IN_FLIGHT:
+      self._pending.popleft().result()  # re-raises a failed write (disk full, ...) here
+
+  def _write_scores(self, decoded: DecodedImage, scores: scoring.ImageScores) -> None:
+    item = decoded.input
+    heatmaps.write_scores(os.path.join(self._output, f"{item.key}.npz"), scores)
+    if self._overlays:
+      heatmaps.write_overlay(
+        os.path.join(self._output, f"{item.key}.png"),
+        decoded.prepared.pixels,
+        scores,
+        annotations=item.annotations,
+        title=item.relative_path if self._keep else item.key,
+      )
+    self.scores.append([item.key, *self._identity(item), *_score_row(decoded, scores)])
+    self._progress.update()
+
+  def _write_error(self, item: Input, error: Exception) -> None:
+    reason = str(error)
+    if not self._keep:  # the reason without the path, which may name the patient
+      reason = error.reason if isinstance(error, MammogramError) else reason
+      reason = reason.replace(item.path, "<image>").replace(item.relative_path, "<image>")
+    self.errors.append([item.key, *self._identity(item), type(error).__name__, reason])
+    logging.warning("%s (%s) failed: %s", item.key, type(error).__name__, reason)
+    self._progress.update()
+
+  def _identity(self, item: Input) -> list[str]:
+    return [item.relative_path] if self._keep else []
+
+
+def _score_row(decoded: DecodedImage, scores: scoring.ImageScores) -> list[object]:
+  """The SCORE_COLUMNS after key: hottest tile centre in original pixels, counts, seconds."""
+  m = decoded.mammogram
+  hottest = scores.hottest()
+  peak: list[object] = ["", "", "", ""]
+  if hottest is not None:
+    row, col = scores.geometry.tile_center(*hottest)
+    at_max = scores.task2[hottest] if scores.task2 is not None else math.nan
+    peak = [
+      f"{scores.task1[hottest]:.6f}",
+      f"{row:.1f}",
+      f"{col:.1f}",
+      "" if math.isnan(at_max) else f"{at_max:.6f}",
+    ]
+  return [
+    m.laterality,
+    m.view,
+    *m.original_shape,
+    *peak,
+    scores.tiles_scored,
+    scores.tiles_skipped,
+    scores.tiles_task2,
+    f"{decoded.seconds:.3f}",
+    f"{scores.seconds:.3f}",
+  ]
+
+
+def _remove_stale_temporaries(output: str, inputs: list[Input]) -> None:
+  """Removes what a killed run of this process may have left half-written."""
+  names = [f"{i.key}.{ext}" for i in inputs for ext in ("npz", "png")] + list(_log_names())
+  for name in names:
+    files.remove_stale_temporary(os.path.join(output, name))
+
+
+def score_archive(
+  scorer: scoring.Scorer,
+  inputs: list[Input],
+  output: str,
+  *,
+  keep_identifiers: bool = False,
+  overlays: bool = True,
+  num_workers: int = 2,
+) -> None:
+  """Scores this process's share of `inputs` that no earlier run finished, into `output`."""
+  os.makedirs(output, exist_ok=True)
+  share = inputs[jax.process_index() :: jax.process_count()]
+  _remove_stale_temporaries(output, share)
+  done = finished_keys(output)
+  todo = [i for i in share if i.key not in done]
+  logging.info(
+    "%d images, %d for this process, %d already done.",
+    len(inputs),
+    len(share),
+    len(share) - len(todo),
+  )
+
+  def prepare(item: Input) -> DecodedImage:
+    start = time.perf_counter()
+    mammogram = read_mammogram(item.path)
+    prepared = scorer.prepare(mammogram)
+    return DecodedImage(item, mammogram, prepared, time.perf_counter() - start)
+
+  with tqdm(total=len(todo), unit="image", desc="mcalc-score") as progress:
+    outputs = _Outputs(output, keep_identifiers, overlays, progress)
+
+    def readable() -> Iterator[tuple[DecodedImage, scoring.PreparedImage]]:
+      for item, result in _read_ahead(todo, prepare, num_workers):
+        if isinstance(result, Exception):
+          outputs.failed(item, result)
+        else:
+          yield result, result.prepared
+
+    try:
+      for decoded, scores in scorer.score_stream(readable()):
+        outputs.scored(decoded, scores)
+    finally:
+      outputs.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+  """Everything the `mcalc-score` job takes (its flags, one for one)."""
+
+  workdir: str  # the Task 1 run
+  input: str  # folder (recursive) or manifest CSV
+  output: str
+  task2_workdir: str = ""  # the Task 2 run, if any
+  checkpoint: str = "best"
+  stride: int = 0  # pixels; 0: the patch size
+  batch_size: int = 256  # tiles per device call, all local devices
+  task1_threshold: float = 0.5  # Task 1 probability from which a tile gets a Task 2 score
+  min_breast_fraction: float = 0.1
+  keep_identifiers: bool = False
+  num_workers: int = 2
+  overlays: bool = True
+
+
+def score_job(options: ScoreOptions) -> None:
+  """Loads the runs' classifiers and scores every image of `options.input` not yet done."""
+  inputs = find_inputs(options.input, exclude=options.output)
+  task1 = inference.load_classifier(options.workdir, options.checkpoint)
+  task2 = (
+    inference.load_classifier(options.task2_workdir, options.checkpoint)
+    if options.task2_workdir
+    else None
+  )
+  scorer = scoring.Scorer(
+    task1,
+    task2=task2,
+    stride=options.stride or None,
+    batch_size=options.batch_size,
+    task1_threshold=options.task1_threshold,
+    min_breast_fraction=options.min_breast_fraction,
+  )
+  score_archive(
+    scorer,
+    inputs,
+    options.output,
+    keep_identifiers=options.keep_identifiers,
+    overlays=options.overlays,
+    num_workers=options.num_workers,
+  )
