@@ -23,6 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = args.task
   config.model = args.model  # alexnet | resnet18 | resnet34 (mcalc_jax.networks)
   config.num_classes = 2
+  # "" or "tophat": fixed speck detectors (white top-hats, DoG) as the CNN's first layer, on
+  # intensities (use preprocess.normalization "unit"); mcalc_jax.networks.
+  config.front_end = ""
   config.dtype = "float32"  # compute dtype; parameters stay float32. bfloat16 on accelerators.
 
   # Data: a TFDS patch dataset built by `mcalc-prepare`, or "noise" (generated noise patches for
@@ -37,7 +40,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input_backend = "grain"  # "grain" or "tfdata" (needs the tfdata extra)
   config.num_workers = 0  # grain worker processes (0: in-process)
   config.prefetch = 2
-  config.patch_size = 112  # side of the stored patches in native pixels; scoring tiles with it
+  config.patch_size = 112  # side of the stored patches in their pixels
+  # Millimetres a patch covers: scoring tiles every image with that many millimetres at its own
+  # pixel spacing. -1: the dataset's (mcalc-prepare's patch.size_mm); 0: native pixels, whatever
+  # their size (the paper's protocol). Recorded in the run's config.json.
+  config.field_of_view_mm = -1.0
 
   # Preprocessing on the device, shared by training, evaluation and scoring.
   config.preprocess = ml_collections.ConfigDict()
@@ -49,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 16  # global batch over all devices and hosts
   config.eval_batch_size = 64
   config.learning_rate = 1e-4
+  config.init_from = ""  # a run's workdir: start from its best checkpoint (fine-tuning)
   config.num_epochs = 30
   config.num_train_steps = -1  # -1: num_epochs * steps per epoch
   config.eval_every_steps = -1  # -1: once per epoch

@@ -63,6 +63,7 @@ MIAS_CLASSES = {
   "NORM": "none",
 }
 MIAS_DENSITY = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
+MIAS_PIXEL_SPACING_MM = 0.2  # the 50 um digitisation reduced to 200 um (the MIAS README)
 _MIAS_ROW = re.compile(r"^(mdb(\d{3}))\s+([FGD])\s+([A-Z]{4})\b(.*)$")
 
 
@@ -121,6 +122,7 @@ def _mias_finding(
     view="MLO",
     laterality="L" if number % 2 == 0 else "R",
     subtype=code,
+    pixel_spacing_mm=MIAS_PIXEL_SPACING_MM,
   )
   if abnormality == "none":
     return Finding(**common)

@@ -84,7 +84,10 @@ class ReadOptions:
       default: a window throws away the raw detector range the model can learn from.
     voi_index: which of several windows / VOI LUTs to apply.
     require_mg: reject DICOMs whose Modality is present and not MG.
-    default_spacing_mm: (row, col) spacing when the file records none (PNG, digitised film).
+    default_spacing_mm: (row, col) spacing assumed when the file records none and none is known
+      (`spacing_assumed` is then True).
+    known_spacing_mm: (row, col) spacing of files that record none but whose source documents
+      it (mini-MIAS: 0.2 mm; a manifest's `pixel_spacing_mm`); not flagged as assumed.
     laterality_hint: 'L'/'LEFT' or 'R'/'RIGHT' for files whose tags do not say (e.g. a PNG).
     view_hint: 'CC', 'MLO', ... likewise.
     filename_hints: look for laterality and view in the file name when tags do not give them.
@@ -96,6 +99,7 @@ class ReadOptions:
   voi_index: int = 0
   require_mg: bool = True
   default_spacing_mm: tuple[float, float] = (0.07, 0.07)
+  known_spacing_mm: tuple[float, float] | None = None
   laterality_hint: str = ""
   view_hint: str = ""
   filename_hints: bool = True
@@ -137,6 +141,11 @@ _CODEC_HINT = (
   "install a decoder: pip install 'mcalc_jax[codecs]' (pylibjpeg) or 'mcalc_jax[gdcm]' "
   "(python-gdcm)"
 )
+
+
+def spacing_options(spacing_mm: float | None) -> ReadOptions:
+  """Read options for a file whose source documents its pixel spacing (None: not known)."""
+  return ReadOptions(known_spacing_mm=(spacing_mm, spacing_mm)) if spacing_mm else ReadOptions()
 
 
 def read_mammogram(path: str | os.PathLike, options: ReadOptions | None = None) -> Mammogram:
@@ -209,12 +218,12 @@ def _canonical(path: str, decoded: _Decoded, options: ReadOptions) -> Mammogram:
   flipped = options.canonical and side == "right"
   if flipped:
     pixels = np.ascontiguousarray(pixels[:, ::-1])
-  spacing = decoded.spacing_mm
+  spacing = decoded.spacing_mm or options.known_spacing_mm
   return Mammogram(
     pixels=pixels,
     max_value=2**decoded.bits_stored - 1,
     bits_stored=decoded.bits_stored,
-    pixel_spacing_mm=spacing or tuple(float(s) for s in options.default_spacing_mm),
+    pixel_spacing_mm=tuple(float(s) for s in spacing or options.default_spacing_mm),
     spacing_assumed=spacing is None,
     laterality=laterality,
     view=view,

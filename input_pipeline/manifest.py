@@ -5,6 +5,8 @@ manifest also lists the normal images that background patches come from. Coordin
 ORIGINAL file's pixels (column from the left, row from the top); `image_path` and `mask_path` are
 relative to the manifest's folder unless absolute. `density` is ACR A-D / 1-4 where the source
 gives it, else the source's own category (mini-MIAS: fatty, fatty-glandular, dense-glandular).
+`pixel_spacing_mm` is the pixel size where the image file records none but its source documents
+it (mini-MIAS film: 0.2 mm), so that patches and tiles can be cut in millimetres.
 `note` is one token that downstream stages may act on: `annotation_outside_breast` (excluded
 from patch extraction), `no_coordinates`, `diffuse_calcification_no_coordinates`,
 `benign_without_callback`.
@@ -40,10 +42,11 @@ class Finding:
   laterality: str = ""
   subtype: str = ""
   note: str = ""
+  pixel_spacing_mm: float | None = None
 
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(Finding))
-_FLOAT_COLUMNS = ("col", "row", "radius")
+_FLOAT_COLUMNS = ("col", "row", "radius", "pixel_spacing_mm")
 
 
 class ManifestError(ValueError):

@@ -33,8 +33,8 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
-from scipy import ndimage
 
 from input_pipeline.mammogram import Mammogram
 from input_pipeline.manifest import Finding
@@ -100,6 +100,8 @@ class Patch:
   center_row: float
   center_col: float
   severity: str
+  pixel_spacing_mm: float  # of the source image (mean of row and column spacing)
+  spacing_assumed: bool
 
 
 def is_positive(finding: Finding, settings: PatchSettings) -> bool:
@@ -149,11 +151,15 @@ def cut(
 
 
 def resample(window: np.ndarray, size: int) -> np.ndarray:
-  """Resamples a window to size x size (linear), kept as uint16 at the same bit depth."""
+  """Resamples a window to size x size, kept as uint16 at the same bit depth.
+
+  The very resampling whole-mammogram scoring applies to a tile cut at the same millimetres
+  (`jax.image.resize`, linear, antialiased when shrinking; `mcalc_jax.preprocess`), so a
+  network sees training patches and scored tiles alike.
+  """
   if window.shape == (size, size):
     return window
-  zoom = (size / window.shape[0], size / window.shape[1])
-  out = ndimage.zoom(window.astype(np.float32), zoom, order=1, grid_mode=True, mode="nearest")
+  out = np.asarray(jax.image.resize(window.astype(np.float32), (size, size), "linear"))
   return np.clip(np.rint(out), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
@@ -236,6 +242,8 @@ def _make_patch(
     float(orig_row),
     float(orig_col),
     severity,
+    float(np.mean(mammogram.pixel_spacing_mm)),
+    mammogram.spacing_assumed,
   )
 
 

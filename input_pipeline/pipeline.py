@@ -97,6 +97,7 @@ class GrainPatchData:
   A record has `image` (S, S, 1) integers, `max_value`, `task1_label`, `task2_label` and
   optionally the id fields. `config` is the training config (task, batch_size, eval_batch_size,
   seed, shuffle_seed_offset, augment, num_workers, prefetch, train_split).
+  `field_of_view_mm` is the millimetres a patch covers (0: patches at native pixels).
   """
 
   def __init__(
@@ -104,11 +105,13 @@ class GrainPatchData:
     sources: Mapping[str, Sequence[Mapping]],
     config,
     *,
+    field_of_view_mm: float = 0.0,
     process_index: int | None = None,
     process_count: int | None = None,
   ):
     if process_count is None:
       process_index, process_count = process_place()
+    self.field_of_view_mm = float(field_of_view_mm)
     self._sources, self._config = sources, config
     self._views: dict[str, _TaskView] = {}
     self._epoch: tuple[int, np.ndarray | None] = (-1, None)
@@ -218,7 +221,8 @@ class TfdsPatchData(GrainPatchData):
 
     builder = tfds_builder.open_builder(config.dataset, config.data_dir or None)
     sources = {name: builder.as_data_source(name) for name in builder.info.splits}
-    super().__init__(sources, config, **process)
+    fov = tfds_builder.field_of_view_mm(builder)
+    super().__init__(sources, config, field_of_view_mm=fov, **process)
 
 
 class ArrayPatchData(GrainPatchData):

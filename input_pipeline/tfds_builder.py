@@ -57,8 +57,11 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
   """
 
   # Any change to the examples (patches.py, splits.py, the features) bumps the version.
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Paper's extraction: annotation-centred ROIs, tissue background."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Paper's extraction: annotation-centred ROIs, tissue background.",
+    "1.1.0": "Pixel spacing per example (documented by the source or assumed); windows in mm.",
+  }
   BUILDER_CONFIGS = [
     McalcPatchesConfig(
       name=name,
@@ -106,6 +109,8 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
           "source": text,
           "severity": text,
           "density": text,
+          "pixel_spacing_mm": tfds.features.Scalar(np.float32),  # of the source image
+          "spacing_assumed": tfds.features.Scalar(int32),  # 1: neither file nor source gave it
         }
       ),
       metadata=tfds.core.MetadataDict(),
@@ -156,7 +161,7 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     """Every patch of one image; a failure is logged, recorded and skipped."""
     settings = self.builder_config.patch
     try:
-      mg = mammogram.read_mammogram(im.path)
+      mg = mammogram.read_mammogram(im.path, mammogram.spacing_options(im.pixel_spacing_mm))
     except errors.MammogramError as e:
       self._skip(im.path, e.reason)
       return []
@@ -217,6 +222,11 @@ class ImageFindings:
   @property
   def density(self) -> str:
     return next((f.density for f in self.findings if f.density), "")
+
+  @property
+  def pixel_spacing_mm(self) -> float | None:
+    """The pixel size the source documents for this image, if any."""
+    return next((f.pixel_spacing_mm for f in self.findings if f.pixel_spacing_mm), None)
 
 
 def group_images(findings: Sequence[Finding]) -> list[ImageFindings]:
@@ -309,6 +319,8 @@ def _example(patch: patches.Patch, im: ImageFindings, source: str) -> dict:
     "source": source,
     "severity": patch.severity,
     "density": im.density,
+    "pixel_spacing_mm": patch.pixel_spacing_mm,
+    "spacing_assumed": int(patch.spacing_assumed),
   }
 
 
@@ -331,6 +343,12 @@ def open_builder(
   if not versions:
     raise FileNotFoundError(f"no built dataset in {config_dir}: run mcalc-prepare first")
   return tfds.builder_from_directory(os.path.join(config_dir, str(versions[0])))
+
+
+def field_of_view_mm(builder: tfds.core.DatasetBuilder) -> float:
+  """Millimetres a built dataset's patch covers (0: native pixels, or built before it was kept)."""
+  settings = (builder.info.metadata or {}).get("patch_settings", {})
+  return float(settings.get("size_mm", 0.0))
 
 
 def _listdir(path: str) -> list[str]:

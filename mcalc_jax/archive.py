@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from input_pipeline import manifest
 from input_pipeline.errors import MammogramError
-from input_pipeline.mammogram import Mammogram, read_mammogram
+from input_pipeline.mammogram import Mammogram, read_mammogram, spacing_options
 from mcalc_jax import files, heatmaps, inference, scoring
 
 SCORE_COLUMNS = (
@@ -59,6 +59,9 @@ SCORE_COLUMNS = (
   "tiles_task2",
   "read_seconds",
   "score_seconds",
+  "pixel_spacing_mm",
+  "spacing_assumed",
+  "tile_mm",
 )
 ERROR_COLUMNS = ("key", "error", "reason")
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm")
@@ -74,6 +77,7 @@ class Input:
   path: str
   relative_path: str
   annotations: tuple[heatmaps.Circle, ...] = ()
+  pixel_spacing_mm: float | None = None  # documented by the manifest's source, if the file lacks it
 
 
 def image_key(relative_path: str) -> str:
@@ -112,16 +116,24 @@ def _is_image(path: str) -> bool:
 
 
 def _manifest_inputs(path: str) -> list[Input]:
-  base = os.path.dirname(os.path.abspath(path))
+  return inputs_from_findings(manifest.read_manifest(path), os.path.dirname(os.path.abspath(path)))
+
+
+def inputs_from_findings(findings: Iterable[manifest.Finding], base: str) -> list[Input]:
+  """One input per image of `findings` (absolute paths), keyed by its path relative to `base`,
+  with its findings as circles to draw and the spacing its source documents."""
   circles: dict[str, list[heatmaps.Circle]] = collections.defaultdict(list)
-  for finding in manifest.read_manifest(path):
+  spacing: dict[str, float | None] = {}
+  for finding in findings:
     found = circles[finding.image_path]  # creates the entry: images without findings count too
+    spacing[finding.image_path] = spacing.get(finding.image_path) or finding.pixel_spacing_mm
     if finding.row is not None and finding.col is not None:
       found.append(heatmaps.Circle(finding.row, finding.col, finding.radius or _DEFAULT_RADIUS))
   inputs = []
   for image_path, drawn in circles.items():
     relative = os.path.relpath(image_path, base).replace(os.sep, "/")
-    inputs.append(Input(image_key(relative), image_path, relative, tuple(drawn)))
+    key = image_key(relative)
+    inputs.append(Input(key, image_path, relative, tuple(drawn), spacing[image_path]))
   return inputs
 
 
@@ -318,6 +330,9 @@ def _score_row(decoded: DecodedImage, scores: scoring.ImageScores) -> list[objec
     scores.tiles_task2,
     f"{decoded.seconds:.3f}",
     f"{scores.seconds:.3f}",
+    f"{scores.geometry.pixel_spacing_mm:.4f}",
+    int(scores.geometry.spacing_assumed),
+    f"{scores.geometry.patch_size * scores.geometry.pixel_spacing_mm:.2f}",
   ]
 
 
@@ -352,7 +367,7 @@ def score_archive(
 
   def prepare(item: Input) -> DecodedImage:
     start = time.perf_counter()
-    mammogram = read_mammogram(item.path)
+    mammogram = read_mammogram(item.path, spacing_options(item.pixel_spacing_mm))
     prepared = scorer.prepare(mammogram)
     return DecodedImage(item, mammogram, prepared, time.perf_counter() - start)
 

@@ -9,6 +9,11 @@ patient-grouped validation part for early stopping and the threshold) and predic
   WORKDIR/fold_<i>/                        an ordinary training run (checkpoints, config.json)
   WORKDIR/fold_<i>/oof_predictions.npz     its test and validation predictions (marks it done)
   WORKDIR/eval/test/                       the pooled evaluation (mcalc-report WORKDIR reads it)
+  WORKDIR/fold_<i>/images/                 with a `Localization`: the fold's test patients'
+                                           whole mammograms scored (mcalc_jax.archive layout)
+  WORKDIR/eval/froc/                       ... and their pooled whole-image evaluation
+                                           (mcalc_jax.froc): every image localised once, by
+                                           the model that never saw its patient
   WORKDIR/cv_summary.json                  per-fold AUC and accuracy, their mean and spread
 
 A rerun skips folds whose predictions exist; a half-trained fold resumes from its checkpoint.
@@ -16,6 +21,7 @@ A rerun skips folds whose predictions exist; a half-trained fold resumes from it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,9 +33,12 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import pipeline, splits, tfds_builder
-from mcalc_jax import evaluation, files, inference, metrics, train
+from input_pipeline.manifest import Finding
+from mcalc_jax import archive, evaluation, files, froc, heatmaps, inference, metrics, scoring, train
+from mcalc_jax.scoring import ImageScores
 
 FOLDS_FILE = "folds.json"
+IMAGES_DIR = "images"
 SUMMARY_FILE = "cv_summary.json"
 PREDICTIONS_FILE = "oof_predictions.npz"
 _PARTS = ("test", "validation")
@@ -37,11 +46,12 @@ _PARTS = ("test", "validation")
 
 def load_patches(
   dataset: str, data_dir: str | None
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+) -> tuple[dict[str, np.ndarray], dict[str, str], float]:
   """Every patch of the TFDS dataset's stored splits, in memory, and each patient's label.
 
-  Returns arrays keyed like the TFDS features (ids as str) and patient -> 'malignant' | 'benign' |
-  'none' (from the dataset's metadata, else from the patches), for stratifying the folds.
+  Returns arrays keyed like the TFDS features (ids as str), patient -> 'malignant' | 'benign' |
+  'none' (from the dataset's metadata, else from the patches), for stratifying the folds, and the
+  millimetres a patch covers (0: native pixels).
   """
   builder = tfds_builder.open_builder(dataset, data_dir or None)
   records = []
@@ -66,7 +76,7 @@ def load_patches(
   }
   if len(labels) < len(np.unique(arrays["patient_id"])):
     labels = patient_labels(arrays)
-  return arrays, labels
+  return arrays, labels, tfds_builder.field_of_view_mm(builder)
 
 
 def patient_labels(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -84,6 +94,7 @@ def fold_data(
   arrays: Mapping[str, np.ndarray],
   fold: Mapping[str, Sequence[str]],
   config: ml_collections.ConfigDict,
+  field_of_view_mm: float = 0.0,
 ) -> pipeline.ArrayPatchData:
   """The fold's train / validation / test patients' patches as the config's three splits."""
   names = {"train": config.train_split, "validation": config.eval_split, "test": config.test_split}
@@ -91,7 +102,7 @@ def fold_data(
   for part, split in names.items():
     keep = np.isin(arrays["patient_id"], list(fold[part]))
     parts[split] = {k: v[keep] for k, v in arrays.items()}
-  data = pipeline.ArrayPatchData(parts, config)
+  data = pipeline.ArrayPatchData(parts, config, field_of_view_mm=field_of_view_mm)
   for part, split in names.items():  # a part without patches of the task cannot train or score
     if data.num_examples(split) == 0:
       raise ValueError(
@@ -173,20 +184,24 @@ def cross_validate(
   *,
   arrays: Mapping[str, np.ndarray] | None = None,
   labels: Mapping[str, str] | None = None,
+  field_of_view_mm: float = 0.0,
   threshold_policy: str = "youden",
   resamples: int = evaluation.BOOTSTRAP_RESAMPLES,
+  localization: Localization | None = None,
 ) -> dict[str, Any]:
   """Trains `folds` patient-grouped models, pools their out-of-fold predictions, evaluates them.
 
-  `arrays`/`labels` default to `load_patches(config.dataset, config.data_dir)`. Returns the
-  summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
+  `arrays`/`labels`/`field_of_view_mm` default to `load_patches(config.dataset,
+  config.data_dir)`. With `localization`, each fold's model also scores the whole mammograms of
+  its test patients and the pooled whole-image evaluation goes to WORKDIR/eval/froc. Returns
+  the summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
   """
   if jax.process_count() > 1:
     raise NotImplementedError("run mcalc-cv in a single process (predictions are per host)")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if arrays is None:
-    arrays, labels = load_patches(config.dataset, config.data_dir)
+    arrays, labels, field_of_view_mm = load_patches(config.dataset, config.data_dir)
   if labels is None:
     labels = patient_labels(arrays)
   patients = sorted(labels)
@@ -206,7 +221,7 @@ def cross_validate(
     fold_dir = workdir / f"fold_{i}"
     path = fold_dir / PREDICTIONS_FILE
     if not path.exists():
-      data = fold_data(arrays, fold, config)
+      data = fold_data(arrays, fold, config, field_of_view_mm)
       train.train_and_evaluate(config, fold_dir, data=data)
       classifier = inference.load_classifier(fold_dir, "best")
       _save_predictions(
@@ -250,5 +265,58 @@ def cross_validate(
     "pooled": {m: result["metrics"][m]["value"] for m in metrics.FOLD_SPREAD_METRICS},
     "pooled_counts": result["counts"],
   }
-  (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+  if localization is not None:
+    summary["whole_image"] = localize_folds(workdir, assignment, localization, seed, resamples)
+  files.write_text(workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
   return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Localization:
+  """Whole-image scoring of each fold's test patients: the cohort's findings (every image, with
+  absolute paths) and how to tile them."""
+
+  findings: Sequence[Finding]
+  stride: int = 0  # in patch pixels; 0: the patch size
+  batch_size: int = 256
+  overlays: bool = False
+
+  @property
+  def base(self) -> str:
+    """The images' common folder: image keys are their paths relative to it."""
+    paths = sorted({f.image_path for f in self.findings})
+    return os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+
+
+def localize_folds(
+  workdir: pathlib.Path,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  localization: Localization,
+  seed: int,
+  resamples: int,
+) -> dict[str, Any]:
+  """Scores each fold's test images with its best model (resumable) and evaluates them pooled."""
+  grids: dict[str, ImageScores] = {}
+  inputs = archive.inputs_from_findings(localization.findings, localization.base)
+  patient = {f.image_path: f.patient_id for f in localization.findings}
+  for i, fold in enumerate(assignment):
+    fold_dir, test = workdir / f"fold_{i}", set(fold["test"])
+    mine = [item for item in inputs if patient[item.path] in test]
+    out = fold_dir / IMAGES_DIR
+    scorer = scoring.Scorer(
+      inference.load_classifier(fold_dir, "best"),
+      stride=localization.stride or None,
+      batch_size=localization.batch_size,
+    )
+    archive.score_archive(scorer, mine, os.fspath(out), overlays=localization.overlays)
+    grids |= {
+      item.key: heatmaps.read_scores(out / f"{item.key}.npz")
+      for item in mine
+      if (out / f"{item.key}.npz").exists()
+    }
+  keys = {item.path: item.key for item in inputs}
+  result = froc.evaluate(
+    froc.scored_images(localization.findings, keys, grids), resamples=resamples, seed=seed
+  )
+  froc.write_outputs(workdir / "eval" / "froc", result)
+  return {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}

@@ -18,6 +18,9 @@ npz keys (one image):
   original_shape   int64 [2]         the original file's (rows, cols)
   flipped          bool              canonical = original flipped left-right: original col =
                                      original_shape[1] - 1 - canonical col
+  pixel_spacing_mm float64           the image's pixel size (0: unknown)
+  spacing_assumed  bool              True when neither the file nor its source gave the spacing
+  field_of_view_mm float64           tile side in mm the classifier was trained at (0: native)
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from mcalc_jax.files import atomic_write
 from mcalc_jax.scoring import ImageScores, TileGeometry, average_map
 
 _DISPLAY_PIXELS = 1024  # longer side of the mammogram in the overlay
+# Geometry keys that grids written before physical units lack, with the values they mean there.
+_PHYSICAL_DEFAULTS = {"pixel_spacing_mm": 0.0, "spacing_assumed": False, "field_of_view_mm": 0.0}
 _ALPHA = 0.45
 
 
@@ -65,6 +70,9 @@ def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:
       image_shape=g.image_shape,
       original_shape=g.original_shape,
       flipped=g.flipped,
+      pixel_spacing_mm=g.pixel_spacing_mm,
+      spacing_assumed=g.spacing_assumed,
+      field_of_view_mm=g.field_of_view_mm,
     )
 
 
@@ -79,6 +87,7 @@ def read_scores(path: str | os.PathLike) -> ImageScores:
       image_shape=tuple(int(n) for n in z["image_shape"]),
       original_shape=tuple(int(n) for n in z["original_shape"]),
       flipped=bool(z["flipped"]),
+      **{k: type(v)(z[k]) for k, v in _PHYSICAL_DEFAULTS.items() if k in z.files},
     )
     return ImageScores(
       geometry=geometry,

@@ -64,8 +64,13 @@ class Classifier:
 
   @property
   def patch_size(self) -> int:
-    """Side of the patches (at native resolution) the classifier takes."""
+    """Side of the patches (in their stored pixels) the classifier was trained on."""
     return int(self.config.patch_size)
+
+  @property
+  def field_of_view_mm(self) -> float:
+    """Millimetres a patch covered in training (0: native pixels, whatever their size)."""
+    return float(self.config.get("field_of_view_mm", 0.0))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """float32 [N, S, S, 1] in [0, 1] -> float32 [N, num_classes] softmax, for this process's N.

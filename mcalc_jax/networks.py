@@ -33,13 +33,36 @@ class Network:
   """A registered network: how to build it and what the rest of the system needs to know."""
 
   display_name: str  # as in the paper's tables
-  factory: Callable[..., nnx.Module]  # (num_classes, *, dtype, rngs) -> PatchNetwork
+  factory: Callable[..., nnx.Module]  # (num_classes, *, dtype, rngs, **options) -> PatchNetwork
   stochastic: bool = False  # takes dropout_key= in training
   cpu_inference_chunk: int = 0  # images per forward pass on one CPU (cpu_tuning), 0: whole batch
+  options: Callable[[ml_collections.ConfigDict], dict[str, Any]] | None = None  # config -> kwargs
+  cnn: bool = True  # takes in_channels= (a front end can precede it)
 
 
-# Display order is the paper's Table 2 order. CPU inference chunks: the best of 8-64 per network
-# (docs/performance.md, kept change 1).
+# Speck sizes the morphological features look at, in millimetres: the white top-hat radii of
+# the classical floor (2, 3 and 5 pixels of 0.2-mm film) and of the CNN front end.
+FLOOR_RADII_MM = (0.4, 0.6, 1.0)
+FRONT_END_RADII_MM = (0.4, 0.8)
+_NATIVE_PIXEL_MM = 0.2  # assumed for runs at native pixels (fov 0), whose pixel size varies
+
+
+def pixel_size_mm(config: ml_collections.ConfigDict) -> float:
+  """The network input's pixel size: the run's field of view over its input size."""
+  fov = float(config.get("field_of_view_mm", 0.0))
+  return fov / config.preprocess.input_size if fov > 0 else _NATIVE_PIXEL_MM
+
+
+def _radii(config: ml_collections.ConfigDict, radii_mm: tuple[float, ...]) -> tuple[float, ...]:
+  return tuple(r / pixel_size_mm(config) for r in radii_mm)
+
+
+def _floor_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {"radii": _radii(config, FLOOR_RADII_MM), "dog_sigma": 0.2 / pixel_size_mm(config)}
+
+
+# Display order is the paper's Table 2 order, then the floor. CPU inference chunks: the best of
+# 8-64 per network (docs/performance.md, kept change 1).
 NETWORKS: dict[str, Network] = {
   "alexnet": Network("AlexNet", models.AlexNet, stochastic=True, cpu_inference_chunk=64),
   "resnet18": Network(
@@ -48,7 +71,11 @@ NETWORKS: dict[str, Network] = {
   "resnet34": Network(
     "ResNet34", lambda n, **kw: models.ResNet((3, 4, 6, 3), n, **kw), cpu_inference_chunk=16
   ),
+  "tophat": Network(
+    "Top-hat floor", models.TopHatFloor, cpu_inference_chunk=64, options=_floor_options, cnn=False
+  ),
 }
+FRONT_ENDS = ("", "tophat")
 
 
 def get(name: str) -> Network:
@@ -65,8 +92,26 @@ def display_name(name: str) -> str:
 
 def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
   """Builds `config.model` with `config.num_classes` outputs in compute dtype `config.dtype`,
-  with the CPU's convolution chunks applied (`cpu_tuning`)."""
-  model = get(config.model).factory(config.num_classes, dtype=jnp.dtype(config.dtype), rngs=rngs)
+  behind the morphological front end `config.front_end` names (if any), with the CPU's
+  convolution chunks applied (`cpu_tuning`)."""
+  network = get(config.model)
+  kwargs = {"dtype": jnp.dtype(config.dtype), "rngs": rngs}
+  kwargs |= network.options(config) if network.options else {}
+  front_end = config.get("front_end", "")
+  if front_end not in FRONT_ENDS:
+    raise ValueError(f"unknown front_end {front_end!r}; choose one of {FRONT_ENDS}")
+  if front_end and not network.cnn:
+    raise ValueError(f"{config.model} takes no front end")
+  if front_end:
+    radii = _radii(config, FRONT_END_RADII_MM)
+    inner = network.factory(
+      config.num_classes, in_channels=models.MorphologicalFrontEnd.channels(radii), **kwargs
+    )
+    model = models.MorphologicalFrontEnd(
+      inner, rngs=rngs, radii=radii, dog_sigma=0.2 / pixel_size_mm(config)
+    )
+  else:
+    model = network.factory(config.num_classes, **kwargs)
   return cpu_tuning.chunk_convolutions(model, cpu_tuning.conv_chunk(config))
 
 

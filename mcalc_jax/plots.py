@@ -102,3 +102,27 @@ def plot_unavailable(path: str | os.PathLike, *, reason: str, title: str) -> Non
   ax.set_title(title)
   ax.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
   _save(fig, path)
+
+
+def plot_froc(
+  path: str | os.PathLike,
+  fp_per_image: np.ndarray,
+  sensitivity: np.ndarray,
+  *,
+  operating_points: dict[float, float],
+  title: str,
+) -> None:
+  """Cluster sensitivity against false-positive regions per image, marked at the listed rates."""
+  fig = Figure(figsize=(5, 4.2))
+  ax = fig.add_subplot()
+  ax.step(np.r_[0.0, fp_per_image], np.r_[0.0, sensitivity], where="post", color="tab:blue")
+  for rate, value in operating_points.items():
+    ax.plot(rate, value, "o", color="tab:red")
+    ax.annotate(
+      f"{value:.2f} at {rate:g}", (rate, value), textcoords="offset points", xytext=(4, -12)
+    )
+  right = max(3.0, float(fp_per_image.max()) if fp_per_image.size else 3.0)
+  ax.set(xlim=(0, min(right, 8.0)), ylim=(0, 1.02), xlabel="false-positive regions per image")
+  ax.set(ylabel="cluster sensitivity", title=title)
+  ax.grid(alpha=0.3)
+  _save(fig, path)

@@ -2,8 +2,9 @@
 
 Batches leave the input pipeline as float32 [N, S, S, 1] in [0, 1]; everything after that runs
 inside the jitted model function, so one code path defines what the network sees. The order is
-Gaussian blur (noise suppression at native resolution), normalisation, then resize to the
-network's input size.
+resize to the network's input grid (a tile cut at the run's millimetres from an image of any
+pixel size becomes the network's pixels; training patches stored at that grid pass unchanged),
+Gaussian blur (sigma in the network's input pixels), then normalisation.
 """
 
 from __future__ import annotations
@@ -74,13 +75,12 @@ def normalize(images: jax.Array, normalization: str) -> jax.Array:
 
 
 def preprocess(images: jax.Array, options: PreprocessOptions) -> jax.Array:
-  """Blur, normalise and resize float32 [N, S, S, 1] patches in [0, 1] for the network."""
+  """Resize, blur and normalise float32 [N, S, S, 1] patches in [0, 1] for the network."""
   x = jnp.asarray(images, jnp.float32)
-  if options.blur_sigma > 0:
-    x = gaussian_blur(x, options.blur_sigma)
-  x = normalize(x, options.normalization)
   if x.shape[1:3] != (options.input_size, options.input_size):
     x = jax.image.resize(
       x, (x.shape[0], options.input_size, options.input_size, x.shape[3]), "linear"
     )
-  return x
+  if options.blur_sigma > 0:
+    x = gaussian_blur(x, options.blur_sigma)
+  return normalize(x, options.normalization)

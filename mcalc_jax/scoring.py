@@ -1,8 +1,12 @@
 """Whole-mammogram scoring: a patch classifier slid over the breast, at archive throughput.
 
-Tiles of the classifier's patch size are laid every `stride` pixels from the top-left corner; when
-the stride leaves a strip at the far edge, one more tile is laid flush with that edge (so every
-pixel is covered, deterministically; an image smaller than a tile is zero-padded to one tile).
+Tiles cover what the classifier's patches covered: its patch size in pixels, or, for a run
+trained on patches of `field_of_view_mm` millimetres, that many millimetres of each image at the
+image's own pixel spacing (a tile of 0.2-mm film and one of 0.07-mm FFDM show the same tissue;
+the network's preprocessing resamples the tile to its input grid on the device). Tiles are laid
+every `stride` patch pixels (scaled like the tile) from the top-left corner; when the stride
+leaves a strip at the far edge, one more tile is laid flush with that edge (so every pixel is
+covered, deterministically; an image smaller than a tile is zero-padded to one tile).
 Tiles whose breast fraction (from `input_pipeline.breast.breast_mask`, on a strided copy) is
 below a threshold are skipped and counted, not scored.
 
@@ -47,7 +51,10 @@ DEFAULT_BUFFER_PIXELS = 2**25  # 64 MiB of uint16: two or three full-field mammo
 
 
 class ClassifierLike(Protocol):
-  """A patch classifier whose `probabilities` is jit-able (device arrays in and out)."""
+  """A patch classifier whose `probabilities` is jit-able (device arrays in and out).
+
+  It may also say the millimetres its patches covered (`field_of_view_mm`, 0: native pixels).
+  """
 
   patch_size: int
 
@@ -74,11 +81,14 @@ class TileGeometry:
 
   tile_rows: np.ndarray
   tile_cols: np.ndarray
-  patch_size: int
-  stride: int
+  patch_size: int  # tile side in this image's pixels
+  stride: int  # in this image's pixels
   image_shape: tuple[int, int]
   original_shape: tuple[int, int]
   flipped: bool
+  pixel_spacing_mm: float = 0.0  # of this image (0: unknown)
+  spacing_assumed: bool = False
+  field_of_view_mm: float = 0.0  # tile side in mm the classifier was trained at (0: native)
 
   @property
   def grid_shape(self) -> tuple[int, int]:
@@ -182,8 +192,10 @@ def _breast_fractions(mask: np.ndarray, geometry: TileGeometry) -> np.ndarray:
 
 @dataclasses.dataclass
 class _Pack:
-  """Images sharing one device buffer; `offsets` are where each image's pixels start in it."""
+  """Images sharing one device buffer and one tile size; `offsets` are where each image's pixels
+  start in it."""
 
+  tile: int
   keys: list[Any]
   images: list[PreparedImage]
   offsets: list[int]
@@ -208,6 +220,7 @@ class Scorer:
     *,
     task2: ClassifierLike | ProbabilitiesFn | None = None,
     patch_size: int | None = None,
+    field_of_view_mm: float | None = None,
     stride: int | None = None,
     batch_size: int = 256,
     task1_threshold: float = 0.5,
@@ -217,6 +230,7 @@ class Scorer:
     devices: list[jax.Device] | None = None,
   ):
     self.patch_size = _patch_size(patch_size, task1, task2)
+    self.field_of_view_mm = _field_of_view(field_of_view_mm, task1, task2)
     self.stride = stride or self.patch_size
     if not 0 < self.stride <= self.patch_size:
       raise ValueError(f"stride must be in 1..{self.patch_size} (the patch size), got {stride}")
@@ -230,21 +244,30 @@ class Scorer:
     self._task1 = _device_probabilities(task1, self._replicated)
     self._task2 = _device_probabilities(task2, self._replicated) if task2 is not None else None
     self._buffer_pixels = buffer_pixels
-    self._cut = jax.jit(
-      functools.partial(_cut_tiles, patch_size=self.patch_size), out_shardings=self._batched
-    )
+    self._cutters: dict[int, Callable[..., jax.Array]] = {}
+
+  def tile_pixels(self, mammogram: Mammogram) -> tuple[int, int]:
+    """(tile side, stride) in this image's pixels: the run's millimetres at its spacing."""
+    if self.field_of_view_mm <= 0:
+      return self.patch_size, self.stride
+    tile = max(2, round(self.field_of_view_mm / float(np.mean(mammogram.pixel_spacing_mm))))
+    return tile, max(1, min(tile, round(self.stride * tile / self.patch_size)))
 
   def prepare(self, mammogram: Mammogram) -> PreparedImage:
     """Host-side work for one image (tiles, breast fractions); thread-safe, no device use."""
-    pixels = _pad_to_tile(mammogram.pixels, self.patch_size)
+    tile, stride = self.tile_pixels(mammogram)
+    pixels = _pad_to_tile(mammogram.pixels, tile)
     geometry = TileGeometry(
-      tile_rows=tile_origins(mammogram.pixels.shape[0], self.patch_size, self.stride),
-      tile_cols=tile_origins(mammogram.pixels.shape[1], self.patch_size, self.stride),
-      patch_size=self.patch_size,
-      stride=self.stride,
+      tile_rows=tile_origins(mammogram.pixels.shape[0], tile, stride),
+      tile_cols=tile_origins(mammogram.pixels.shape[1], tile, stride),
+      patch_size=tile,
+      stride=stride,
       image_shape=tuple(mammogram.pixels.shape),
       original_shape=tuple(mammogram.original_shape),
       flipped=mammogram.flipped,
+      pixel_spacing_mm=float(np.mean(mammogram.pixel_spacing_mm)),
+      spacing_assumed=mammogram.spacing_assumed,
+      field_of_view_mm=self.field_of_view_mm,
     )
     if self.min_breast_fraction > 0:
       fractions = _breast_fractions(self._breast_mask_fn(pixels), geometry)
@@ -284,12 +307,15 @@ class Scorer:
       yield from finish(in_flight.popleft())
 
   def _packs(self, items: Iterable[tuple[Key, PreparedImage]]) -> Iterator[_Pack]:
-    pack = _Pack([], [], [])
+    pack = _Pack(self.patch_size, [], [], [])
     used = 0
     for key, image in items:
-      if pack.keys and used + image.pixels.size > self._buffer_pixels:
+      tile = image.geometry.patch_size
+      full = used + image.pixels.size > self._buffer_pixels
+      if pack.keys and (full or tile != pack.tile):
         yield pack
-        pack, used = _Pack([], [], []), 0
+        pack, used = _Pack(tile, [], [], []), 0
+      pack.tile = tile
       self._buffer_pixels = max(self._buffer_pixels, image.pixels.size)
       pack.keys.append(key)
       pack.images.append(image)
@@ -312,8 +338,15 @@ class Scorer:
     results = []
     for b in range(0, len(table[0]), self.batch_size):
       batch = jax.device_put(tuple(c[b : b + self.batch_size] for c in table), self._batched)
-      results.append(fn(self._cut(pack.buffer, *batch)))
+      results.append(fn(self._cutter(pack.tile)(pack.buffer, *batch)))
     return results
+
+  def _cutter(self, tile: int) -> Callable[..., jax.Array]:
+    """The jitted tile cutter for tiles of `tile` pixels (one compile per tile size)."""
+    if tile not in self._cutters:
+      cut = functools.partial(_cut_tiles, patch_size=tile)
+      self._cutters[tile] = jax.jit(cut, out_shardings=self._batched)
+    return self._cutters[tile]
 
   def _finish(self, pack: _Pack) -> list[tuple[Any, ImageScores]]:
     """Reads Task 1 back, runs Task 2 on the tiles above threshold, and splits the results."""
@@ -447,6 +480,16 @@ def _local_copy(array: jax.Array, replicated: jax.sharding.NamedSharding) -> jax
   return jax.make_array_from_single_device_arrays(
     array.shape, replicated, [replicas[d] for d in devices]
   )
+
+
+def _field_of_view(given: float | None, *models: ClassifierLike | ProbabilitiesFn | None) -> float:
+  """The one field of view (mm) the classifiers were trained at (0: native pixels)."""
+  if given is not None:
+    return float(given)
+  views = {float(getattr(m, "field_of_view_mm", 0.0)) for m in models if m is not None}
+  if len(views) != 1:
+    raise ValueError(f"the classifiers were trained at different fields of view: {sorted(views)}")
+  return views.pop()
 
 
 def _patch_size(patch_size: int | None, *models: ClassifierLike | ProbabilitiesFn | None) -> int:

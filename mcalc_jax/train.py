@@ -12,6 +12,7 @@ Library entry: `train_and_evaluate(config, workdir, data=None)`; `mcalc-train` i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import pathlib
@@ -52,17 +53,37 @@ class TrainState:
 def create_train_state(
   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState]:
-  """Initialises the model and Adam from `config.seed`, replicated over `mesh`."""
+  """Initialises the model from `config.seed`, or from the run `config.init_from` names (its best
+  checkpoint: fine-tuning, e.g. after pretraining on the synthetic cohort), and Adam afresh;
+  replicated over `mesh`."""
   tx = optax.adam(config.learning_rate)
   graphdef, _ = inference.abstract_variables(config, mesh)
+  pretrained = _pretrained(config, graphdef)
 
-  def init() -> TrainState:
-    model = networks.create_model(config, nnx.Rngs(config.seed))
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  def init(pretrained: Any) -> TrainState:
+    if pretrained is not None:  # arguments, not constants: large models compile quickly
+      params, batch_stats = pretrained["params"], pretrained["batch_stats"]
+    else:
+      model = networks.create_model(config, nnx.Rngs(config.seed))
+      _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(pretrained)
   return graphdef, tx, state
+
+
+def _pretrained(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> Any:
+  """The variables of the run `config.init_from` (None without one); it must be the same model."""
+  source = config.get("init_from", "")
+  if not source:
+    return None
+  classifier = inference.load_classifier(source, "best")
+  if classifier.graphdef != graphdef:
+    raise ValueError(
+      f"init_from={source} holds a {classifier.config.model} whose structure differs from this "
+      f"run's {config.model} (front end, classes and input channels must match)"
+    )
+  return classifier.variables
 
 
 def train_step(
@@ -270,6 +291,21 @@ class _Run:
   writer: writers.MetricWriter
 
 
+def with_data_geometry(config: ml_collections.ConfigDict, data: Any) -> ml_collections.ConfigDict:
+  """The config with `field_of_view_mm` the data's (-1) or checked against it, so that a run
+  records the millimetres scoring must tile at."""
+  data_fov = float(getattr(data, "field_of_view_mm", 0.0))
+  if config.get("field_of_view_mm", -1.0) >= 0 and config.field_of_view_mm != data_fov:
+    raise ValueError(
+      f"config.field_of_view_mm={config.field_of_view_mm} but the dataset's patches cover "
+      f"{data_fov} mm (0: native pixels); leave it at -1 to take the dataset's"
+    )
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.field_of_view_mm = data_fov
+  return config
+
+
 def _checkpoint_arrays(state: TrainState) -> dict[str, Any]:
   """'model' is all a classifier needs; 'optimizer' only matters for resuming."""
   return {"model": state.variables(), "optimizer": {"step": state.step, "opt": state.opt_state}}
@@ -308,6 +344,7 @@ def train_and_evaluate(
       f"batch_size {config.batch_size} is not a multiple of the {jax.device_count()} devices"
     )
   data = patch_data.create_data(config) if data is None else data
+  config = with_data_geometry(config, data)
   mesh = parallel.make_mesh()
   schedule = Schedule.from_config(config, data)
   graphdef, tx, state = create_train_state(config, mesh)

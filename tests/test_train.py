@@ -19,7 +19,7 @@ import sklearn.metrics
 from PIL import Image
 
 from input_pipeline import noise
-from mcalc_jax import inference, parallel, train
+from mcalc_jax import checkpointing, inference, parallel, train
 from mcalc_jax.configs import default
 
 PATCH = 112
@@ -191,6 +191,35 @@ def test_a_finished_run_restarts_as_a_no_op(tmp_path):
   train.train_and_evaluate(config, tmp_path, _data(config))
   again = train.train_and_evaluate(config, tmp_path, _data(config))
   assert again["start_step"] == again["step"] == 2
+
+
+def test_fine_tuning_starts_from_the_pretrained_runs_best_checkpoint(tmp_path):
+  config = _config(num_train_steps=2, eval_every_steps=2)
+  train.train_and_evaluate(config, tmp_path / "pretrained", _data(config))
+  tuned = _config(num_train_steps=1, init_from=str(tmp_path / "pretrained"))
+  _, _, state = train.create_train_state(tuned, parallel.make_mesh())
+  expected = inference.load_classifier(tmp_path / "pretrained", "best").variables
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.variables()), expected)
+  assert int(state.step) == 0  # a new run: its own steps and a fresh optimizer
+
+
+def test_fine_tuning_refuses_a_run_of_another_network(tmp_path):
+  config = _config(num_train_steps=1)
+  train.train_and_evaluate(config, tmp_path / "resnet", _data(config))
+  other = _config(model="tophat", init_from=str(tmp_path / "resnet"))
+  with pytest.raises(ValueError, match="structure differs"):
+    train.create_train_state(other, parallel.make_mesh())
+
+
+def test_a_run_records_the_field_of_view_of_its_data(tmp_path):
+  config = _config(num_train_steps=1)
+  data = _data(config)
+  data.field_of_view_mm = 11.2
+  train.train_and_evaluate(config, tmp_path, data)
+  assert checkpointing.load_config(tmp_path).field_of_view_mm == 11.2
+  config.field_of_view_mm = 22.4
+  with pytest.raises(ValueError, match="cover 11.2 mm"):
+    train.train_and_evaluate(config, tmp_path / "other", data)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,24 @@ from ml_collections import config_flags
 
 _CONFIGS_PREFIX = "configs/"
 _CONFIG_FILE_ERROR = "Error whilst parsing config file"
+_CONFIG_FLAGS = ("--config", "--data_config")
 
 
-def define_config_flag(help_text: str) -> flags.FlagHolder:
-  """The required, locked `--config` flag (a misspelt override is an error)."""
-  holder = config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
-  flags.mark_flag_as_required("config")
+def define_config_flag(
+  help_text: str, name: str = "config", required: bool = True
+) -> flags.FlagHolder:
+  """A locked config-file flag (a misspelt override is an error): `--config`, `--data_config`."""
+  holder = config_flags.DEFINE_config_file(name, None, help_text, lock_config=True)
+  if required:
+    flags.mark_flag_as_required(name)
   return holder
+
+
+def load_findings(data_config) -> list:
+  """The findings of the source a data config (configs/data.py) names, at its location."""
+  from input_pipeline import sources  # noqa: PLC0415  (only jobs that localise need it)
+
+  return sources.get(data_config.source).load_findings(data_config.location)
 
 
 def packaged_config(spec: str) -> str:
@@ -42,11 +53,13 @@ def packaged_config(spec: str) -> str:
 
 
 def _resolved(argv: Sequence[str]) -> list[str]:
+  """argv with every config-file flag value (`--config=configs/...`, `--data_config ...`) resolved."""
   out = list(argv)
   for i, arg in enumerate(out):
-    if arg.startswith("--config="):
-      out[i] = "--config=" + packaged_config(arg[len("--config=") :])
-    elif arg == "--config" and i + 1 < len(out):
+    name, equals, value = arg.partition("=")
+    if name in _CONFIG_FLAGS and equals:
+      out[i] = f"{name}={packaged_config(value)}"
+    elif arg in _CONFIG_FLAGS and i + 1 < len(out):
       out[i + 1] = packaged_config(out[i + 1])
   return out
 

@@ -1,12 +1,15 @@
 """mcalc-cv: patient-grouped k-fold cross-validation of one of the paper's classifiers.
 
   mcalc-cv --config=configs/default.py:task=1,model=alexnet --folds=5 \
-      --workdir=runs/cv_task1_alexnet --config.data_dir=runs/tfds
+      --workdir=runs/cv_task1_alexnet --config.data_dir=runs/tfds \
+      [--data_config=configs/data.py:source=mias]
   mcalc-report runs/cv_task1_alexnet
 
 Trains one model per fold in WORKDIR/fold_<i>, pools the out-of-fold predictions (every patient
 predicted once, by a model that never saw it) into WORKDIR/eval/test and prints the per-fold AUC
-and accuracy with their spread. Rerunning with the same flags resumes where it stopped.
+and accuracy with their spread. With --data_config (the dataset's source), each fold's model
+also scores its test patients' whole mammograms, pooled into WORKDIR/eval/froc (FROC, image and
+breast AUC, cluster ranks). Rerunning with the same flags resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,13 +30,26 @@ _SEED = flags.DEFINE_integer("cv_seed", 0, "Seed of the fold assignment.")
 _THRESHOLD = flags.DEFINE_string(
   "threshold_policy", "youden", "Operating threshold chosen on the pooled validation parts."
 )
+_DATA_CONFIG = common.define_config_flag(
+  "The dataset's data config: its images are scored whole, out of fold.", "data_config", False
+)
+_STRIDE = flags.DEFINE_integer("localize_stride", 0, "Whole-image tile stride; 0: patch size.")
 
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
   runtime.start_job()
+  localization = None
+  if _DATA_CONFIG.value is not None:
+    findings = common.load_findings(_DATA_CONFIG.value)
+    localization = cv.Localization(findings, stride=_STRIDE.value)
   summary = cv.cross_validate(
-    _CONFIG.value, _WORKDIR.value, _FOLDS.value, _SEED.value, threshold_policy=_THRESHOLD.value
+    _CONFIG.value,
+    _WORKDIR.value,
+    _FOLDS.value,
+    _SEED.value,
+    threshold_policy=_THRESHOLD.value,
+    localization=localization,
   )
   print(json.dumps(summary, indent=2))
 

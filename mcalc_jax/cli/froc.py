@@ -1,0 +1,44 @@
+"""mcalc-froc: whole-image evaluation of scored mammograms against a findings manifest.
+
+  mcalc-score --workdir=RUN --input=MANIFEST.csv --output=SCORES
+  mcalc-froc --scores=SCORES --manifest=MANIFEST.csv [--output=SCORES/froc]
+
+Cluster-level FROC (sensitivity at 0.5, 1 and 2 false-positive regions per image), image- and
+breast-level AUC, each cluster's rank among its image's regions, with patient-bootstrap CIs;
+the hit rule and the outputs: `mcalc_jax.froc`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+
+from mcalc_jax import froc
+from mcalc_jax.cli import common
+
+_SCORES = flags.DEFINE_string("scores", None, "Output folder of mcalc-score.", required=True)
+_MANIFEST = flags.DEFINE_string("manifest", None, "The manifest that was scored.", required=True)
+_OUTPUT = flags.DEFINE_string("output", "", "Output folder (default SCORES/froc).")
+_RESAMPLES = flags.DEFINE_integer("bootstrap_resamples", 1000, "Patient bootstrap resamples.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the patient bootstrap.")
+
+
+def main(argv: list[str]) -> None:
+  common.no_extra_arguments(argv)
+  result = froc.evaluate_scored_folder(
+    _SCORES.value,
+    _MANIFEST.value,
+    _OUTPUT.value or None,
+    resamples=_RESAMPLES.value,
+    seed=_SEED.value,
+  )
+  print(json.dumps({"counts": result["counts"], "metrics": result["metrics"]}, indent=2))
+
+
+def run() -> None:
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()
