@@ -9,7 +9,10 @@ a field of `PatchSettings`, and:
   at the centre, the others at centres drawn inside the cluster circle, no further than
   `half - radius` from the centre when the whole cluster fits in the window (at least
   `cluster_jitter * radius`, at most `radius`), so every patch holds the cluster's core.
-  An annotation with an ROI mask draws its extra centres from the mask pixels.
+  An annotation with an ROI mask draws its extra centres from the mask pixels. With
+  `positive_offset='window'` the others are drawn so that the cluster's centre lies anywhere in
+  the window but its outer `window_margin` (a fraction of the side), as a grid tile would hold
+  it: training for localisation rather than for centred ROIs.
 * Background centres are drawn inside the breast mask (or anywhere, without one), with the whole
   window inside the image; a window is kept when its mean intensity is at least
   `tissue_threshold * max_value`, at least `min_breast_fraction` of it lies in the breast, and it
@@ -48,6 +51,8 @@ class PatchSettings:
   size_mm: float = 0.0
   per_cluster: int = 1
   cluster_jitter: float = 0.25
+  positive_offset: str = "cluster"  # 'cluster': centres in the cluster; 'window': anywhere
+  window_margin: float = 0.1
   positive_abnormalities: tuple[str, ...] = ("calcification",)
   excluded_notes: tuple[str, ...] = ("annotation_outside_breast",)
   background_ratio: float = 1.0
@@ -64,6 +69,8 @@ class PatchSettings:
       raise ValueError(f"invalid patch settings: {self}")
     if self.edge not in ("pad", "shift"):
       raise ValueError(f"edge must be 'pad' or 'shift', not {self.edge!r}")
+    if self.positive_offset not in ("cluster", "window") or not 0 <= self.window_margin < 0.5:
+      raise ValueError(f"positive_offset 'cluster' or 'window', window_margin in [0, 0.5): {self}")
 
   @classmethod
   def from_config(cls, config: Mapping) -> PatchSettings:
@@ -205,6 +212,10 @@ def _cluster_centres(
   centres = [(a.row, a.col)]
   if k == 1:
     return centres
+  if settings.positive_offset == "window":
+    reach = half * (1 - 2 * settings.window_margin)
+    offsets = rng.uniform(-reach, reach, size=(k - 1, 2))
+    return centres + [(a.row + dr, a.col + dc) for dr, dc in offsets]
   if a.mask is not None and a.mask.any():
     rows, cols = np.nonzero(a.mask)
     picks = rng.integers(len(rows), size=k - 1)
@@ -282,16 +293,34 @@ def _reject_reason(
   breast_fraction: float,
 ) -> str:
   """'' when the window at (top, left) is acceptable background, else the failed test."""
+  if any(overlaps(box, top, left, shape) for box in boxes):
+    return "overlaps an annotation"
   h, w = shape
-  for b_top, b_left, b_bottom, b_right in boxes:
-    if top < b_bottom and top + h > b_top and left < b_right and left + w > b_left:
-      return "overlaps an annotation"
   window = mammogram.pixels[top : top + h, left : left + w]
   if window.mean() < tissue * mammogram.max_value:
     return "mean intensity below the tissue threshold"
   if breast is not None and breast[top : top + h, left : left + w].mean() < breast_fraction:
     return "too little breast in the window"
   return ""
+
+
+def exclusion_boxes(
+  mammogram: Mammogram,
+  findings: Sequence[Finding],
+  shape: tuple[int, int],
+  masks: Mapping[str, np.ndarray] | None = None,
+) -> list[tuple[float, float, float, float]]:
+  """(top, left, bottom, right), in `pixels` coordinates, of every annotation of any abnormality,
+  grown to its circle or mask: what no background window of `shape` may touch."""
+  return [_exclusion_box(a, shape) for a in _annotations(mammogram, findings, masks or {})]
+
+
+def overlaps(
+  box: tuple[float, float, float, float], top: int, left: int, shape: tuple[int, int]
+) -> bool:
+  """Whether the window of `shape` at (top, left) touches the exclusion `box`."""
+  b_top, b_left, b_bottom, b_right = box
+  return top < b_bottom and top + shape[0] > b_top and left < b_right and left + shape[1] > b_left
 
 
 def _candidate_centres(
@@ -324,7 +353,7 @@ def background_patches(
     return []
   rng = image_rng(settings.seed, image_id, stream=1)
   shape = window_pixels(mammogram, settings)
-  boxes = [_exclusion_box(a, shape) for a in _annotations(mammogram, findings, masks or {})]
+  boxes = exclusion_boxes(mammogram, findings, shape, masks)
   candidates = _candidate_centres(breast, shape, mammogram.pixels.shape)
   if not len(candidates):
     raise PatchSamplingError(f"{mammogram.path}: no {shape} window fits inside the breast", [])

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import grain
 import numpy as np
+from scipy import ndimage
 
 ID_FIELDS = ("patient_id", "image_id", "finding_id", "patch_id")
 _ENDLESS = 2**62  # steps; grain's MapDataset needs a length
@@ -74,10 +75,22 @@ class _TaskView(Sequence):
     return {"image": image, "label": self.labels[i], **ids}
 
 
-def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """One of the 8 flips/90-degree rotations: calcifications have no preferred orientation."""
+def augment(
+  image: np.ndarray, rng: np.random.Generator, *, intensity: float = 0.0, rotation: float = 0.0
+) -> np.ndarray:
+  """One of the 8 flips/90-degree rotations (calcifications have no preferred orientation), then,
+  when asked, a rotation by up to `rotation` degrees and a contrast and brightness change of up to
+  `intensity` (a fraction): detectors, films and processing differ in both."""
   image = np.rot90(image, k=int(rng.integers(4)), axes=(0, 1))
-  return image[:, ::-1] if rng.integers(2) else image
+  image = image[:, ::-1] if rng.integers(2) else image
+  if rotation > 0:
+    angle = rng.uniform(-rotation, rotation)
+    image = ndimage.rotate(image, angle, axes=(0, 1), reshape=False, order=1, mode="reflect")
+  if intensity > 0:
+    mean = image.mean()
+    contrast, shift = rng.uniform(1 - intensity, 1 + intensity), rng.uniform(-1, 1) * intensity
+    image = np.clip(mean + (image - mean) * contrast + shift * 0.1, 0.0, 1.0)
+  return np.ascontiguousarray(image, np.float32)
 
 
 def _stack(examples: Sequence[dict], mask: Sequence[bool], with_ids: bool) -> dict:
@@ -196,7 +209,13 @@ class GrainPatchData:
       example = view[int(order[position * config.batch_size + slot])]
       if config.augment:
         rng = np.random.default_rng([config.seed, step, slot])
-        example = {**example, "image": augment(example["image"], rng)}
+        image = augment(
+          example["image"],
+          rng,
+          intensity=config.get("augment_intensity", 0.0),
+          rotation=config.get("augment_rotation_deg", 0.0),
+        )
+        example = {**example, "image": image}
       examples.append(example)
     return _stack(examples, [True] * len(examples), with_ids=False)
 

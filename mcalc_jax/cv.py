@@ -34,7 +34,18 @@ import numpy as np
 
 from input_pipeline import pipeline, splits, tfds_builder
 from input_pipeline.manifest import Finding
-from mcalc_jax import archive, evaluation, files, froc, heatmaps, inference, metrics, scoring, train
+from mcalc_jax import (
+  archive,
+  evaluation,
+  files,
+  froc,
+  heatmaps,
+  inference,
+  metrics,
+  mining,
+  scoring,
+  train,
+)
 from mcalc_jax.scoring import ImageScores
 
 FOLDS_FILE = "folds.json"
@@ -188,14 +199,21 @@ def cross_validate(
   threshold_policy: str = "youden",
   resamples: int = evaluation.BOOTSTRAP_RESAMPLES,
   localization: Localization | None = None,
+  mining_rounds: int = 0,
+  mining_per_image: int = 4,
 ) -> dict[str, Any]:
   """Trains `folds` patient-grouped models, pools their out-of-fold predictions, evaluates them.
 
   `arrays`/`labels`/`field_of_view_mm` default to `load_patches(config.dataset,
   config.data_dir)`. With `localization`, each fold's model also scores the whole mammograms of
-  its test patients and the pooled whole-image evaluation goes to WORKDIR/eval/froc. Returns
+  its test patients and the pooled whole-image evaluation goes to WORKDIR/eval/froc. With
+  `mining_rounds` (which needs `localization`'s findings), each fold then mines
+  `mining_per_image` hard negatives from every training image (`mcalc_jax.mining`) and goes on
+  training from its best checkpoint, round after round (WORKDIR/fold_<i>/round_<r>). Returns
   the summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
   """
+  if mining_rounds and localization is None:
+    raise ValueError("hard-negative mining scores whole images: give the cohort's findings")
   if jax.process_count() > 1:
     raise NotImplementedError("run mcalc-cv in a single process (predictions are per host)")
   workdir = pathlib.Path(workdir)
@@ -223,7 +241,12 @@ def cross_validate(
     if not path.exists():
       data = fold_data(arrays, fold, config, field_of_view_mm)
       train.train_and_evaluate(config, fold_dir, data=data)
-      classifier = inference.load_classifier(fold_dir, "best")
+      for r in range(1, mining_rounds + 1):
+        mined = _mined(fold_dir, r, fold, localization, mining_per_image, arrays["image"].shape[1])
+        data = fold_data(_with(arrays, mined), fold, config, field_of_view_mm)
+        tuned = _fine_tuning(config, _round_dir(fold_dir, r - 1))
+        train.train_and_evaluate(tuned, _round_dir(fold_dir, r), data=data)
+      classifier = inference.load_classifier(_round_dir(fold_dir, mining_rounds), "best")
       _save_predictions(
         path,
         {
@@ -266,7 +289,9 @@ def cross_validate(
     "pooled_counts": result["counts"],
   }
   if localization is not None:
-    summary["whole_image"] = localize_folds(workdir, assignment, localization, seed, resamples)
+    summary["whole_image"] = localize_folds(
+      workdir, assignment, localization, seed, resamples, mining_rounds
+    )
   files.write_text(workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
   return summary
 
@@ -281,6 +306,11 @@ class Localization:
   batch_size: int = 256
   overlays: bool = False
 
+  def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
+    """A whole-image scorer of the run's best model."""
+    classifier = inference.load_classifier(run_dir, "best")
+    return scoring.Scorer(classifier, stride=self.stride or None, batch_size=self.batch_size)
+
   @property
   def base(self) -> str:
     """The images' common folder: image keys are their paths relative to it."""
@@ -294,8 +324,9 @@ def localize_folds(
   localization: Localization,
   seed: int,
   resamples: int,
+  mining_rounds: int = 0,
 ) -> dict[str, Any]:
-  """Scores each fold's test images with its best model (resumable) and evaluates them pooled."""
+  """Scores each fold's test images with its final model (resumable), evaluates them pooled."""
   grids: dict[str, ImageScores] = {}
   inputs = archive.inputs_from_findings(localization.findings, localization.base)
   patient = {f.image_path: f.patient_id for f in localization.findings}
@@ -303,11 +334,7 @@ def localize_folds(
     fold_dir, test = workdir / f"fold_{i}", set(fold["test"])
     mine = [item for item in inputs if patient[item.path] in test]
     out = fold_dir / IMAGES_DIR
-    scorer = scoring.Scorer(
-      inference.load_classifier(fold_dir, "best"),
-      stride=localization.stride or None,
-      batch_size=localization.batch_size,
-    )
+    scorer = localization.scorer(_round_dir(fold_dir, mining_rounds))
     archive.score_archive(scorer, mine, os.fspath(out), overlays=localization.overlays)
     grids |= {
       item.key: heatmaps.read_scores(out / f"{item.key}.npz")
@@ -320,3 +347,55 @@ def localize_folds(
   )
   froc.write_outputs(workdir / "eval" / "froc", result)
   return {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}
+
+
+def _round_dir(fold_dir: pathlib.Path, round_: int) -> pathlib.Path:
+  """Where a fold's mining round trains (round 0: the fold's own run)."""
+  return fold_dir if round_ == 0 else fold_dir / f"round_{round_}"
+
+
+def _fine_tuning(
+  config: ml_collections.ConfigDict, previous: pathlib.Path
+) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.init_from = os.fspath(previous)
+  return config
+
+
+def _mined(
+  fold_dir: pathlib.Path,
+  round_: int,
+  fold: Mapping[str, Sequence[str]],
+  localization: Localization,
+  per_image: int,
+  size: int,
+) -> dict[str, np.ndarray]:
+  """Every hard negative mined up to `round_` from the fold's training images (each round's
+  mined once, saved in fold_<i>/mined_<r>.npz, read back on a rerun)."""
+  rounds = []
+  for r in range(1, round_ + 1):
+    path = fold_dir / f"mined_{r}.npz"
+    if not path.exists():
+      train_patients = set(fold["train"])
+      images = [
+        (im.image_id, im.findings)
+        for im in tfds_builder.group_images(localization.findings)
+        if im.patient_id in train_patients
+      ]
+      found = mining.mine(localization.scorer(_round_dir(fold_dir, r - 1)), images, per_image, size)
+      with files.atomic_write(path) as f:
+        np.savez(f, **found)
+    with np.load(path) as saved:
+      rounds.append({k: saved[k] for k in saved.files})
+  return mining.concatenate(rounds, size)
+
+
+def _with(
+  arrays: Mapping[str, np.ndarray], mined: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+  """The cohort's patch arrays with the mined ones appended (ids keep their full length)."""
+  out = {}
+  for key, values in arrays.items():
+    joined = np.concatenate([values, np.asarray(mined[key])])
+    out[key] = joined if values.dtype.kind in "US" else joined.astype(values.dtype)
+  return out

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from mcalc_jax import cv, report
+from input_pipeline.manifest import read_manifest
+from mcalc_jax import archive, cv, report
 from mcalc_jax.configs import default
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
@@ -147,3 +148,58 @@ def test_cli_prints_the_summary_of_a_finished_cross_validation(finished):
     check=False,
   )
   assert bad.returncode != 0 and "learning_rat" in bad.stderr
+
+
+def test_the_classical_floor_cross_validates_mines_and_localises_every_image_once(tmp_path):
+  """The top-hat floor through the same folds as the networks, with a round of hard-negative
+  mining from each fold's training images, its whole images scored out of fold: every image
+  once, by the fold that held its patient out."""
+  data_dir = build_dataset(tmp_path)
+  config = default.get_config("task=1,model=tophat")
+  config.update(
+    dict(
+      dataset="mcalc_patches/cvtiny",
+      data_dir=data_dir,
+      patch_size=32,
+      batch_size=4,
+      eval_batch_size=8,
+      num_train_steps=2,
+      eval_every_steps=2,
+      learning_rate=0.01,
+      async_checkpointing=False,
+    )
+  )
+  config.preprocess.update(dict(input_size=32, blur_sigma=0.0, normalization="unit"))
+  findings = read_manifest(tmp_path / "manifest.csv")
+  localization = cv.Localization(findings, batch_size=16)
+  summary = cv.cross_validate(
+    config,
+    tmp_path / "run",
+    FOLDS,
+    seed=0,
+    resamples=20,
+    localization=localization,
+    mining_rounds=1,
+    mining_per_image=1,
+  )
+
+  folds = json.loads((tmp_path / "run" / cv.FOLDS_FILE).read_text())["folds"]
+  scored = {
+    row[0]: i
+    for i in range(FOLDS)
+    for row in archive.read_log(str(tmp_path / "run" / f"fold_{i}" / cv.IMAGES_DIR / "scores.csv"))[
+      1
+    ]
+  }
+  inputs = archive.inputs_from_findings(findings, localization.base)
+  patient = {f.image_path: f.patient_id for f in findings}
+  assert sorted(scored) == sorted(i.key for i in inputs)  # every image, once
+  for item in inputs:
+    assert patient[item.path] in folds[scored[item.key]]["test"]
+  for i, fold in enumerate(folds):  # mined from the fold's training patients only
+    with np.load(tmp_path / "run" / f"fold_{i}" / "mined_1.npz") as mined:
+      assert set(mined["patient_id"]) <= set(fold["train"]) and len(mined["patient_id"])
+    assert (tmp_path / "run" / f"fold_{i}" / "round_1" / "config.json").exists()
+  froc_json = json.loads((tmp_path / "run" / "eval" / "froc" / "froc.json").read_text())
+  assert froc_json["counts"]["clusters"] == NUM_PATIENTS  # one cluster per patient
+  assert summary["whole_image"]["counts"]["images"] == 2 * NUM_PATIENTS

@@ -34,6 +34,12 @@ _DATA_CONFIG = common.define_config_flag(
   "The dataset's data config: its images are scored whole, out of fold.", "data_config", False
 )
 _STRIDE = flags.DEFINE_integer("localize_stride", 0, "Whole-image tile stride; 0: patch size.")
+_MINING_ROUNDS = flags.DEFINE_integer(
+  "mining_rounds", 0, "Rounds of hard-negative mining per fold (needs --data_config)."
+)
+_MINING_PER_IMAGE = flags.DEFINE_integer(
+  "mining_per_image", 4, "Hard negatives mined from each training image per round."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -50,6 +56,8 @@ def main(argv: list[str]) -> None:
     _SEED.value,
     threshold_policy=_THRESHOLD.value,
     localization=localization,
+    mining_rounds=_MINING_ROUNDS.value,
+    mining_per_image=_MINING_PER_IMAGE.value,
   )
   print(json.dumps(summary, indent=2))
 
