@@ -48,11 +48,14 @@ def _synthetic_cohort(config: ml_collections.ConfigDict, data_dir: str) -> str:
   location = config.location or os.path.join(data_dir, "synthetic_cohort")
   if not os.path.isfile(os.path.join(location, "manifest.csv")):
     logging.info("generating %d synthetic patients in %s", config.synthetic.num_patients, location)
+    cohort = config.synthetic
+    options = synthetic.SyntheticOptions(
+      difficulty=cohort.difficulty,
+      pixel_spacing_mm=cohort.get("pixel_spacing_mm", 0.085),
+      image_size=tuple(cohort.get("image_size", (1200, 900))),
+    )
     synthetic.generate_cohort(
-      location,
-      num_patients=config.synthetic.num_patients,
-      seed=config.synthetic.seed,
-      options=synthetic.SyntheticOptions(difficulty=config.synthetic.difficulty),
+      location, num_patients=cohort.num_patients, seed=cohort.seed, options=options
     )
   return location
 

@@ -15,7 +15,7 @@ import pathlib
 import time
 
 from input_pipeline import manifest, prepare
-from mcalc_jax import archive, evaluation, report, train
+from mcalc_jax import archive, evaluation, froc, report, train
 from mcalc_jax.configs import data as configs_data
 from mcalc_jax.configs import default as configs_default
 
@@ -55,24 +55,51 @@ def train_task(task: int, workdir: str, builder, epochs: int, model: str, seed: 
 
 
 def test_mammograms(builder, cohort: str, count: int) -> str:
-  """Writes a manifest of `count` test-split mammograms with calcifications; returns its path."""
+  """Writes a manifest of `count` test-split mammograms, those with calcifications first, with
+  all their findings; returns its path."""
   test_patients = {
     p for p, info in builder.info.metadata["patients"].items() if info["split"] == "test"
   }
   findings = [
     f
     for f in manifest.read_manifest(os.path.join(cohort, "manifest.csv"))
-    if f.patient_id in test_patients and f.abnormality == "calcification"
+    if f.patient_id in test_patients
   ]
-  images = list(dict.fromkeys(f.image_path for f in findings))[:count]
-  chosen = [f for f in findings if f.image_path in images]
+  with_clusters = {f.image_path for f in findings if f.abnormality == "calcification"}
+  ordered = sorted(
+    dict.fromkeys(f.image_path for f in findings), key=lambda p: p not in with_clusters
+  )
+  chosen = [f for f in findings if f.image_path in set(ordered[:count])]
   path = os.path.join(os.path.dirname(cohort), "heatmap_inputs.csv")
   manifest.write_manifest(path, chosen)
   return path
 
 
-def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str | None) -> None:
+def localisation(inputs: str, heatmaps: str) -> dict:
+  """Whole-image evaluation of the scored test mammograms, and how often the hottest tile of an
+  image with clusters lies on one of them (its best cluster ranks first)."""
+  result = froc.evaluate_scored_folder(heatmaps, inputs, resamples=200)
+  best: dict[str, int] = {}
+  for c in result["clusters"]:
+    rank = c["rank"] if c["rank"] is not None else 10**9
+    best[c["image"]] = min(best.get(c["image"], rank), rank)
+  result["hottest_on_a_cluster"] = {"images": len(best), "hits": sum(r == 1 for r in best.values())}
+  return result
+
+
+def _print_summary(
+  workdir: str, run_dirs: list[str], table: str, heatmaps: str | None, found: dict | None
+) -> None:
   print(pathlib.Path(table).read_text(), flush=True)
+  if found is not None:
+    hot, m = found["hottest_on_a_cluster"], found["metrics"]
+    print(
+      f"Whole test mammograms: the hottest tile is on a cluster in {hot['hits']} of "
+      f"{hot['images']} images with clusters; cluster sensitivity "
+      f"{m['sensitivity_at_1_fp']:.2f} at 1 false-positive region per image "
+      f"({found['counts']['clusters']} clusters, {found['counts']['images']} images).",
+      flush=True,
+    )
   _stage("where everything is")
   for label, path in [("cohort (DICOM + manifest.csv)", "cohort"), ("TFDS dataset", "tfds")]:
     print(f"  {label:32s} {os.path.join(workdir, path)}")
@@ -84,6 +111,7 @@ def _print_summary(workdir: str, run_dirs: list[str], table: str, heatmaps: str 
     with open(os.path.join(heatmaps, "scores.csv"), newline="") as f:
       rows = list(csv.DictReader(f))
     print(f"  {'heatmaps (' + str(len(rows)) + ' images)':32s} {heatmaps}")
+    print(f"  {'  FROC, cluster ranks':32s} {os.path.join(heatmaps, 'froc')}")
 
 
 def run_demo(
@@ -107,9 +135,9 @@ def run_demo(
     run_dirs.append(train_task(task, workdir, builder, epochs, model, seed))
   _stage("4/5 Table 2 report")
   table, _ = report.write_report(run_dirs, os.path.join(workdir, "table2"))
-  output = None
+  output, found = None, None
   if heatmaps > 0:
-    _stage(f"5/5 heatmaps of {heatmaps} test mammograms with mcalc-score")
+    _stage(f"5/5 heatmaps of up to {heatmaps} test mammograms with mcalc-score, and their FROC")
     inputs = test_mammograms(builder, os.path.join(workdir, "cohort"), heatmaps)
     output = os.path.join(workdir, "heatmaps")
     archive.score_job(
@@ -117,5 +145,6 @@ def run_demo(
         workdir=run_dirs[0], task2_workdir=run_dirs[1], input=inputs, output=output
       )
     )
-  _print_summary(workdir, run_dirs, table, output)
+    found = localisation(inputs, output)
+  _print_summary(workdir, run_dirs, table, output, found)
   print(f"\nmcalc-demo finished in {time.time() - start:.0f} s", flush=True)

@@ -12,7 +12,7 @@ import pytest
 from input_pipeline import tfds_builder
 from mcalc_jax.cli import common
 from mcalc_jax.configs import common as config_args
-from mcalc_jax.configs import data, default
+from mcalc_jax.configs import data, default, paper
 
 MCALC_TRAIN = pathlib.Path(sys.executable).parent / "mcalc-train"  # the installed console script
 
@@ -26,7 +26,7 @@ def test_arguments_choose_the_task_and_the_network():
 def test_arguments_are_typed_like_their_defaults_and_typos_fail():
   args = config_args.parse_arg("n=3,rate=0.5,paper", n=1, rate=0.1, paper=False, name="x")
   assert (args.n, args.rate, args.paper, args.name) == (3, 0.5, True, "x")
-  with pytest.raises(ValueError, match="unknown config argument 'modle'; known: model, task"):
+  with pytest.raises(ValueError, match="unknown config argument 'modle'; known: model, recipe, task"):
     default.get_config("modle=resnet18")
 
 
@@ -52,5 +52,22 @@ def test_a_bad_config_argument_is_a_one_line_error(tmp_path):
   result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-    f"{MCALC_TRAIN}: ValueError: unknown config argument 'tsk'; known: model, task"
+    f"{MCALC_TRAIN}: ValueError: unknown config argument 'tsk'; known: model, recipe, task"
   ]
+
+
+def test_the_default_recipe_keeps_the_specks_and_the_papers_is_a_named_config():
+  ours, theirs = default.get_config(), paper.get_config()
+  assert (ours.recipe, theirs.recipe) == ("mcalc", "paper")
+  assert ours.dataset == "mcalc_patches/mias_11p2mm" and theirs.dataset == "mcalc_patches/mias"
+  assert (ours.preprocess.blur_sigma, ours.preprocess.normalization) == (0.0, "unit")
+  assert (theirs.preprocess.blur_sigma, theirs.preprocess.normalization) == (1.0, "zscore")
+  assert (ours.front_end, theirs.front_end) == ("tophat", "")
+  assert (
+    (theirs.batch_size, theirs.learning_rate) == (16, 1e-4) == (ours.batch_size, ours.learning_rate)
+  )
+  assert default.get_config("model=tophat").front_end == ""  # the floor is no CNN
+  assert (
+    paper.get_config("task=2,model=resnet34").to_dict()
+    == default.get_config("task=2,model=resnet34,recipe=paper").to_dict()
+  )

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -30,16 +31,13 @@ def build_dataset(folder) -> str:
   return str(build(manifest, str(folder / "tfds"), name="cvtiny").data_dir_root)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A 3-fold cross-validation of ResNet18 on 32x32 patches, 2 steps per fold."""
-  folder = tmp_path_factory.mktemp("cv")
-  config = default.get_config()
+def tiny_config(model: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """`model` on the tiny cohort's 32x32 patches, 2 steps per fold."""
+  config = default.get_config(f"model={model}")
   config.update(
     dict(
-      model="resnet18",
       dataset="mcalc_patches/cvtiny",
-      data_dir=build_dataset(folder),
+      data_dir=data_dir,
       patch_size=32,
       batch_size=4,
       eval_batch_size=8,
@@ -47,9 +45,18 @@ def finished(tmp_path_factory):
       eval_every_steps=2,
       log_every_steps=1,
       async_checkpointing=False,
+      **overrides,
     )
   )
   config.preprocess.input_size = 32
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A 3-fold cross-validation of ResNet18 on 32x32 patches, 2 steps per fold."""
+  folder = tmp_path_factory.mktemp("cv")
+  config = tiny_config("resnet18", build_dataset(folder))
   workdir = folder / "run"
   summary = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
   return config, workdir, summary
@@ -154,22 +161,8 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   """The top-hat floor through the same folds as the networks, with a round of hard-negative
   mining from each fold's training images, its whole images scored out of fold: every image
   once, by the fold that held its patient out."""
-  data_dir = build_dataset(tmp_path)
-  config = default.get_config("task=1,model=tophat")
-  config.update(
-    dict(
-      dataset="mcalc_patches/cvtiny",
-      data_dir=data_dir,
-      patch_size=32,
-      batch_size=4,
-      eval_batch_size=8,
-      num_train_steps=2,
-      eval_every_steps=2,
-      learning_rate=0.01,
-      async_checkpointing=False,
-    )
-  )
-  config.preprocess.update(dict(input_size=32, blur_sigma=0.0, normalization="unit"))
+  config = tiny_config("tophat", build_dataset(tmp_path), learning_rate=0.01)
+  config.preprocess.update(dict(blur_sigma=0.0, normalization="unit"))
   findings = read_manifest(tmp_path / "manifest.csv")
   localization = cv.Localization(findings, batch_size=16)
   summary = cv.cross_validate(

@@ -38,3 +38,6 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
   for row in rows:
     assert 0.0 <= float(row["task1_max"]) <= 1.0
     assert os.path.isfile(workdir / "heatmaps" / f"{row['key']}.png")
+  froc = json.loads((workdir / "heatmaps" / "froc" / "froc.json").read_text())
+  assert froc["counts"]["images"] == 2 and froc["counts"]["images_with_clusters"] >= 1
+  assert "the hottest tile is on a cluster in" in result.stdout

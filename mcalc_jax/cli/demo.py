@@ -20,7 +20,7 @@ _EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per task.")
 _MODEL = flags.DEFINE_enum("model", "alexnet", list(networks.NETWORKS), "Network.")
 _DIFFICULTY = flags.DEFINE_float("difficulty", 0.5, "Synthetic speck subtlety, 0 (easy) to 1.")
 _HEATMAPS = flags.DEFINE_integer(
-  "heatmaps", 4, "Test mammograms to score into heatmaps (0: skip the scoring step)."
+  "heatmaps", 16, "Test mammograms to score whole (those with clusters first; 0: skip)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the cohort, the splits and the training.")
 

@@ -163,7 +163,7 @@ def jax_train_call(
 
   `overrides` sets further fields of the default configuration (e.g. {'cpu_tuning': {'conv_chunk': 0}}).
   """
-  config = default.get_config()
+  config = default.get_config("recipe=paper")  # the preprocessing the PyTorch side repeats
   config.model, config.batch_size, config.dtype = model, batch_size, dtype
   config.update(overrides or {})
   mesh = parallel.make_mesh()
@@ -276,7 +276,9 @@ def torch_rates(
   x = torch.rand(batch_size, 1, PATCH, PATCH, device=device)
   x = x.contiguous(memory_format=torch.channels_last)
   host = torch.rand(batch_size, 1, PATCH, PATCH)
-  preprocessing = torch_reference.preprocessing(default.get_config().preprocess.blur_sigma, device)
+  preprocessing = torch_reference.preprocessing(
+    default.get_config("recipe=paper").preprocess.blur_sigma, device
+  )
   labels = torch.randint(0, 2, (batch_size,), device=device)
   autocast = torch.autocast(device, torch.bfloat16, enabled=args.dtype == "bfloat16")
   variants = {"channels_last": net}

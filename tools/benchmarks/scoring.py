@@ -64,7 +64,7 @@ def random_classifier(
 
   `overrides` sets further configuration fields (e.g. {'cpu_tuning': {'conv_chunk': 0}}).
   """
-  config = default.get_config()
+  config = default.get_config("recipe=paper")  # the preprocessing the PyTorch side repeats
   config.model, config.dtype = model, dtype
   config.update(overrides or {})
   config.patch_size = _PATCH
@@ -135,7 +135,9 @@ def torch_tiles_per_second(
   net = torch_reference.create(model)
   torch_reference.check_param_count(model, net)
   net = net.eval().to(device, memory_format=torch.channels_last)
-  preprocessing = torch_reference.preprocessing(default.get_config().preprocess.blur_sigma, device)
+  preprocessing = torch_reference.preprocessing(
+    default.get_config("recipe=paper").preprocess.blur_sigma, device
+  )
   image = torch.from_numpy(synthetic_mammogram(SHAPE).pixels.astype(np.float32) / _MAX_VALUE)
   image = image.to(device)
   tiles = image.unfold(0, _PATCH, stride).unfold(1, _PATCH, stride).reshape(-1, 1, _PATCH, _PATCH)
