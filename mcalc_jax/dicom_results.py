@@ -23,6 +23,7 @@ Needs the `dicom` extra (highdicom).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.metadata
 import os
@@ -317,6 +318,33 @@ def tile_outline(geometry: TileGeometry, i: int, j: int) -> np.ndarray:
   return np.array(corners, dtype=np.float32)
 
 
+# Patient and General Study attributes of Type 2 (present, possibly empty) that highdicom copies.
+_TYPE2 = (
+  "PatientName",
+  "PatientID",
+  "PatientBirthDate",
+  "PatientSex",
+  "StudyDate",
+  "StudyTime",
+  "ReferringPhysicianName",
+  "StudyID",
+  "AccessionNumber",
+)
+
+
+def with_type2_attributes(source: pydicom.Dataset) -> pydicom.Dataset:
+  """A copy of a header with the Type 2 patient/study attributes it lacks, empty (as DICOM says).
+
+  Sources that leave them out (digitised film, our synthetic files) are still valid images, and
+  their results must be valid instances too.
+  """
+  source = copy.deepcopy(source)
+  for keyword in _TYPE2:
+    if keyword not in source:
+      setattr(source, keyword, "")
+  return source
+
+
 class DicomResults:
   """Writes each scored DICOM image's Segmentation and SR into `folder`, and sends them if asked.
 
@@ -343,6 +371,7 @@ class DicomResults:
     """Writes (and stores) the results of one image; images without a DICOM header get none."""
     if source is None:
       return
+    source = with_type2_attributes(source)
     results = [
       segmentation(source, scores, self.identity),
       report(source, scores, self.identity, regions=self._regions),
