@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 _RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
+# Mammograms are compressed already or barely compressible: gzip on the server costs more time
+# than it saves on a LAN (Orthanc gzips by default: 0.52 s per 2 MB instance here, 0.05 s without).
+_HEADERS = {"Accept-Encoding": "identity"}
 _PAGE = 500  # QIDO-RS results per request
 _AS_STORED = (("application/dicom", "*"),)  # no transcoding on the server: pixels as archived
 _clients = threading.local()
@@ -61,7 +64,7 @@ class Server:
     """This thread's client (requests sessions are not shared between threads)."""
     cache = _clients.__dict__.setdefault("by_server", {})
     if self not in cache:
-      client = DICOMwebClient(self.url, timeout=self.timeout_seconds)
+      client = DICOMwebClient(self.url, timeout=self.timeout_seconds, headers=_HEADERS)
       client.set_http_retry_params(retry=False)  # retries are ours: dropped connections too
       cache[self] = client
     return cache[self]
