@@ -160,19 +160,28 @@ def segmentation(
     pixel_array=maps,
     segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
     segment_descriptions=segments,
-    series_instance_uid=identity.uid(source.StudyInstanceUID, "segmentation series"),
-    series_number=SEGMENTATION_SERIES_NUMBER,
-    sop_instance_uid=identity.uid(source.SOPInstanceUID, "segmentation"),
-    instance_number=int(source.get("InstanceNumber") or 1),
     omit_empty_frames=False,
     transfer_syntax_uid=RLELossless,
-    series_description=f"{identity.name} calcification probability",
+    **_instance(source, identity, "probability", SEGMENTATION_SERIES_NUMBER),
     content_label="MCALC_MAP",
     content_description="Tile probabilities of the calcification classifier",
     **_equipment(identity),
   )
   _copy_orientation(source, seg)
   return seg
+
+
+def _instance(
+  source: pydicom.Dataset, identity: ModelIdentity, kind: str, series_number: int
+) -> dict[str, str | int]:
+  """Series and instance of one kind of result: one series per study, UIDs stable per source."""
+  return {
+    "series_instance_uid": identity.uid(source.StudyInstanceUID, f"{kind} series"),
+    "series_number": series_number,
+    "sop_instance_uid": identity.uid(source.SOPInstanceUID, kind),
+    "instance_number": int(source.get("InstanceNumber") or 1),
+    "series_description": f"{identity.name} calcification {kind}",
+  }
 
 
 def _equipment(identity: ModelIdentity) -> dict[str, str]:
@@ -229,13 +238,9 @@ def report(
   return hd.sr.ComprehensiveSR(
     evidence=[source],
     content=content,
-    series_instance_uid=identity.uid(source.StudyInstanceUID, "report series"),
-    series_number=REPORT_SERIES_NUMBER,
-    sop_instance_uid=identity.uid(source.SOPInstanceUID, "report"),
-    instance_number=int(source.get("InstanceNumber") or 1),
     manufacturer=MANUFACTURER,
     is_complete=True,
-    series_description=f"{identity.name} calcification report",
+    **_instance(source, identity, "report", REPORT_SERIES_NUMBER),
   )
 
 
