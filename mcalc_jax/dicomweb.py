@@ -60,6 +60,10 @@ class Server:
   backoff_seconds: float = 0.5  # waits 0.5, 1, 2, ... seconds between tries
   timeout_seconds: float = 60.0
 
+  def __post_init__(self):
+    if self.tries < 1:
+      raise ValueError(f"DICOMweb tries must be at least 1, got {self.tries}")
+
   def client(self) -> DICOMwebClient:
     """This thread's client (requests sessions are not shared between threads)."""
     cache = _clients.__dict__.setdefault("by_server", {})
@@ -80,7 +84,7 @@ class Server:
         if attempt == self.tries:
           raise DicomwebError(f"{operation} failed after {attempt} tries: {_describe(e)}") from e
         time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: tries >= 1")
 
   def store(self, datasets: Sequence[pydicom.Dataset]) -> None:
     """STOW-RS of `datasets` (one study); raises DicomwebError if the server refuses any."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import http.server
 import pathlib
 import threading
@@ -257,3 +258,17 @@ def test_failing_instances_are_listed_and_a_rerun_resumes_by_sop_uid(tmp_path, o
   )
   assert sorted(stored_results(orthanc)) == sops
   np.testing.assert_equal(len(list((output / "dicom").iterdir())), 8)
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    ({"dicomweb_url": "http://pacs/dicom-web"}, "exactly one of --input and --dicomweb_url"),
+    ({"input": ""}, "exactly one of --input and --dicomweb_url"),
+    ({"stow_url": "http://pacs/dicom-web"}, "needs --dicom_results"),
+  ],
+)
+def test_a_job_refuses_contradictory_sources_before_loading_anything(changes, message):
+  options = archive.ScoreOptions(workdir="/nonexistent", input="/nonexistent", output="/tmp/x")
+  with pytest.raises(ValueError, match=message):
+    archive.score_job(dataclasses.replace(options, **changes))
