@@ -5,7 +5,9 @@
 
 Input: every DICOM (.dcm, .dicom, or no extension with a DICOM preamble), PNG and PGM under the
 folder, recursively, in sorted order (OUTPUT and hidden entries excluded); or the images of a
-manifest CSV (`input_pipeline.manifest`), whose findings with coordinates are drawn as circles.
+manifest CSV (`input_pipeline.manifest`), whose findings with coordinates are drawn as circles;
+or the MG instances of a DICOMweb server (`mcalc_jax.dicomweb`, keyed by a hash of the SOP
+Instance UID). Each input reads itself (`InputLike.read`), so scoring does not care which.
 
 Output, per image KEY (the first 16 hex digits of the sha1 of its path relative to the input
 folder, or to the manifest's folder; never patient tags):
@@ -14,6 +16,8 @@ folder, or to the manifest's folder; never patient tags):
   scores.csv   one row per scored image: SCORE_COLUMNS
   errors.csv   one row per image that could not be read or scored: ERROR_COLUMNS
 With --keep_identifiers both CSVs also carry `path` (relative), and error reasons keep the path.
+With --dicom_results, also dicom/KEY.seg.dcm and dicom/KEY.sr.dcm (`mcalc_jax.dicom_results`,
+the only outputs that carry patient and study data), sent back by STOW-RS with --stow_url.
 
 Every file is written atomically and a CSV row only after the image's files, each row in one
 fsynced write; a rerun drops a torn last row, skips images already in scores.csv or errors.csv
@@ -29,13 +33,16 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import importlib
 import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import jax
+import pydicom
 from absl import logging
 from tqdm import tqdm
 
@@ -43,6 +50,9 @@ from input_pipeline import manifest
 from input_pipeline.errors import MammogramError
 from input_pipeline.mammogram import Mammogram, read_mammogram, spacing_options
 from mcalc_jax import files, heatmaps, inference, scoring
+
+if TYPE_CHECKING:  # optional extra `dicom`: imported by score_job only when asked for
+  from mcalc_jax.dicom_results import DicomResults
 
 SCORE_COLUMNS = (
   "key",
@@ -79,6 +89,24 @@ class Input:
   annotations: tuple[heatmaps.Circle, ...] = ()
   pixel_spacing_mm: float | None = None  # documented by the manifest's source, if the file lacks it
 
+  def read(self, with_header: bool = False) -> tuple[Mammogram, pydicom.Dataset | None]:
+    """The decoded image and, when asked and the file is DICOM, its header (for DICOM results)."""
+    mammogram = read_mammogram(self.path, spacing_options(self.pixel_spacing_mm))
+    if not with_header or not _is_dicom(self.path):
+      return mammogram, None
+    return mammogram, pydicom.dcmread(self.path, stop_before_pixels=True)
+
+
+class InputLike(Protocol):
+  """What scoring needs of an input: an `Input` (a file) or a `dicomweb.DicomwebInput`."""
+
+  key: str
+  path: str
+  relative_path: str
+  annotations: tuple[heatmaps.Circle, ...]
+
+  def read(self, with_header: bool = False) -> tuple[Mammogram, pydicom.Dataset | None]: ...
+
 
 def image_key(relative_path: str) -> str:
   """A stable, non-identifying name for an image: a hash of its path relative to the input."""
@@ -111,6 +139,10 @@ def _is_image(path: str) -> bool:
   suffix = os.path.splitext(path)[1].lower()
   if suffix:
     return suffix in IMAGE_SUFFIXES
+  return _is_dicom(path)
+
+
+def _is_dicom(path: str) -> bool:
   with open(path, "rb") as f:
     return f.read(132)[128:] == b"DICM"
 
@@ -209,10 +241,11 @@ def _log_names() -> tuple[str, str]:
 class DecodedImage:
   """An image read, decoded and prepared for the devices on a worker thread."""
 
-  input: Input
+  input: InputLike
   mammogram: Mammogram
   prepared: scoring.PreparedImage
   seconds: float
+  header: pydicom.Dataset | None = None  # read only for DICOM results
 
 
 def _read_ahead(
@@ -243,7 +276,14 @@ def _outcome(
 class _Outputs:
   """Writes each image's files and then its CSV row, on one background thread, in order."""
 
-  def __init__(self, output: str, keep_identifiers: bool, overlays: bool, progress: tqdm):
+  def __init__(
+    self,
+    output: str,
+    keep_identifiers: bool,
+    overlays: bool,
+    progress: tqdm,
+    results: DicomResults | None = None,
+  ):
     scores_name, errors_name = _log_names()
     identity = ("path",) if keep_identifiers else ()
     self.scores = CsvLog(
@@ -258,13 +298,14 @@ class _Outputs:
       overlays,
       progress,
     )
+    self._results = results
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
     self._pending: collections.deque = collections.deque()
 
   def scored(self, decoded: DecodedImage, scores: scoring.ImageScores) -> None:
     self._submit(self._write_scores, decoded, scores)
 
-  def failed(self, item: Input, error: Exception) -> None:
+  def failed(self, item: InputLike, error: Exception) -> None:
     self._submit(self._write_error, item, error)
 
   def close(self) -> None:
@@ -290,10 +331,16 @@ class _Outputs:
         annotations=item.annotations,
         title=item.relative_path if self._keep else item.key,
       )
+    if self._results is not None:
+      try:
+        self._results.write(item.key, decoded.header, scores)
+      except Exception as e:  # noqa: BLE001 (a result the PACS did not take is that image's error)
+        self._write_error(item, e)
+        return
     self.scores.append([item.key, *self._identity(item), *_score_row(decoded, scores)])
     self._progress.update()
 
-  def _write_error(self, item: Input, error: Exception) -> None:
+  def _write_error(self, item: InputLike, error: Exception) -> None:
     reason = str(error)
     if not self._keep:  # the reason without the path, which may name the patient
       reason = error.reason if isinstance(error, MammogramError) else reason
@@ -302,7 +349,7 @@ class _Outputs:
     logging.warning("%s (%s) failed: %s", item.key, type(error).__name__, reason)
     self._progress.update()
 
-  def _identity(self, item: Input) -> list[str]:
+  def _identity(self, item: InputLike) -> list[str]:
     return [item.relative_path] if self._keep else []
 
 
@@ -336,26 +383,35 @@ def _score_row(decoded: DecodedImage, scores: scoring.ImageScores) -> list[objec
   ]
 
 
-def _remove_stale_temporaries(output: str, inputs: list[Input]) -> None:
+def _remove_stale_temporaries(
+  output: str, inputs: Sequence[InputLike], results: DicomResults | None
+) -> None:
   """Removes what a killed run of this process may have left half-written."""
   names = [f"{i.key}.{ext}" for i in inputs for ext in ("npz", "png")] + list(_log_names())
-  for name in names:
-    files.remove_stale_temporary(os.path.join(output, name))
+  paths = [os.path.join(output, name) for name in names]
+  if results is not None:
+    paths += [path for i in inputs for path in results.paths(i.key)]
+  for path in paths:
+    files.remove_stale_temporary(path)
 
 
 def score_archive(
   scorer: scoring.Scorer,
-  inputs: list[Input],
+  inputs: Sequence[InputLike],
   output: str,
   *,
   keep_identifiers: bool = False,
   overlays: bool = True,
   num_workers: int = 2,
+  results: DicomResults | None = None,
 ) -> None:
-  """Scores this process's share of `inputs` that no earlier run finished, into `output`."""
+  """Scores this process's share of `inputs` that no earlier run finished, into `output`.
+
+  `results`, if given, also writes (and sends) each DICOM image's DICOM results.
+  """
   os.makedirs(output, exist_ok=True)
   share = inputs[jax.process_index() :: jax.process_count()]
-  _remove_stale_temporaries(output, share)
+  _remove_stale_temporaries(output, share, results)
   done = finished_keys(output)
   todo = [i for i in share if i.key not in done]
   logging.info(
@@ -365,14 +421,14 @@ def score_archive(
     len(share) - len(todo),
   )
 
-  def prepare(item: Input) -> DecodedImage:
+  def prepare(item: InputLike) -> DecodedImage:
     start = time.perf_counter()
-    mammogram = read_mammogram(item.path, spacing_options(item.pixel_spacing_mm))
+    mammogram, header = item.read(with_header=results is not None)
     prepared = scorer.prepare(mammogram)
-    return DecodedImage(item, mammogram, prepared, time.perf_counter() - start)
+    return DecodedImage(item, mammogram, prepared, time.perf_counter() - start, header)
 
   with tqdm(total=len(todo), unit="image", desc="mcalc-score") as progress:
-    outputs = _Outputs(output, keep_identifiers, overlays, progress)
+    outputs = _Outputs(output, keep_identifiers, overlays, progress, results)
 
     def readable() -> Iterator[tuple[DecodedImage, scoring.PreparedImage]]:
       for item, result in _read_ahead(todo, prepare, num_workers):
@@ -393,7 +449,7 @@ class ScoreOptions:
   """Everything the `mcalc-score` job takes (its flags, one for one)."""
 
   workdir: str  # the Task 1 run
-  input: str  # folder (recursive) or manifest CSV
+  input: str  # folder (recursive) or manifest CSV; "" with dicomweb_url
   output: str
   task2_workdir: str = ""  # the Task 2 run, if any
   checkpoint: str = "best"
@@ -404,11 +460,19 @@ class ScoreOptions:
   keep_identifiers: bool = False
   num_workers: int = 2
   overlays: bool = True
+  dicomweb_url: str = ""  # a DICOMweb server to read from instead of `input`
+  dicomweb_studies: tuple[str, ...] = ()  # StudyInstanceUIDs; () with dicomweb_study_dates
+  dicomweb_study_dates: str = ""  # DICOM date range, e.g. 20240101-20240131; "": all
+  dicomweb_modality: str = "MG"
+  dicomweb_tries: int = 4  # per request, with exponential backoff
+  dicom_results: bool = False  # a Segmentation and an SR per DICOM image (patient data!)
+  stow_url: str = ""  # DICOMweb server to STOW-RS the DICOM results to
 
 
 def score_job(options: ScoreOptions) -> None:
-  """Loads the runs' classifiers and scores every image of `options.input` not yet done."""
-  inputs = find_inputs(options.input, exclude=options.output)
+  """Loads the runs' classifiers and scores every input not yet done (folder, manifest, server)."""
+  _check(options)
+  inputs = _inputs(options)
   task1 = inference.load_classifier(options.workdir, options.checkpoint)
   task2 = (
     inference.load_classifier(options.task2_workdir, options.checkpoint)
@@ -430,4 +494,49 @@ def score_job(options: ScoreOptions) -> None:
     keep_identifiers=options.keep_identifiers,
     overlays=options.overlays,
     num_workers=options.num_workers,
+    results=_dicom_results(options, task1, scorer.stride) if options.dicom_results else None,
   )
+
+
+def _check(options: ScoreOptions) -> None:
+  if bool(options.input) == bool(options.dicomweb_url):
+    raise ValueError("give exactly one of --input and --dicomweb_url")
+  if options.stow_url and not options.dicom_results:
+    raise ValueError("--stow_url sends DICOM results: it needs --dicom_results")
+
+
+def _inputs(options: ScoreOptions) -> Sequence[InputLike]:
+  """The images of a folder or manifest, or the instances a DICOMweb server lists."""
+  if not options.dicomweb_url:
+    return find_inputs(options.input, exclude=options.output)
+  dicomweb = _optional("dicomweb")
+  return dicomweb.find_instances(
+    dicomweb.Server(options.dicomweb_url, tries=options.dicomweb_tries),
+    study_uids=options.dicomweb_studies,
+    study_dates=options.dicomweb_study_dates,
+    modality=options.dicomweb_modality,
+  )
+
+
+def _dicom_results(options: ScoreOptions, task1: inference.Classifier, stride: int) -> DicomResults:
+  """The DICOM results writer of this job: its model identity, and STOW-RS if asked."""
+  dicom_results = _optional("dicom_results")
+  identity = dicom_results.ModelIdentity.of_runs(
+    task1.config,
+    options.workdir,
+    options.task2_workdir,
+    checkpoint=options.checkpoint,
+    stride=stride,
+  )
+  store = None
+  if options.stow_url:
+    store = _optional("dicomweb").Server(options.stow_url, tries=options.dicomweb_tries).store
+  return dicom_results.DicomResults(os.path.join(options.output, "dicom"), identity, store=store)
+
+
+def _optional(module: str):
+  """A module of the `dicom` extra, or one line saying how to install it."""
+  try:
+    return importlib.import_module(f"mcalc_jax.{module}")
+  except ImportError as e:
+    raise ImportError(f"{e}: DICOMweb and DICOM results need pip install 'mcalc_jax[dicom]'") from e

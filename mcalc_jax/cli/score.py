@@ -3,8 +3,12 @@
   mcalc-score --workdir=runs/task1 --input=ARCHIVE_DIR|MANIFEST.csv --output=SCORES_DIR
       [--task2_workdir=runs/task2] [--stride=112] [--batch_size=256] [--task1_threshold=0.5]
       [--keep_identifiers] [--num_workers=2] [--nooverlays]
+  mcalc-score --workdir=runs/task1 --dicomweb_url=http://pacs/dicom-web --output=SCORES_DIR
+      [--dicomweb_study_dates=20240101-20240131 | --dicomweb_studies=UID,UID]
+      [--dicom_results [--stow_url=http://pacs/dicom-web]]
 
-What is read and written, and how a rerun resumes: `mcalc_jax.archive`.
+What is read and written, and how a rerun resumes: `mcalc_jax.archive`; DICOMweb:
+`mcalc_jax.dicomweb`; DICOM results: `mcalc_jax.dicom_results` (docs/dicom.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training run directory of the Task 1 classifier.", required=True
 )
 _INPUT = flags.DEFINE_string(
-  "input", None, "Folder of mammograms (recursive) or a manifest CSV.", required=True
+  "input", "", "Folder of mammograms (recursive) or a manifest CSV (or give --dicomweb_url)."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the outputs.", required=True)
 _TASK2_WORKDIR = flags.DEFINE_string(
@@ -38,6 +42,28 @@ _KEEP_IDENTIFIERS = flags.DEFINE_bool(
 )
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Threads decoding images ahead.")
 _OVERLAYS = flags.DEFINE_bool("overlays", True, "Write an overlay PNG per image.")
+_DICOMWEB_URL = flags.DEFINE_string(
+  "dicomweb_url", "", "DICOMweb base URL to read the images from (QIDO-RS + WADO-RS)."
+)
+_DICOMWEB_STUDIES = flags.DEFINE_list(
+  "dicomweb_studies", [], "StudyInstanceUIDs to score (default: every study in the date range)."
+)
+_DICOMWEB_STUDY_DATES = flags.DEFINE_string(
+  "dicomweb_study_dates", "", "Study date or range, e.g. 20240101-20240131 (default: all)."
+)
+_DICOMWEB_MODALITY = flags.DEFINE_string("dicomweb_modality", "MG", "Modality of the series.")
+_DICOMWEB_TRIES = flags.DEFINE_integer(
+  "dicomweb_tries", 4, "Tries per DICOMweb request (exponential backoff) before an error row."
+)
+_DICOM_RESULTS = flags.DEFINE_bool(
+  "dicom_results",
+  False,
+  "Write a Segmentation (probability maps) and an SR per DICOM image into OUTPUT/dicom; they "
+  "carry the source's patient and study data.",
+)
+_STOW_URL = flags.DEFINE_string(
+  "stow_url", "", "DICOMweb base URL to send the DICOM results to (STOW-RS)."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -57,6 +83,13 @@ def main(argv: list[str]) -> None:
       keep_identifiers=_KEEP_IDENTIFIERS.value,
       num_workers=_NUM_WORKERS.value,
       overlays=_OVERLAYS.value,
+      dicomweb_url=_DICOMWEB_URL.value,
+      dicomweb_studies=tuple(_DICOMWEB_STUDIES.value),
+      dicomweb_study_dates=_DICOMWEB_STUDY_DATES.value,
+      dicomweb_modality=_DICOMWEB_MODALITY.value,
+      dicomweb_tries=_DICOMWEB_TRIES.value,
+      dicom_results=_DICOM_RESULTS.value,
+      stow_url=_STOW_URL.value,
     )
   )
 
