@@ -52,5 +52,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.patch = {k: v for k, v in dataclasses.asdict(settings).items() if k != "seed"}
   config.split = ml_collections.ConfigDict({"fractions": (0.7, 0.2, 0.1)})  # by patient
   if source.generated:
-    config.synthetic = ml_collections.ConfigDict({"num_patients": 24, "seed": 0, "difficulty": 0.5})
+    # input_pipeline.synthetic.SyntheticOptions; pixel_spacing_mm=0.2 renders at film's scale
+    config.synthetic = ml_collections.ConfigDict(
+      {
+        "num_patients": 24,
+        "seed": 0,
+        "difficulty": 0.5,
+        "pixel_spacing_mm": 0.085,
+        "image_size": (1200, 900),
+      }
+    )
   return config

@@ -26,7 +26,8 @@ def _stage(message: str) -> None:
 
 def build_dataset(workdir: str, patients: int, difficulty: float, seed: int):
   """Generates the cohort and builds its TFDS patch dataset; returns the builder."""
-  data = configs_data.get_config("source=synthetic")
+  fov = configs_default.FIELD_OF_VIEW_MM  # patches in the default recipe's millimetres
+  data = configs_data.get_config(f"source=synthetic,field_of_view_mm={fov}")
   data.location = os.path.join(workdir, "cohort")
   data.synthetic.num_patients = patients
   data.synthetic.difficulty = difficulty
