@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import ml_collections
 import numpy as np
 
 from input_pipeline import patch_data, pipeline
@@ -204,18 +205,29 @@ def evaluate_run(
   threshold_policy: str = "youden",
   seed: int = 0,
   resamples: int = BOOTSTRAP_RESAMPLES,
+  dataset: str = "",
+  data_dir: str = "",
 ) -> dict:
-  """Loads the run's classifier, predicts validation and `split`, writes WORKDIR/eval/<split>/."""
+  """Loads the run's classifier, predicts validation and `split`, writes WORKDIR/eval/<split>/.
+
+  `dataset` (and `data_dir`) evaluate the run on another TFDS dataset than its own (a model
+  trained on the synthetic cohort, scored on real patches: WORKDIR/eval/<name>_<split>/);
+  `split='all'` pools every stored split but validation, the threshold still chosen on it.
+  """
   if jax.process_count() > 1:
     # predict gives this process's share; patient ids must be pooled before any metric.
     raise NotImplementedError("run mcalc-evaluate in a single process (predictions are per host)")
   workdir = os.fspath(workdir)
   classifier = inference.load_classifier(workdir, checkpoint)
-  config = classifier.config
-  data = patch_data.create_data(config)  # the run's own data source (TFDS or noise)
+  config = ml_collections.ConfigDict(classifier.config.to_dict())
+  config.dataset, config.data_dir = dataset or config.dataset, data_dir or config.data_dir
+  data = patch_data.create_data(config)  # the run's own data source (TFDS or noise), or another
   val_split = config.eval_split
-  splits = dict.fromkeys((val_split, split))  # one prediction pass when split is validation
+  evaluated = (config.train_split, config.test_split) if split == "all" else (split,)
+  splits = dict.fromkeys((val_split, *evaluated))  # one pass per split, validation included
   preds = {s: inference.predict(classifier, data.eval_batches(s)) for s in splits}
+  if split == "all":
+    preds["all"] = {k: np.concatenate([preds[s][k] for s in evaluated]) for k in preds[val_split]}
   evaluation = evaluate_predictions(
     preds[val_split],
     preds[split],
@@ -232,7 +244,13 @@ def evaluate_run(
     "network": str(config.model),
     "dataset": str(config.dataset),
   }
+  folder = f"{dataset.replace('/', '_')}_{split}" if dataset else split
+  if dataset:
+    evaluation["run"]["trained_on"] = str(classifier.config.dataset)
   write_outputs(
-    os.path.join(workdir, "eval", split), evaluation, preds, task_class_names(int(config.task))
+    os.path.join(workdir, "eval", folder),
+    evaluation,
+    {s: preds[s] for s in dict.fromkeys((val_split, split))},
+    task_class_names(int(config.task)),
   )
   return evaluation

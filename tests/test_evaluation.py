@@ -6,6 +6,7 @@ import csv
 import json
 import types
 
+import ml_collections
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -133,14 +134,18 @@ def test_unusable_predictions_are_rejected_naming_the_split():
 
 def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch):
   # Stand-ins for the trained classifier and the dataset: evaluate_run only wires them together.
-  config = types.SimpleNamespace(
-    task=2,
-    model="resnet18",
-    dataset="mcalc_patches/mias",
-    eval_split="validation",
-    test_split="test",
+  config = ml_collections.ConfigDict(
+    dict(
+      task=2,
+      model="resnet18",
+      dataset="mcalc_patches/mias",
+      data_dir="",
+      train_split="train",
+      eval_split="validation",
+      test_split="test",
+    )
   )
-  split_seeds = {"validation": 10, "test": 11}
+  split_seeds = {"validation": 10, "test": 11, "train": 12}
 
   def predict(classifier, batches):
     preds = synthetic_predictions(split_seeds[batches])
@@ -170,3 +175,39 @@ def test_evaluate_run_loads_predicts_and_writes_eval_split(tmp_path, monkeypatch
   out = tmp_path / "eval" / "test"
   assert json.loads((out / "metrics.json").read_text())["run"]["network"] == "resnet18"
   assert (out / "predictions.csv").read_text().splitlines()[1].startswith("validation,P10_000,")
+
+
+def test_a_run_is_evaluated_on_another_dataset_over_all_its_splits(tmp_path, monkeypatch):
+  """Transfer: a model trained on the synthetic cohort, scored on every real patch."""
+  config = ml_collections.ConfigDict(
+    dict(
+      task=1,
+      model="alexnet",
+      dataset="mcalc_patches/synthetic_11p2mm",
+      data_dir="syn",
+      train_split="train",
+      eval_split="validation",
+      test_split="test",
+    )
+  )
+  seeds = {"validation": 10, "test": 11, "train": 12}
+  asked = []
+
+  def data(cfg):
+    asked.append((cfg.dataset, cfg.data_dir))
+    return types.SimpleNamespace(eval_batches=lambda split: split)
+
+  monkeypatch.setattr(
+    evaluation.inference, "load_classifier", lambda *_: types.SimpleNamespace(config=config)
+  )
+  monkeypatch.setattr(evaluation.inference, "predict", lambda _, s: synthetic_predictions(seeds[s]))
+  monkeypatch.setattr(evaluation.patch_data, "create_data", data)
+  result = evaluation.evaluate_run(
+    tmp_path, "all", dataset="mcalc_patches/mias_11p2mm", data_dir="real", resamples=20
+  )
+
+  assert asked == [("mcalc_patches/mias_11p2mm", "real")]
+  train, test = synthetic_predictions(12), synthetic_predictions(11)
+  assert result["counts"]["examples"] == len(train["label"]) + len(test["label"])
+  assert result["run"]["trained_on"] == "mcalc_patches/synthetic_11p2mm"
+  assert (tmp_path / "eval" / "mcalc_patches_mias_11p2mm_all" / "metrics.json").is_file()

@@ -73,3 +73,37 @@ def test_adaptive_avg_pool_is_identity_at_6x6_and_averages_larger_maps():
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match="resnet50"):
     networks.create_model(_config("resnet50"), nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+  ("model", "front_end", "params"),
+  [("tophat", "", 30), ("specknet", "tophat", 17_034), ("alexnet", "tophat", 57_019_786)],
+)
+def test_the_floor_and_the_front_end_networks_give_two_logits(model, front_end, params):
+  config = ml_collections.ConfigDict(
+    {
+      "model": model,
+      "num_classes": 2,
+      "dtype": "float32",
+      "front_end": front_end,
+      "field_of_view_mm": 11.2,
+      "preprocess": {"input_size": 112},
+    }
+  )
+
+  def forward(images):
+    net = networks.create_model(config, nnx.Rngs(0))
+    logits = networks.call(net, model, images, train=True, dropout_key=jax.random.key(0))
+    return nnx.state(net, nnx.Param), logits
+
+  state, logits = jax.eval_shape(forward, jax.ShapeDtypeStruct((3, 112, 112, 1), jnp.float32))
+  assert logits.shape == (3, 2) and logits.dtype == jnp.float32
+  assert sum(x.size for x in jax.tree.leaves(state)) == params
+
+
+def test_a_front_end_is_refused_before_the_floor():
+  config = ml_collections.ConfigDict(
+    {"model": "tophat", "num_classes": 2, "dtype": "float32", "front_end": "tophat"}
+  )
+  with pytest.raises(ValueError, match="takes no front end"):
+    networks.create_model(config, nnx.Rngs(0))

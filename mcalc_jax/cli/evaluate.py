@@ -1,7 +1,8 @@
 """mcalc-evaluate: metrics, predictions and plots of a trained run, in WORKDIR/eval/<split>/.
 
-mcalc-evaluate --workdir=runs/task1_alexnet [--split=test] [--checkpoint=best|latest]
+mcalc-evaluate --workdir=runs/task1_alexnet [--split=test|all] [--checkpoint=best|latest]
     [--threshold=youden|fixed:T|sensitivity:S] [--bootstrap_resamples=1000] [--seed=0]
+    [--dataset=mcalc_patches/mias_11p2mm --data_dir=DIR]   # on another dataset (transfer)
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _RESAMPLES = flags.DEFINE_integer(
   "bootstrap_resamples", evaluation.BOOTSTRAP_RESAMPLES, "Patient bootstrap resamples."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the patient bootstrap.")
+_DATASET = flags.DEFINE_string(
+  "dataset", "", "Evaluate on this TFDS dataset instead of the run's own (name/config)."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Its TFDS data_dir (with --dataset).")
 
 
 def main(argv: list[str]) -> None:
@@ -39,6 +44,8 @@ def main(argv: list[str]) -> None:
     threshold_policy=_THRESHOLD.value,
     seed=_SEED.value,
     resamples=_RESAMPLES.value,
+    dataset=_DATASET.value,
+    data_dir=_DATA_DIR.value,
   )
   values = {name: m["value"] for name, m in result["metrics"].items()}
   logging.info("%s split, threshold %s: %s", _SPLIT.value, result["threshold"], json.dumps(values))
