@@ -206,7 +206,7 @@ def test_fine_tuning_starts_from_the_pretrained_runs_best_checkpoint(tmp_path):
 def test_fine_tuning_refuses_a_run_of_another_network(tmp_path):
   config = _config(num_train_steps=1)
   train.train_and_evaluate(config, tmp_path / "resnet", _data(config))
-  other = _config(model="tophat", init_from=str(tmp_path / "resnet"))
+  other = _config(model="tophat", front_end="", init_from=str(tmp_path / "resnet"))
   with pytest.raises(ValueError, match="structure differs"):
     train.create_train_state(other, parallel.make_mesh())
 
