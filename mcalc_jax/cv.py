@@ -303,13 +303,19 @@ class Localization:
 
   findings: Sequence[Finding]
   stride: int = 0  # in patch pixels; 0: the patch size
+  min_breast_fraction: float = 0.1  # tiles with less breast are not scored (as mcalc-score)
   batch_size: int = 256
   overlays: bool = False
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
     """A whole-image scorer of the run's best model."""
     classifier = inference.load_classifier(run_dir, "best")
-    return scoring.Scorer(classifier, stride=self.stride or None, batch_size=self.batch_size)
+    return scoring.Scorer(
+      classifier,
+      stride=self.stride or None,
+      batch_size=self.batch_size,
+      min_breast_fraction=self.min_breast_fraction,
+    )
 
   @property
   def base(self) -> str:

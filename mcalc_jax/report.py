@@ -33,6 +33,15 @@ FOLD_COLUMNS = (
   *(f"{metrics.REGISTRY[name].column} mean ± sd" for name in metrics.FOLD_SPREAD_METRICS),
   "Patients per fold",
 )
+# Whole-image columns of a cross-validation localised out of fold (mcalc_jax.froc's metrics).
+WHOLE_IMAGE_COLUMNS = {
+  "sensitivity_at_0.5_fp": "Clusters found at 0.5 FP/image",
+  "sensitivity_at_1_fp": "at 1 FP/image",
+  "sensitivity_at_2_fp": "at 2 FP/image",
+  "image_auc": "Image AUC",
+  "breast_auc": "Breast AUC",
+  "median_cluster_rank": "Median cluster rank",
+}
 PAPER_COLUMNS = ("Task", "Network", "AUC", "Accuracy", "Sensitivity", "Specificity", "PPV", "NPV")
 # Pesapane et al. 2023, Table 2 as printed (95% CIs by the paper's Wald formula; none for AUC),
 # one printed row per entry (kept out of the formatter so it reads as the table does).
@@ -173,6 +182,7 @@ def markdown_report(evaluations: Sequence[dict], digits: int = 2) -> str:
       "",
       markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]),
       *_fold_spread_section(evaluations, digits),
+      *_whole_image_section(evaluations, digits),
       "## Reference: Table 2 of Pesapane et al. 2023 (their data; CIs by their Wald formula)",
       "",
       markdown_table(PAPER_COLUMNS, PAPER_TABLE2),
@@ -192,6 +202,55 @@ def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
     "sd over the folds where the metric is defined (their number in parentheses).",
     "",
     markdown_table(FOLD_COLUMNS, rows),
+  ]
+
+
+def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
+  """One row per cross-validation whose folds scored their test patients' whole images."""
+  rows = []
+  for evaluation in sorted(evaluations, key=_sort_key):
+    whole = evaluation.get("cv", {}).get("whole_image")
+    if not whole:
+      continue
+    cv, counts = evaluation["cv"], whole["counts"]
+    cells = []
+    for name in WHOLE_IMAGE_COLUMNS:
+      value, ci = whole["metrics"][name], whole["ci"][name]
+      low, high = ci["low"], ci["high"]
+      fmt = ".1f" if name == "median_cluster_rank" else f".{digits}f"
+      cells.append(
+        "n/a"
+        if value is None
+        else f"{value:{fmt}}"
+        + ("" if low is None or high is None else f" ({low:{fmt}}–{high:{fmt}})")
+      )
+    rows.append(
+      [
+        evaluation["run"].get("dir", ""),
+        str(cv["task"]),
+        networks.display_name(cv["network"]),
+        *cells,
+        f"{counts['clusters']} clusters in {counts['images_with_clusters']} of "
+        f"{counts['images']} images, {counts['patients']} patients",
+      ]
+    )
+  return rows
+
+
+def _whole_image_section(evaluations: Sequence[dict], digits: int) -> list[str]:
+  rows = whole_image_rows(evaluations, digits)
+  if not rows:
+    return []
+  columns = ("Run", "Task", "Network", *WHOLE_IMAGE_COLUMNS.values(), "n")
+  return [
+    "## Whole images, out of fold",
+    "",
+    "Each fold's model scored the whole mammograms of its own test patients (mcalc_jax.froc):",
+    "cluster sensitivity at mean false-positive regions per image, image and breast AUC from the",
+    "maximum tile score, each cluster's rank among its image's tiles (1: the hottest); 95% patient",
+    "bootstrap CIs in parentheses.",
+    "",
+    markdown_table(columns, rows),
   ]
 
 

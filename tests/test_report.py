@@ -125,3 +125,39 @@ def test_cross_validated_runs_add_the_spread_across_folds(runs):
     "| 4, 3, 3 |" in text
   )
   assert "Spread" not in report.markdown_report([report.load_evaluation("runs/t1_alexnet")])
+
+
+def test_localised_cross_validations_add_a_whole_image_table(runs):
+  metrics = {
+    "sensitivity_at_0.5_fp": 0.5,
+    "sensitivity_at_1_fp": 0.75,
+    "sensitivity_at_2_fp": 1.0,
+    "image_auc": 0.8,
+    "breast_auc": None,  # undefined, e.g. no breast without a cluster
+    "median_cluster_rank": 2.5,
+  }
+  ci = {name: {"low": 0.25, "high": 1.0} for name in metrics}
+  ci["median_cluster_rank"] = {"low": 1.0, "high": 6.0}
+  summary = {
+    "folds": 2,
+    "task": 1,
+    "network": "tophat",
+    "per_fold": [{"auc": 0.7, "patients": 8}, {"auc": 0.9, "patients": 8}],
+    "spread": {
+      "auc": {"mean": 0.8, "std": 0.14, "folds_defined": 2},
+      "accuracy": {"mean": 0.7, "std": 0.1, "folds_defined": 2},
+    },
+    "whole_image": {
+      "metrics": metrics,
+      "ci": ci,
+      "counts": {"images": 32, "images_with_clusters": 4, "clusters": 4, "patients": 16},
+    },
+  }
+  pathlib.Path("runs/t1_alexnet/cv_summary.json").write_text(json.dumps(summary))
+  text = report.markdown_report([report.load_evaluation(r) for r in runs])
+  assert "## Whole images, out of fold" in text
+  assert (
+    "| runs/t1_alexnet | 1 | Top-hat floor | 0.50 (0.25–1.00) | 0.75 (0.25–1.00) "
+    "| 1.00 (0.25–1.00) | 0.80 (0.25–1.00) | n/a | 2.5 (1.0–6.0) "
+    "| 4 clusters in 4 of 32 images, 16 patients |" in text
+  )

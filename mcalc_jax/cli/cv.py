@@ -34,6 +34,9 @@ _DATA_CONFIG = common.define_config_flag(
   "The dataset's data config: its images are scored whole, out of fold.", "data_config", False
 )
 _STRIDE = flags.DEFINE_integer("localize_stride", 0, "Whole-image tile stride; 0: patch size.")
+_MIN_BREAST = flags.DEFINE_float(
+  "localize_min_breast_fraction", 0.1, "Whole-image tiles with less breast are not scored."
+)
 _MINING_ROUNDS = flags.DEFINE_integer(
   "mining_rounds", 0, "Rounds of hard-negative mining per fold (needs --data_config)."
 )
@@ -48,7 +51,9 @@ def main(argv: list[str]) -> None:
   localization = None
   if _DATA_CONFIG.value is not None:
     findings = common.load_findings(_DATA_CONFIG.value)
-    localization = cv.Localization(findings, stride=_STRIDE.value)
+    localization = cv.Localization(
+      findings, stride=_STRIDE.value, min_breast_fraction=_MIN_BREAST.value
+    )
   summary = cv.cross_validate(
     _CONFIG.value,
     _WORKDIR.value,
