@@ -25,13 +25,13 @@ from tests.test_scoring import synthetic_mammogram
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 TINY_TRAINING = (
-  "--config=configs/default.py:task=1,model=alexnet",
+  "--config=configs/default.py:task=1,model=specknet",  # a small CNN: quick to compile
   "--config.dataset=noise",  # generated noise patches: no dataset to build
   "--config.num_train_steps=2",
   "--config.batch_size=8",
   "--config.eval_batch_size=32",
-  "--config.patch_size=64",
-  "--config.preprocess.input_size=64",
+  "--config.patch_size=32",
+  "--config.preprocess.input_size=32",
   "--config.async_checkpointing=False",
 )
 SCORE_COLUMNS_COMPARED = ("key", "rows", "cols", "task1_max", "task1_max_row", "task1_max_col")
@@ -112,7 +112,7 @@ def assert_same_evaluation(alone: pathlib.Path, together: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> pathlib.Path:
-  """A tiny run trained (and evaluated on its test split) by one process."""
+  """A tiny run trained and then evaluated on its test split (mcalc-evaluate's) by one process."""
   workdir = tmp_path_factory.mktemp("alone")
   run_alone("train", *TINY_TRAINING, f"--workdir={workdir}")
   return workdir
@@ -130,7 +130,6 @@ def test_two_processes_evaluate_a_run_like_one(trained, tmp_path):
   shutil.copytree(trained, workdir)
   shutil.rmtree(workdir / "eval")
   run_as_two_processes("evaluate", f"--workdir={workdir}", "--bootstrap_resamples=100")
-  run_alone("evaluate", f"--workdir={trained}", "--bootstrap_resamples=100")
 
   assert_same_evaluation(trained / "eval" / "test", workdir / "eval" / "test")
 
