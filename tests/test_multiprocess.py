@@ -1,4 +1,4 @@
-"""Two real processes on localhost give one process's numbers: mcalc-train, -evaluate and -score.
+"""Two real processes on localhost give one process's numbers: mcalc-train, -evaluate, -score, -cv.
 
 Each job runs once alone (4 CPU devices) and once as 2 processes of 2 CPU devices each, joined
 through a coordinator on 127.0.0.1, so both see the same 4-device mesh. Predictions must agree to
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.test_cv import build_dataset
 from tests.test_scoring import synthetic_mammogram
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -160,3 +161,27 @@ def test_two_processes_score_an_archive_into_one_merged_log(trained, tmp_path):
   for npz in alone.glob("*.npz"):
     with np.load(npz) as a, np.load(together / npz.name) as b:
       np.testing.assert_allclose(b["task1"], a["task1"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_cross_validate_like_one(tmp_path):
+  data_dir = build_dataset(tmp_path)
+  cross_validation = (
+    "--config=configs/default.py:task=1,model=specknet",
+    "--config.dataset=mcalc_patches/cvtiny",
+    f"--config.data_dir={data_dir}",
+    "--config.num_train_steps=2",
+    "--config.batch_size=4",
+    "--config.eval_batch_size=8",
+    "--config.patch_size=32",
+    "--config.preprocess.input_size=32",
+    "--config.async_checkpointing=False",
+    "--folds=2",
+  )
+  run_alone("cv", *cross_validation, f"--workdir={tmp_path / 'alone'}")
+  run_as_two_processes("cv", *cross_validation, f"--workdir={tmp_path / 'together'}")
+
+  alone, together = tmp_path / "alone" / "eval" / "test", tmp_path / "together" / "eval" / "test"
+  assert predictions(together)[0] == predictions(alone)[0]
+  np.testing.assert_allclose(predictions(together)[1], predictions(alone)[1], atol=1e-6)
+  assert auc(together) == pytest.approx(auc(alone), abs=1e-6)
