@@ -7,6 +7,7 @@ through a coordinator on 127.0.0.1, so both see the same 4-device mesh. Predicti
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -65,30 +67,28 @@ def run_as_two_processes(job: str, *args: str) -> None:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  processes = [
-    subprocess.Popen(
-      _command(
-        job,
-        *args,
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={i}",
-      ),
-      cwd=REPO,
-      env=_env(2),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  try:
-    errors = [p.communicate(timeout=TIMEOUT_S)[1] for p in processes]
-  finally:
-    for p in processes:
-      p.kill()
-  for p, stderr in zip(processes, errors, strict=True):
-    assert p.returncode == 0, stderr[-3000:]
+  cluster = (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
+  with contextlib.ExitStack() as stack:
+    logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2)]  # no pipe stalls
+    processes = [
+      subprocess.Popen(
+        _command(job, *args, *cluster, f"--process_id={i}"),
+        cwd=REPO,
+        env=_env(2),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+      )
+      for i, log in enumerate(logs)
+    ]
+    try:
+      for p in processes:
+        p.wait(timeout=TIMEOUT_S)
+    finally:
+      for p in processes:
+        p.kill()
+    for p, log in zip(processes, logs, strict=True):
+      log.seek(0)
+      assert p.returncode == 0, log.read()[-3000:]
 
 
 def predictions(folder: pathlib.Path) -> tuple[list[tuple[str, ...]], np.ndarray]:
