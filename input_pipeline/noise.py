@@ -19,8 +19,8 @@ DATASET = "noise"
 
 
 class NoisePatchData:
-  """Batch contents depend only on (seed, step, process), so `train_batches(start_step)` replays
-  exactly."""
+  """Batch contents depend only on (seed, step), so `train_batches(start_step)` replays exactly and
+  each process keeps its block of slots of the same global batch (as `pipeline` does)."""
 
   def __init__(self, config, *, train_examples: int = 256, eval_examples: int = 64):
     process_index, process_count = process_place()
@@ -36,9 +36,12 @@ class NoisePatchData:
     return self._examples[split]
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """This process's block of slots of each global batch, so any process count trains alike."""
+    index, count = self._process
+    mine = slice(index * self._local_batch, (index + 1) * self._local_batch)
     for step in range(start_step, 2**62):
-      rng = np.random.default_rng([self._seed, step, self._process[0]])
-      yield self._patches(rng, self._local_batch)
+      rng = np.random.default_rng([self._seed, step, 0])
+      yield {k: v[mine] for k, v in self._patches(rng, self._local_batch * count).items()}
 
   def eval_batches(self, split: str) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng([self._seed, len(split), 2**31])
@@ -46,9 +49,9 @@ class NoisePatchData:
     ids = np.array([f"noise-{i}" for i in range(self._examples[split])], object)
     examples |= dict.fromkeys(ID_FIELDS, ids)
     index, count = self._process
-    mine = {k: v[index::count] for k, v in examples.items()}
-    for start in range(0, len(mine["label"]), self._eval_batch):
-      chunk = {k: v[start : start + self._eval_batch] for k, v in mine.items()}
+    for start in range(0, self._examples[split], self._eval_batch * count):  # global batches
+      first = start + index * self._eval_batch  # this process's block of slots, as in grain
+      chunk = {k: v[first : first + self._eval_batch] for k, v in examples.items()}
       yield {k: _pad_rows(v, self._eval_batch) for k, v in chunk.items()}
 
   def _patches(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

@@ -22,7 +22,10 @@ the only outputs that carry patient and study data), sent back by STOW-RS with -
 Every file is written atomically and a CSV row only after the image's files, each row in one
 fsynced write; a rerun drops a torn last row, skips images already in scores.csv or errors.csv
 and rescores the rest. With several processes (jax.distributed), process i takes the images with
-index i modulo the process count and appends to scores.i-of-n.csv / errors.i-of-n.csv.
+index i modulo the process count and appends to its shards scores.i-of-n.csv / errors.i-of-n.csv;
+when every process is done, process 0 merges the shards into scores.csv / errors.csv (one row per
+image, in input order). Shards stay, so after a kill of any process a rerun resumes, with any
+process count, and merges again (the merge is idempotent).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from tqdm import tqdm
 from input_pipeline import manifest
 from input_pipeline.errors import MammogramError
 from input_pipeline.mammogram import Mammogram, read_mammogram, spacing_options
-from mcalc_jax import files, heatmaps, inference, scoring
+from mcalc_jax import files, heatmaps, inference, parallel, scoring
 
 if TYPE_CHECKING:  # optional extra `dicom`: imported by score_job only when asked for
   from mcalc_jax.dicom_results import DicomResults
@@ -230,6 +233,38 @@ def finished_keys(output: str) -> set[str]:
   return keys
 
 
+def merge_logs(output: str, keys: Sequence[str]) -> None:
+  """scores.csv and errors.csv with their rows and every shard's: one row per key, in `keys` order.
+
+  Rows of keys not in `keys` (inputs since removed) follow in the order found; shards are kept.
+  """
+  order = {key: i for i, key in enumerate(keys)}
+  for name in ("scores", "errors"):
+    shards = sorted(glob.glob(os.path.join(output, f"{name}.*-of-*.csv")))
+    if not shards:
+      continue
+    merged = os.path.join(output, f"{name}.csv")
+    header, rows = _union([merged, *shards])
+    ranked = sorted(rows.values(), key=lambda row: order.get(row[0], len(order)))
+    with files.atomic_write(merged, "w") as f:
+      csv.writer(f, lineterminator="\n").writerows([header, *ranked])
+
+
+def _union(paths: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+  """The header the logs share and their rows by key (the first log with a key wins)."""
+  header, rows = None, {}
+  for path in paths:
+    columns, body, _ = read_log(path)
+    if columns is None:
+      continue
+    if header is not None and columns != header:
+      raise ValueError(f"{path} has columns {columns}, other logs {header}: cannot merge them")
+    header = columns
+    for row in body:
+      rows.setdefault(row[0], row)
+  return header, rows
+
+
 def _log_names() -> tuple[str, str]:
   if jax.process_count() == 1:
     return "scores.csv", "errors.csv"
@@ -407,7 +442,8 @@ def score_archive(
 ) -> None:
   """Scores this process's share of `inputs` that no earlier run finished, into `output`.
 
-  `results`, if given, also writes (and sends) each DICOM image's DICOM results.
+  `results`, if given, also writes (and sends) each DICOM image's DICOM results. With several
+  processes, all wait for the last one and process 0 merges their logs (`merge_logs`).
   """
   os.makedirs(output, exist_ok=True)
   share = inputs[jax.process_index() :: jax.process_count()]
@@ -442,6 +478,9 @@ def score_archive(
         outputs.scored(decoded, scores)
     finally:
       outputs.close()
+  parallel.barrier("mcalc-score: every share scored")
+  if parallel.is_writer():
+    merge_logs(output, [i.key for i in inputs])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,8 @@ patient-grouped validation part for early stopping and the threshold) and predic
   WORKDIR/cv_summary.json                  per-fold AUC and accuracy, their mean and spread
 
 A rerun skips folds whose predictions exist; a half-trained fold resumes from its checkpoint.
+With several processes (jax.distributed) every fold trains and predicts on all of them and
+process 0 alone writes the files; whole-image localisation and mining still need one process.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mcalc_jax import (
   inference,
   metrics,
   mining,
+  parallel,
   scoring,
   train,
 )
@@ -123,13 +126,20 @@ def fold_data(
   return data
 
 
+def _as_saved(preds: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+  """A fold's predictions as `load_predictions` reads them back (ids as str)."""
+  return {
+    part: {
+      k: (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
+      for k, v in p.items()
+    }
+    for part, p in preds.items()
+  }
+
+
 def _save_predictions(path: pathlib.Path, preds: Mapping[str, Mapping[str, np.ndarray]]) -> None:
   """Writes atomically: the file's existence marks a finished fold."""
-  flat = {
-    f"{part}__{k}": (np.asarray(v).astype(str) if k in pipeline.ID_FIELDS else np.asarray(v))
-    for part, p in preds.items()
-    for k, v in p.items()
-  }
+  flat = {f"{part}__{k}": v for part, p in preds.items() for k, v in p.items()}
   with files.atomic_write(path) as f:
     np.savez(f, **flat)
 
@@ -182,7 +192,7 @@ def _assignment(workdir: pathlib.Path, record: dict) -> list[dict[str, list[str]
     previous = json.loads(path.read_text())
     if previous != record:
       raise ValueError(f"{path} holds other folds (k, seed or dataset changed): use a new workdir")
-  else:
+  elif parallel.is_writer():
     files.write_text(path, json.dumps(record, indent=2))
   return record["folds"]
 
@@ -214,8 +224,8 @@ def cross_validate(
   """
   if mining_rounds and localization is None:
     raise ValueError("hard-negative mining scores whole images: give the cohort's findings")
-  if jax.process_count() > 1:
-    raise NotImplementedError("run mcalc-cv in a single process (predictions are per host)")
+  if jax.process_count() > 1 and localization is not None:
+    raise NotImplementedError("whole-image localisation and mining in CV run in one process")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if arrays is None:
@@ -247,14 +257,17 @@ def cross_validate(
         tuned = _fine_tuning(config, _round_dir(fold_dir, r - 1))
         train.train_and_evaluate(tuned, _round_dir(fold_dir, r), data=data)
       classifier = inference.load_classifier(_round_dir(fold_dir, mining_rounds), "best")
-      _save_predictions(
-        path,
+      preds = _as_saved(
         {
           "test": inference.predict(classifier, data.eval_batches(config.test_split)),
           "validation": inference.predict(classifier, data.eval_batches(config.eval_split)),
-        },
+        }
       )
-    per_fold.append(load_predictions(path))
+      if parallel.is_writer():
+        _save_predictions(path, preds)
+      per_fold.append(preds)
+    else:
+      per_fold.append(load_predictions(path))
 
   pooled = {part: _pool([p[part] for p in per_fold]) for part in _PARTS}
   result = evaluation.evaluate_predictions(
@@ -272,9 +285,10 @@ def cross_validate(
     "dataset": str(config.dataset),
     "cross_validation": {"folds": folds, "seed": seed},
   }
-  evaluation.write_outputs(
-    workdir / "eval" / "test", result, pooled, evaluation.task_class_names(int(config.task))
-  )
+  if parallel.is_writer():
+    evaluation.write_outputs(
+      workdir / "eval" / "test", result, pooled, evaluation.task_class_names(int(config.task))
+    )
 
   fold_metrics = [_fold_metrics(p, threshold_policy) for p in per_fold]
   summary = {
@@ -292,7 +306,8 @@ def cross_validate(
     summary["whole_image"] = localize_folds(
       workdir, assignment, localization, seed, resamples, mining_rounds
     )
-  files.write_text(workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
+  if parallel.is_writer():
+    files.write_text(workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
   return summary
 
 

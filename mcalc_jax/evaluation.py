@@ -18,13 +18,12 @@ import json
 import os
 from collections.abc import Mapping
 
-import jax
 import ml_collections
 import numpy as np
 
 from input_pipeline import patch_data, pipeline
 from input_pipeline.pipeline import ID_FIELDS
-from mcalc_jax import files, inference, metrics, plots
+from mcalc_jax import files, inference, metrics, parallel, plots
 
 CSV_COLUMNS = ("split", *ID_FIELDS, "label", "prob", "called")
 CLASS_NAMES = {1: ("background", "calcification"), 2: ("benign", "malignant")}
@@ -213,10 +212,9 @@ def evaluate_run(
   `dataset` (and `data_dir`) evaluate the run on another TFDS dataset than its own (a model
   trained on the synthetic cohort, scored on real patches: WORKDIR/eval/<name>_<split>/);
   `split='all'` pools every stored split but validation, the threshold still chosen on it.
+  With several processes, each predicts its share, every process gets the metrics of all rows
+  and process 0 alone writes the files.
   """
-  if jax.process_count() > 1:
-    # predict gives this process's share; patient ids must be pooled before any metric.
-    raise NotImplementedError("run mcalc-evaluate in a single process (predictions are per host)")
   workdir = os.fspath(workdir)
   classifier = inference.load_classifier(workdir, checkpoint)
   config = ml_collections.ConfigDict(classifier.config.to_dict())
@@ -247,6 +245,8 @@ def evaluate_run(
   folder = f"{dataset.replace('/', '_')}_{split}" if dataset else split
   if dataset:
     evaluation["run"]["trained_on"] = str(classifier.config.dataset)
+  if not parallel.is_writer():
+    return evaluation
   write_outputs(
     os.path.join(workdir, "eval", folder),
     evaluation,

@@ -3,7 +3,7 @@
 `load_classifier(workdir)` restores a run's best (or latest) checkpoint into a `Classifier`;
 `probabilities` is the one jitted inference function (preprocessing + network + softmax), so
 training's validation, evaluation and whole-mammogram scoring see patches the same way;
-`predict` runs a classifier over eval batches and keeps each example's ids.
+`predict` runs a classifier over eval batches and keeps each example's ids, from every process.
 """
 
 from __future__ import annotations
@@ -130,7 +130,11 @@ def load_classifier(workdir: str | pathlib.Path, which: str = "best") -> Classif
 def predict(
   classifier: Classifier, batches: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-  """P(class 1), label and id fields of every unmasked example in `batches` (this process's)."""
+  """P(class 1), label and id fields of every unmasked example in `batches`, of every process.
+
+  Each process reads its share of each global batch; the rows come back gathered on every
+  process in one process's order, so any metric sees the whole split, the same numbers as on one.
+  """
   parts: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     keep = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)), bool)
@@ -138,4 +142,4 @@ def predict(
     fields |= {k: v for k, v in batch.items() if k not in _NON_ID_FIELDS}
     for key, value in fields.items():
       parts.setdefault(key, []).append(np.asarray(value)[keep])
-  return {key: np.concatenate(values) for key, values in parts.items()}
+  return {key: parallel.gather_batches(values) for key, values in parts.items()}

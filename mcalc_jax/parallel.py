@@ -8,7 +8,7 @@ eight GPUs or several hosts (no pmap, which JAX keeps only in maintenance mode).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -22,25 +22,39 @@ DATA_AXIS = "data"
 _PROCESS_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
+class LaunchError(ValueError):
+  """A cluster configured by halves: a coordinator without the process count or id."""
+
+
 def maybe_initialize_distributed(
   coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
 ) -> bool:
   """Calls `jax.distributed.initialize()` when a cluster is configured; a no-op on one host.
 
-  A cluster is configured by the arguments (`config.distributed.*`), by `JAX_COORDINATOR_ADDRESS`,
-  or by a launcher (SLURM, Open MPI, MPICH) that started more than one process; JAX then detects
-  the remaining parameters itself. Must run before anything touches the devices.
+  A cluster is configured by the arguments (`--coordinator_address`, `--num_processes`,
+  `--process_id` or `config.distributed.*`), by `JAX_COORDINATOR_ADDRESS`, or by a launcher
+  (SLURM, Open MPI, MPICH) that started more than one process; under a launcher JAX detects the
+  missing parameters itself, else a coordinator needs both the count and the id (LaunchError,
+  rather than JAX's "Number of processes must be defined"). Must run before anything touches
+  the devices.
 
   Returns:
     Whether this is a multi-process run.
   """
   if jax.distributed.is_initialized():
     return True
-  explicit = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   launched = any(int(os.environ.get(v, "1")) > 1 for v in _PROCESS_COUNT_VARIABLES)
-  if not (explicit or launched):
+  if not (address or launched):
     logging.info("No cluster configured: running as a single process.")
     return False
+  known = {"num_processes": num_processes > 0, "process_id": process_id >= 0}
+  missing = [name for name, ok in known.items() if not ok]
+  if not launched and missing:
+    raise LaunchError(
+      f"coordinator {address} given without --{' or --'.join(missing)}: give both to every "
+      "process, or launch under SLURM / Open MPI, which set them"
+    )
   jax.distributed.initialize(
     coordinator_address=coordinator_address or None,
     num_processes=num_processes or None,
@@ -48,6 +62,17 @@ def maybe_initialize_distributed(
   )
   logging.info("Process %d of %d initialised.", jax.process_index(), jax.process_count())
   return True
+
+
+def is_writer() -> bool:
+  """Whether this process writes a job's shared files (process 0; the others write nothing)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (a no-op on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -94,13 +119,48 @@ def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, np.nd
   return np.pad(array, padding), mask
 
 
-def gather_rows(values: np.ndarray) -> np.ndarray:
-  """Concatenates 1-D arrays of different lengths from all processes, in process order
-  (the identity on one process)."""
+def gather_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
+  """Every process's rows of each of its batches (1-D, numbers or text), on every process.
+
+  Each process holds the same number of batches and its share of a global batch is one block of
+  slots after the blocks of the processes before it, so batch by batch and process by process
+  gives the order of one process reading the whole batches. On one process: the concatenation.
+  """
   if jax.process_count() == 1:
-    return values
-  lengths = multihost_utils.process_allgather(np.array([len(values)]))
-  padded = np.zeros(int(lengths.max()), values.dtype)
-  padded[: len(values)] = values
+    return np.concatenate(parts)
+  counts = multihost_utils.process_allgather(np.array([len(p) for p in parts], np.int64))
+  rows = _allgather_ragged(np.concatenate(parts))
+  starts = np.cumsum(counts, axis=1) - counts
+  return np.concatenate(
+    [
+      rows[p][starts[p, b] : starts[p, b] + counts[p, b]]
+      for b in range(counts.shape[1])
+      for p in range(counts.shape[0])
+    ]
+  )
+
+
+def _allgather_ragged(values: np.ndarray) -> list[np.ndarray]:
+  """Each process's 1-D array (lengths differ), in process order, dtypes kept exactly."""
+  if values.dtype.kind in "OUS":
+    encoded = [str(v.decode() if isinstance(v, bytes) else v).encode() for v in values]
+    lengths = _allgather_bytes(np.array([len(e) for e in encoded], np.int64))
+    buffers = _allgather_bytes(np.frombuffer(b"".join(encoded), np.uint8))
+    return [_split_text(b, n.view(np.int64)) for b, n in zip(buffers, lengths, strict=True)]
+  return [b.view(values.dtype) for b in _allgather_bytes(values)]
+
+
+def _allgather_bytes(values: np.ndarray) -> list[np.ndarray]:
+  """Each process's array as its raw bytes (uint8), in process order: no float64 -> float32."""
+  raw = np.ascontiguousarray(values).view(np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([raw.size], np.int64)).ravel()
+  padded = np.zeros(max(int(sizes.max()), 1), np.uint8)
+  padded[: raw.size] = raw
   gathered = multihost_utils.process_allgather(padded)
-  return np.concatenate([row[:n] for row, n in zip(gathered, lengths.ravel(), strict=True)])
+  return [row[:n] for row, n in zip(gathered, sizes, strict=True)]
+
+
+def _split_text(buffer: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  ends = np.cumsum(lengths)
+  data = buffer.tobytes()
+  return np.array([data[e - n : e].decode() for e, n in zip(ends, lengths, strict=True)], object)

@@ -152,8 +152,7 @@ def validate(
 ) -> dict[str, float]:
   """Validation loss, accuracy (threshold 0.5) and AUC over all processes' unmasked examples."""
   predictions = inference.predict(classifier, batches)
-  prob = parallel.gather_rows(predictions["prob"].astype(np.float64))
-  label = parallel.gather_rows(predictions["label"].astype(np.int64))
+  prob, label = predictions["prob"].astype(np.float64), predictions["label"].astype(np.int64)
   p_true = np.clip(np.where(label == 1, prob, 1.0 - prob), 1e-7, 1.0)
   return {
     "loss": float(-np.log(p_true).mean()),

@@ -43,3 +43,17 @@ def test_misspelt_config_field_fails_with_a_suggestion(tmp_path):
   assert "unknown --config field 'learning_rat'" in result.stderr
   assert 'Did you mean "learning_rate"' in result.stderr
   assert not (tmp_path / "config.json").exists()
+
+
+def test_a_coordinator_without_the_process_count_fails_in_one_line(tmp_path):
+  result = _mcalc_train(
+    "--config=configs/default.py:task=1,model=alexnet",
+    f"--workdir={tmp_path}",
+    "--coordinator_address=127.0.0.1:29500",
+  )
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].endswith(
+    "coordinator 127.0.0.1:29500 given without --num_processes or --process_id: give both to "
+    "every process, or launch under SLURM / Open MPI, which set them"
+  )
+  assert not (tmp_path / "config.json").exists()

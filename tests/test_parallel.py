@@ -79,6 +79,20 @@ def test_distributed_start_with_an_explicit_coordinator(no_cluster):
   ]
 
 
+def test_a_coordinator_without_count_and_id_is_a_one_line_error(no_cluster, monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  with pytest.raises(parallel.LaunchError, match="without --num_processes or --process_id"):
+    parallel.maybe_initialize_distributed()
+  with pytest.raises(parallel.LaunchError, match="without --process_id"):
+    parallel.maybe_initialize_distributed(num_processes=2)
+  assert no_cluster == []
+
+
+def test_gather_batches_on_one_process_concatenates_them():
+  parts = [np.array(["a", "b"], object), np.array(["c"], object)]
+  np.testing.assert_array_equal(parallel.gather_batches(parts), ["a", "b", "c"])
+
+
 def test_eight_device_step_equals_one_device_step():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   result = subprocess.run(

@@ -17,7 +17,7 @@ from flax import nnx
 from PIL import Image
 
 from input_pipeline import manifest
-from mcalc_jax import archive, checkpointing, heatmaps, inference, networks, scoring
+from mcalc_jax import archive, checkpointing, heatmaps, inference, networks, parallel, scoring
 from mcalc_jax.configs import default
 from tests.test_scoring import PATCH, speck_probabilities, synthetic_mammogram
 
@@ -212,18 +212,52 @@ def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, 
   assert "site/broken.png" in (output / "errors.csv").read_text()
 
 
-def test_each_process_scores_its_own_share(synthetic_archive, tmp_path, monkeypatch):
-  inputs = [i for i in archive.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
-  output = tmp_path / "out"
+def score_as_processes(inputs, output: pathlib.Path, monkeypatch, order=(1, 0)) -> None:
+  """One process plays a 2-process run in turn, process 0 last (as the barrier makes it)."""
+  monkeypatch.setattr(parallel, "barrier", lambda name: None)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  for index in (0, 1):
+  for index in order:
     monkeypatch.setattr(jax, "process_index", lambda index=index: index)
     archive.score_archive(speck_scorer(), inputs, str(output))
 
+
+def test_each_process_scores_its_own_share_and_process_0_merges_them(
+  synthetic_archive, tmp_path, monkeypatch
+):
+  inputs = archive.find_inputs(str(synthetic_archive))
+  output = tmp_path / "out"
+  score_as_processes(inputs, output, monkeypatch)
+
   for index in (0, 1):
     keys = [r["key"] for r in rows_of(output / f"scores.{index}-of-2.csv")]
-    assert keys == [i.key for i in inputs[index::2]]
+    assert keys == [i.key for i in inputs[index::2] if "broken" not in i.path]
+  assert [r["key"] for r in rows_of(output / "scores.csv")] == [
+    i.key for i in inputs if "broken" not in i.path
+  ]
+  assert [r["key"] for r in rows_of(output / "errors.csv")] == [inputs[0].key]
   assert archive.finished_keys(str(output)) == {i.key for i in inputs}
+
+
+def test_a_rerun_after_a_killed_process_merges_one_whole_row_per_image(
+  synthetic_archive, tmp_path, monkeypatch
+):
+  inputs = archive.find_inputs(str(synthetic_archive))
+  output = tmp_path / "out"
+  score_as_processes(inputs, output, monkeypatch, order=(1,))  # process 0 never got going
+  shard = output / "scores.1-of-2.csv"
+  header, kept, last = shard.read_text().splitlines()
+  shard.write_text(f"{header}\n{kept}\n{last[:20]}")  # process 1 killed mid-row
+  assert not (output / "scores.csv").exists()
+
+  score_as_processes(inputs, output, monkeypatch)  # the rerun, with the same processes
+  merged = (output / "scores.csv").read_text()
+  archive.merge_logs(str(output), [i.key for i in inputs])
+
+  scores = rows_of(output / "scores.csv")
+  assert [r["key"] for r in scores] == [i.key for i in inputs if "broken" not in i.path]
+  assert all(r["tile_mm"] for r in scores)  # whole rows: the last column is there
+  assert [r["key"] for r in rows_of(output / "errors.csv")] == [inputs[0].key]
+  assert (output / "scores.csv").read_text() == merged  # merging again changes nothing
 
 
 def test_opening_a_log_drops_a_torn_row_and_repeated_keys(tmp_path):

@@ -18,7 +18,7 @@ import json
 
 from absl import flags
 
-from mcalc_jax import cv, runtime
+from mcalc_jax import cv
 from mcalc_jax.cli import common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
@@ -47,7 +47,7 @@ _MINING_PER_IMAGE = flags.DEFINE_integer(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  runtime.start_job()
+  common.start_job(_CONFIG.value)
   localization = None
   if _DATA_CONFIG.value is not None:
     findings = common.load_findings(_DATA_CONFIG.value)

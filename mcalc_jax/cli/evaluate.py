@@ -11,7 +11,7 @@ import json
 
 from absl import app, flags, logging
 
-from mcalc_jax import evaluation, metrics, runtime
+from mcalc_jax import evaluation, metrics
 from mcalc_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     metrics.ThresholdPolicy.parse(_THRESHOLD.value)  # fail before loading a model
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  runtime.start_job()
+  common.start_job()
   result = evaluation.evaluate_run(
     _WORKDIR.value,
     _SPLIT.value,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from mcalc_jax import archive, runtime
+from mcalc_jax import archive
 from mcalc_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string(
@@ -68,7 +68,7 @@ _STOW_URL = flags.DEFINE_string(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  runtime.start_job()
+  common.start_job()
   archive.score_job(
     archive.ScoreOptions(
       workdir=_WORKDIR.value,

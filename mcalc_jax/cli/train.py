@@ -9,10 +9,9 @@ Every field of the config can be overridden with --config.<field>; a misspelt fi
 
 from __future__ import annotations
 
-import jax
 from absl import flags, logging
 
-from mcalc_jax import evaluation, runtime, train
+from mcalc_jax import evaluation, train
 from mcalc_jax.cli import common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
@@ -23,15 +22,11 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
   config = _CONFIG.value
-  runtime.start_job(**config.distributed)
+  common.start_job(config)
   summary = train.train_and_evaluate(config, _WORKDIR.value)
   logging.info("Done: %s", summary)
-  if not config.evaluate_at_end:
-    return
-  if jax.process_count() > 1:  # the evaluation pools every patient's rows: one process
-    logging.warning("Multi-process run: evaluate with mcalc-evaluate --workdir=%s", _WORKDIR.value)
-    return
-  evaluation.evaluate_run(_WORKDIR.value, split=config.test_split)
+  if config.evaluate_at_end:
+    evaluation.evaluate_run(_WORKDIR.value, split=config.test_split)
 
 
 def run() -> None:
