@@ -1,8 +1,4 @@
-"""What every job's command line shares: `--config`, the cluster flags, one-line errors, the entry.
-
-Every job joins a cluster the same way (docs: README, "Several processes and SLURM"):
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process, or nothing
-under SLURM / Open MPI (detected); jobs with a training config also read `config.distributed.*`.
+"""What every job's command line shares: the `--config` flag, one-line errors, the entry point.
 
 `--config=configs/NAME.py[:ARGS]` names a file of a checkout; where no such file exists (a job
 run outside the checkout, from an installed wheel), the installed copy `mcalc_jax.configs.NAME`
@@ -16,16 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
-
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", "", "HOST:PORT of process 0 (default: detected under SLURM / Open MPI)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes of the job (0: detected).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (-1: detected).")
-_CLUSTER_FLAGS = (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
 
 _CONFIGS_PREFIX = "configs/"
 _CONFIG_FILE_ERROR = "Error whilst parsing config file"
@@ -40,22 +28,6 @@ def define_config_flag(
   if required:
     flags.mark_flag_as_required(name)
   return holder
-
-
-def cluster(config: ml_collections.ConfigDict | None = None) -> dict:
-  """`runtime.start_job`'s arguments: the cluster flags given, else `config.distributed`."""
-  launch = dict(config.distributed) if config is not None and "distributed" in config else {}
-  return launch | {f.name: f.value for f in _CLUSTER_FLAGS if f.present}
-
-
-def start_job(config: ml_collections.ConfigDict | None = None) -> None:
-  """`runtime.start_job` on the cluster the flags (or config) name; a half-given one in one line."""
-  from mcalc_jax import parallel, runtime  # noqa: PLC0415  (mcalc-prepare and -report need no JAX)
-
-  try:
-    runtime.start_job(**cluster(config))
-  except parallel.LaunchError as e:
-    sys.exit(f"{sys.argv[0]}: {e}")
 
 
 def load_findings(data_config) -> list:

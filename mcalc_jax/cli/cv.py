@@ -19,7 +19,7 @@ import json
 from absl import flags
 
 from mcalc_jax import cv
-from mcalc_jax.cli import common
+from mcalc_jax.cli import cluster, common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
 _WORKDIR = flags.DEFINE_string(
@@ -47,7 +47,7 @@ _MINING_PER_IMAGE = flags.DEFINE_integer(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  common.start_job(_CONFIG.value)
+  cluster.start_job(_CONFIG.value)
   localization = None
   if _DATA_CONFIG.value is not None:
     findings = common.load_findings(_DATA_CONFIG.value)

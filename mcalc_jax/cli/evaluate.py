@@ -12,7 +12,7 @@ import json
 from absl import app, flags, logging
 
 from mcalc_jax import evaluation, metrics
-from mcalc_jax.cli import common
+from mcalc_jax.cli import cluster, common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (threshold from validation).")
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     metrics.ThresholdPolicy.parse(_THRESHOLD.value)  # fail before loading a model
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  common.start_job()
+  cluster.start_job()
   result = evaluation.evaluate_run(
     _WORKDIR.value,
     _SPLIT.value,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from absl import flags
 
 from mcalc_jax import archive
-from mcalc_jax.cli import common
+from mcalc_jax.cli import cluster, common
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training run directory of the Task 1 classifier.", required=True
@@ -68,7 +68,7 @@ _STOW_URL = flags.DEFINE_string(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  common.start_job()
+  cluster.start_job()
   archive.score_job(
     archive.ScoreOptions(
       workdir=_WORKDIR.value,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags, logging
 
 from mcalc_jax import evaluation, train
-from mcalc_jax.cli import common
+from mcalc_jax.cli import cluster, common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and events.")
@@ -22,7 +22,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
   config = _CONFIG.value
-  common.start_job(config)
+  cluster.start_job(config)
   summary = train.train_and_evaluate(config, _WORKDIR.value)
   logging.info("Done: %s", summary)
   if config.evaluate_at_end:
