@@ -64,6 +64,12 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
   spread over several output cells, larger ones averaged).
   """
 
+  if not min(x.shape[1:3]):
+    raise ValueError(
+      f"the feature map vanished ({x.shape[1]}x{x.shape[2]}) before the pooling: the input is "
+      "too small for this network; use a larger preprocess.input_size (AlexNet needs >= 63)"
+    )
+
   def matrix(size: int) -> np.ndarray:
     m = np.zeros((output_size, size), np.float32)
     for i in range(output_size):

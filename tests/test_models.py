@@ -107,3 +107,9 @@ def test_a_front_end_is_refused_before_the_floor():
   )
   with pytest.raises(ValueError, match="takes no front end"):
     networks.create_model(config, nnx.Rngs(0))
+
+
+def test_an_input_too_small_for_alexnet_says_so():
+  model = networks.get("alexnet").factory(2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="too small for this network"):
+    model(jnp.zeros((1, 56, 56, 1)), train=False)
