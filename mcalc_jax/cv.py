@@ -8,7 +8,9 @@ patient-grouped validation part for early stopping and the threshold) and predic
   WORKDIR/folds.json                       the fold assignment (k, seed, patients per part)
   WORKDIR/fold_<i>/                        an ordinary training run (checkpoints, config.json)
   WORKDIR/fold_<i>/oof_predictions.npz     its test and validation predictions (marks it done)
-  WORKDIR/eval/test/                       the pooled evaluation (mcalc-report WORKDIR reads it)
+  WORKDIR/eval/test/                       the pooled evaluation (mcalc-report WORKDIR reads it);
+                                           each fold's probabilities first Platt-scaled on its
+                                           own validation part (mcalc_jax.calibration)
   WORKDIR/fold_<i>/images/                 with a `Localization`: the fold's test patients'
                                            whole mammograms scored (mcalc_jax.archive layout)
   WORKDIR/eval/froc/                       ... and their pooled whole-image evaluation
@@ -38,6 +40,7 @@ from input_pipeline import pipeline, splits, tfds_builder
 from input_pipeline.manifest import Finding
 from mcalc_jax import (
   archive,
+  calibration,
   evaluation,
   files,
   froc,
@@ -211,6 +214,7 @@ def cross_validate(
   localization: Localization | None = None,
   mining_rounds: int = 0,
   mining_per_image: int = 4,
+  calibrate: bool = False,
 ) -> dict[str, Any]:
   """Trains `folds` patient-grouped models, pools their out-of-fold predictions, evaluates them.
 
@@ -219,7 +223,9 @@ def cross_validate(
   its test patients and the pooled whole-image evaluation goes to WORKDIR/eval/froc. With
   `mining_rounds` (which needs `localization`'s findings), each fold then mines
   `mining_per_image` hard negatives from every training image (`mcalc_jax.mining`) and goes on
-  training from its best checkpoint, round after round (WORKDIR/fold_<i>/round_<r>). Returns
+  training from its best checkpoint, round after round (WORKDIR/fold_<i>/round_<r>). With
+  `calibrate`, each fold's probabilities (patches and whole images) are Platt-scaled on its own
+  validation part before pooling (one scale for k models; each fold's ranking unchanged). Returns
   the summary written to WORKDIR/cv_summary.json; the pooled evaluation is in WORKDIR/eval/test.
   """
   if mining_rounds and localization is None:
@@ -269,6 +275,12 @@ def cross_validate(
     else:
       per_fold.append(load_predictions(path))
 
+  maps = None
+  if calibrate:
+    maps = [
+      calibration.fit_platt(p["validation"]["label"], p["validation"]["prob"]) for p in per_fold
+    ]
+    per_fold = [_calibrated(p, m) for p, m in zip(per_fold, maps, strict=True)]
   pooled = {part: _pool([p[part] for p in per_fold]) for part in _PARTS}
   result = evaluation.evaluate_predictions(
     pooled["validation"],
@@ -301,10 +313,11 @@ def cross_validate(
     "spread": {m: _spread([f[m] for f in fold_metrics]) for m in metrics.FOLD_SPREAD_METRICS},
     "pooled": {m: result["metrics"][m]["value"] for m in metrics.FOLD_SPREAD_METRICS},
     "pooled_counts": result["counts"],
+    "calibration": [dataclasses.asdict(m) for m in maps] if maps else None,
   }
   if localization is not None:
     summary["whole_image"] = localize_folds(
-      workdir, assignment, localization, seed, resamples, mining_rounds
+      workdir, assignment, localization, seed, resamples, mining_rounds, maps
     )
   if parallel.is_writer():
     files.write_text(workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
@@ -346,8 +359,10 @@ def localize_folds(
   seed: int,
   resamples: int,
   mining_rounds: int = 0,
+  maps: Sequence[calibration.Platt] | None = None,
 ) -> dict[str, Any]:
-  """Scores each fold's test images with its final model (resumable), evaluates them pooled."""
+  """Scores each fold's test images with its final model (resumable), evaluates them pooled,
+  each fold's Task 1 grids mapped by its calibration (`maps`, one per fold)."""
   grids: dict[str, ImageScores] = {}
   inputs = archive.inputs_from_findings(localization.findings, localization.base)
   patient = {f.image_path: f.patient_id for f in localization.findings}
@@ -358,7 +373,7 @@ def localize_folds(
     scorer = localization.scorer(_round_dir(fold_dir, mining_rounds))
     archive.score_archive(scorer, mine, os.fspath(out), overlays=localization.overlays)
     grids |= {
-      item.key: heatmaps.read_scores(out / f"{item.key}.npz")
+      item.key: _calibrated_grid(heatmaps.read_scores(out / f"{item.key}.npz"), maps, i)
       for item in mine
       if (out / f"{item.key}.npz").exists()
     }
@@ -368,6 +383,18 @@ def localize_folds(
   )
   froc.write_outputs(workdir / "eval" / "froc", result)
   return {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}
+
+
+def _calibrated(
+  preds: Mapping[str, Mapping[str, np.ndarray]], platt: calibration.Platt
+) -> dict[str, dict[str, np.ndarray]]:
+  return {part: {**p, "prob": platt.apply(p["prob"])} for part, p in preds.items()}
+
+
+def _calibrated_grid(
+  scores: ImageScores, maps: Sequence[calibration.Platt] | None, fold: int
+) -> ImageScores:
+  return dataclasses.replace(scores, task1=maps[fold].apply(scores.task1)) if maps else scores
 
 
 def _round_dir(fold_dir: pathlib.Path, round_: int) -> pathlib.Path:

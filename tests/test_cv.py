@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -196,3 +197,19 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   froc_json = json.loads((tmp_path / "run" / "eval" / "froc" / "froc.json").read_text())
   assert froc_json["counts"]["clusters"] == NUM_PATIENTS  # one cluster per patient
   assert summary["whole_image"]["counts"]["images"] == 2 * NUM_PATIENTS
+
+
+def test_calibrated_pooling_keeps_every_folds_ranking(finished, tmp_path):
+  """`calibrate=True` Platt-scales each fold on its validation part before pooling: the folds'
+  own AUCs stay, the pooled probabilities move onto one scale (the saved predictions stay raw)."""
+  config, workdir, summary = finished
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  calibrated = cv.cross_validate(config, copy, FOLDS, seed=0, resamples=20, calibrate=True)
+  assert [f["auc"] for f in calibrated["per_fold"]] == [f["auc"] for f in summary["per_fold"]]
+  assert len(calibrated["calibration"]) == FOLDS and summary["calibration"] is None
+  raw = cv.load_predictions(copy / "fold_0" / cv.PREDICTIONS_FILE)
+  np.testing.assert_array_equal(
+    raw["test"]["prob"],
+    cv.load_predictions(workdir / "fold_0" / cv.PREDICTIONS_FILE)["test"]["prob"],
+  )

@@ -37,6 +37,9 @@ _STRIDE = flags.DEFINE_integer("localize_stride", 0, "Whole-image tile stride; 0
 _MIN_BREAST = flags.DEFINE_float(
   "localize_min_breast_fraction", 0.1, "Whole-image tiles with less breast are not scored."
 )
+_CALIBRATE = flags.DEFINE_bool(
+  "calibrate", False, "Platt-scale each fold on its validation part before pooling."
+)
 _MINING_ROUNDS = flags.DEFINE_integer(
   "mining_rounds", 0, "Rounds of hard-negative mining per fold (needs --data_config)."
 )
@@ -63,6 +66,7 @@ def main(argv: list[str]) -> None:
     localization=localization,
     mining_rounds=_MINING_ROUNDS.value,
     mining_per_image=_MINING_PER_IMAGE.value,
+    calibrate=_CALIBRATE.value,
   )
   print(json.dumps(summary, indent=2))
 
