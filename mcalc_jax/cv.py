@@ -41,6 +41,7 @@ from input_pipeline.manifest import Finding
 from mcalc_jax import (
   archive,
   calibration,
+  checkpointing,
   evaluation,
   files,
   froc,
@@ -254,7 +255,8 @@ def cross_validate(
   for i, fold in enumerate(assignment):
     fold_dir = workdir / f"fold_{i}"
     path = fold_dir / PREDICTIONS_FILE
-    if not path.exists():
+    final = _round_dir(fold_dir, mining_rounds) / checkpointing.CONFIG_FILE
+    if not (path.exists() and final.exists()):  # (a run given more mining rounds goes on)
       data = fold_data(arrays, fold, config, field_of_view_mm)
       train.train_and_evaluate(config, fold_dir, data=data)
       for r in range(1, mining_rounds + 1):
