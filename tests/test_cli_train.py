@@ -52,8 +52,12 @@ def test_a_coordinator_without_the_process_count_fails_in_one_line(tmp_path):
     "--coordinator_address=127.0.0.1:29500",
   )
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1].endswith(
-    "coordinator 127.0.0.1:29500 given without --num_processes or --process_id: give both to "
-    "every process, or launch under SLURM / Open MPI, which set them"
+  assert (
+    result.stderr.strip()
+    .splitlines()[-1]
+    .endswith(
+      "coordinator 127.0.0.1:29500 given without --num_processes or --process_id: give both to "
+      "every process, or launch under SLURM / Open MPI, which set them"
+    )
   )
   assert not (tmp_path / "config.json").exists()

@@ -26,7 +26,9 @@ def test_arguments_choose_the_task_and_the_network():
 def test_arguments_are_typed_like_their_defaults_and_typos_fail():
   args = config_args.parse_arg("n=3,rate=0.5,paper", n=1, rate=0.1, paper=False, name="x")
   assert (args.n, args.rate, args.paper, args.name) == (3, 0.5, True, "x")
-  with pytest.raises(ValueError, match="unknown config argument 'modle'; known: model, recipe, task"):
+  with pytest.raises(
+    ValueError, match="unknown config argument 'modle'; known: model, recipe, task"
+  ):
     default.get_config("modle=resnet18")
 
 
