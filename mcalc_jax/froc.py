@@ -256,6 +256,8 @@ def evaluate(images: Sequence[ScoredImage], *, resamples: int = 1000, seed: int 
       "clusters": sum(len(r.clusters) for r in results),
       "patients": len({r.patient_id for r in results}),
       "false_positive_regions": int(sum(r.false_positives.size for r in results)),
+      # ranks and FP counts depend on how many tiles an image has (its size, the tile's mm)
+      "tiles_per_image": float(np.mean([i.scores.tiles_scored for i in images])) if images else 0,
     },
     "tile_mm": sorted({round(g.patch_size * g.pixel_spacing_mm, 2) for g in geometry}),
     "metrics": summarize(results),

@@ -231,7 +231,12 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
         networks.display_name(cv["network"]),
         *cells,
         f"{counts['clusters']} clusters in {counts['images_with_clusters']} of "
-        f"{counts['images']} images, {counts['patients']} patients",
+        f"{counts['images']} images, {counts['patients']} patients"
+        + (
+          f", {counts['tiles_per_image']:.0f} tiles per image"
+          if "tiles_per_image" in counts
+          else ""
+        ),
       ]
     )
   return rows

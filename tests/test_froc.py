@@ -89,6 +89,7 @@ def test_evaluation_writes_json_csv_and_plot_with_bootstrap_intervals(two_images
     "clusters": 2,
     "patients": 2,
     "false_positive_regions": 11,
+    "tiles_per_image": 6.0,  # 8 scored tiles and 4
   }
   assert saved["tile_mm"] == [10.0] and "hit_rule" in saved
   assert {"low", "high"} <= set(saved["ci"]["sensitivity_at_1_fp"])
