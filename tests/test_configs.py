@@ -69,6 +69,8 @@ def test_the_default_recipe_keeps_the_specks_and_the_papers_is_a_named_config():
     (theirs.batch_size, theirs.learning_rate) == (16, 1e-4) == (ours.batch_size, ours.learning_rate)
   )
   assert default.get_config("model=tophat").front_end == ""  # the floor is no CNN
+  speck = default.get_config("model=specknet")  # 0.2-mm pixels, patience for noisy validation
+  assert (speck.preprocess.input_size, speck.early_stopping_patience) == (56, 10)
   assert (
     paper.get_config("task=2,model=resnet34").to_dict()
     == default.get_config("task=2,model=resnet34,recipe=paper").to_dict()
