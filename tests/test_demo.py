@@ -25,12 +25,12 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
   assert (workdir / "cohort" / "manifest.csv").is_file()
   for task in (1, 2):
     metrics = json.loads(
-      (workdir / f"task{task}_alexnet" / "eval" / "test" / "metrics.json").read_text()
+      (workdir / f"task{task}_specknet" / "eval" / "test" / "metrics.json").read_text()
     )
     assert metrics["counts"]["examples"] > 0
-    assert (workdir / f"task{task}_alexnet" / "eval" / "test" / "roc.png").is_file()
+    assert (workdir / f"task{task}_specknet" / "eval" / "test" / "roc.png").is_file()
   table = (workdir / "table2.md").read_text()
-  assert "| 1 | AlexNet |" in table and "| 2 | AlexNet |" in table
+  assert "| 1 | SpeckNet |" in table and "| 2 | SpeckNet |" in table
 
   with open(workdir / "heatmaps" / "scores.csv", newline="") as f:
     rows = list(csv.DictReader(f))

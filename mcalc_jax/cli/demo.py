@@ -1,6 +1,6 @@
 """mcalc-demo: the whole system on a synthetic screening cohort, in one command.
 
-  mcalc-demo --workdir=runs/demo [--patients=40 --epochs=8 --model=alexnet]
+  mcalc-demo --workdir=runs/demo [--patients=40 --epochs=8 --model=specknet]
 
 What it runs: `mcalc_jax.demo`.
 """
@@ -17,7 +17,12 @@ from mcalc_jax.cli import common
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is written.")
 _PATIENTS = flags.DEFINE_integer("patients", 40, "Synthetic patients (4 mammograms each).")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Training epochs per task.")
-_MODEL = flags.DEFINE_enum("model", "alexnet", list(networks.NETWORKS), "Network.")
+_MODEL = flags.DEFINE_enum(
+  "model",
+  "specknet",
+  list(networks.NETWORKS),
+  "Network (the paper's: alexnet, resnet18, resnet34).",
+)
 _DIFFICULTY = flags.DEFINE_float("difficulty", 0.5, "Synthetic speck subtlety, 0 (easy) to 1.")
 _HEATMAPS = flags.DEFINE_integer(
   "heatmaps", 16, "Test mammograms to score whole (those with clusters first; 0: skip)."
