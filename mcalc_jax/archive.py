@@ -495,7 +495,7 @@ class ScoreOptions:
   stride: int = 0  # pixels; 0: the patch size
   batch_size: int = 256  # tiles per device call, all local devices
   task1_threshold: float = 0.5  # Task 1 probability from which a tile gets a Task 2 score
-  min_breast_fraction: float = 0.1
+  min_breast_fraction: float = scoring.DEFAULT_MIN_BREAST_FRACTION
   keep_identifiers: bool = False
   num_workers: int = 2
   overlays: bool = True

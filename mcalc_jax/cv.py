@@ -333,7 +333,7 @@ class Localization:
 
   findings: Sequence[Finding]
   stride: int = 0  # in patch pixels; 0: the patch size
-  min_breast_fraction: float = 0.1  # tiles with less breast are not scored (as mcalc-score)
+  min_breast_fraction: float = scoring.DEFAULT_MIN_BREAST_FRACTION  # as mcalc-score
   batch_size: int = 256
   overlays: bool = False
 

@@ -8,7 +8,9 @@ every `stride` patch pixels (scaled like the tile) from the top-left corner; whe
 leaves a strip at the far edge, one more tile is laid flush with that edge (so every pixel is
 covered, deterministically; an image smaller than a tile is zero-padded to one tile).
 Tiles whose breast fraction (from `input_pipeline.breast.breast_mask`, on a strided copy) is
-below a threshold are skipped and counted, not scored.
+below a threshold are skipped and counted, not scored; by default the threshold background
+patches were cut with (75 %), so no tile is of a kind the model never trained on (on MIAS the
+breast-edge tiles were most of the floor's false positives; docs/ablation.md).
 
 Throughput comes from doing on the host only what must happen there:
 - each image goes to the devices once, packed with its neighbours into one flat uint16 buffer
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import breast
+from input_pipeline import breast, patches
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax import inference, parallel
 from mcalc_jax.preprocess import PreprocessOptions
@@ -47,6 +49,7 @@ Key = TypeVar("Key")
 
 # Breast fraction of a tile is measured on about this many samples per tile side.
 _MASK_SAMPLES_PER_SIDE = 16
+DEFAULT_MIN_BREAST_FRACTION = patches.PatchSettings.min_breast_fraction  # as training patches
 DEFAULT_BUFFER_PIXELS = 2**25  # 64 MiB of uint16: two or three full-field mammograms
 
 
@@ -224,7 +227,7 @@ class Scorer:
     stride: int | None = None,
     batch_size: int = 256,
     task1_threshold: float = 0.5,
-    min_breast_fraction: float = 0.1,
+    min_breast_fraction: float = DEFAULT_MIN_BREAST_FRACTION,
     buffer_pixels: int = DEFAULT_BUFFER_PIXELS,
     breast_mask_fn: Callable[[np.ndarray], np.ndarray] = breast.breast_mask,
     devices: list[jax.Device] | None = None,

@@ -18,7 +18,7 @@ import json
 
 from absl import flags
 
-from mcalc_jax import cv
+from mcalc_jax import cv, scoring
 from mcalc_jax.cli import cluster, common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
@@ -35,7 +35,9 @@ _DATA_CONFIG = common.define_config_flag(
 )
 _STRIDE = flags.DEFINE_integer("localize_stride", 0, "Whole-image tile stride; 0: patch size.")
 _MIN_BREAST = flags.DEFINE_float(
-  "localize_min_breast_fraction", 0.1, "Whole-image tiles with less breast are not scored."
+  "localize_min_breast_fraction",
+  scoring.DEFAULT_MIN_BREAST_FRACTION,
+  "Whole-image tiles with less breast are not scored (default: as the training patches).",
 )
 _CALIBRATE = flags.DEFINE_bool(
   "calibrate", False, "Platt-scale each fold on its validation part before pooling."

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from mcalc_jax import archive
+from mcalc_jax import archive, scoring
 from mcalc_jax.cli import cluster, common
 
 _WORKDIR = flags.DEFINE_string(
@@ -35,7 +35,9 @@ _TASK1_THRESHOLD = flags.DEFINE_float(
   "task1_threshold", 0.5, "Task 1 probability from which a tile gets a Task 2 score."
 )
 _MIN_BREAST_FRACTION = flags.DEFINE_float(
-  "min_breast_fraction", 0.1, "Tiles with less breast than this fraction are skipped."
+  "min_breast_fraction",
+  scoring.DEFAULT_MIN_BREAST_FRACTION,
+  "Tiles with less breast than this fraction are skipped (default: as the training patches).",
 )
 _KEEP_IDENTIFIERS = flags.DEFINE_bool(
   "keep_identifiers", False, "Write input paths into the CSVs (they may name patients)."
