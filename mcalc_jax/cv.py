@@ -9,8 +9,8 @@ patient-grouped validation part for early stopping and the threshold) and predic
   WORKDIR/fold_<i>/                        an ordinary training run (checkpoints, config.json)
   WORKDIR/fold_<i>/oof_predictions.npz     its test and validation predictions (marks it done)
   WORKDIR/eval/test/                       the pooled evaluation (mcalc-report WORKDIR reads it);
-                                           each fold's probabilities first Platt-scaled on its
-                                           own validation part (mcalc_jax.calibration)
+                                           with `calibrate`, each fold's probabilities are first
+                                           Platt-scaled on its own validation part
   WORKDIR/fold_<i>/images/                 with a `Localization`: the fold's test patients'
                                            whole mammograms scored (mcalc_jax.archive layout)
   WORKDIR/eval/froc/                       ... and their pooled whole-image evaluation

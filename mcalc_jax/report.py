@@ -213,17 +213,10 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
     if not whole:
       continue
     cv, counts = evaluation["cv"], whole["counts"]
-    cells = []
-    for name in WHOLE_IMAGE_COLUMNS:
-      value, ci = whole["metrics"][name], whole["ci"][name]
-      low, high = ci["low"], ci["high"]
-      fmt = ".1f" if name == "median_cluster_rank" else f".{digits}f"
-      cells.append(
-        "n/a"
-        if value is None
-        else f"{value:{fmt}}"
-        + ("" if low is None or high is None else f" ({low:{fmt}}–{high:{fmt}})")
-      )
+    cells = [
+      _whole_image_cell(whole["metrics"][name], whole["ci"][name], name, digits)
+      for name in WHOLE_IMAGE_COLUMNS
+    ]
     rows.append(
       [
         evaluation["run"].get("dir", ""),
@@ -240,6 +233,15 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
       ]
     )
   return rows
+
+
+def _whole_image_cell(value: float | None, ci: dict, name: str, digits: int) -> str:
+  """'0.50 (0.25–1.00)'; an interval the bootstrap could not give says why (froc.bootstrap)."""
+  if value is None:
+    return "n/a"
+  fmt = ".1f" if name == "median_cluster_rank" else f".{digits}f"
+  interval = f"n/a: {ci['reason']}" if "reason" in ci else f"{ci['low']:{fmt}}–{ci['high']:{fmt}}"
+  return f"{value:{fmt}} ({interval})"
 
 
 def _whole_image_section(evaluations: Sequence[dict], digits: int) -> list[str]:

@@ -138,6 +138,7 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
   }
   ci = {name: {"low": 0.25, "high": 1.0} for name in metrics}
   ci["median_cluster_rank"] = {"low": 1.0, "high": 6.0}
+  ci["sensitivity_at_2_fp"] = {"reason": "undefined in 600 of 1000 resamples"}  # as froc says
   summary = {
     "folds": 2,
     "task": 1,
@@ -158,6 +159,6 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
   assert "## Whole images, out of fold" in text
   assert (
     "| runs/t1_alexnet | 1 | Top-hat floor | 0.50 (0.25–1.00) | 0.75 (0.25–1.00) "
-    "| 1.00 (0.25–1.00) | 0.80 (0.25–1.00) | n/a | 2.5 (1.0–6.0) "
+    "| 1.00 (n/a: undefined in 600 of 1000 resamples) | 0.80 (0.25–1.00) | n/a | 2.5 (1.0–6.0) "
     "| 4 clusters in 4 of 32 images, 16 patients |" in text
   )
