@@ -17,6 +17,7 @@ and reason, recorded under `skipped`, and left out: one bad file never stops a b
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterator, Sequence
 
@@ -28,6 +29,8 @@ from etils import epath
 
 from input_pipeline import breast, errors, mammogram, patches, sources, splits
 from input_pipeline.manifest import Finding
+
+_RECORDS = "records"  # the Beam output with each image's metadata record
 
 
 @dataclasses.dataclass
@@ -82,9 +85,10 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     (tensorflow/datasets#11212)."""
     return epath.Path(__file__)
 
-  def __init__(self, *, location: str | os.PathLike | None = None, **kwargs):
+  def __init__(self, *, location: str | os.PathLike | None = None, beam: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._location = os.fspath(location) if location else None
+    self._beam = beam
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.patch.size
@@ -138,8 +142,9 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
       name: [im for im in images if assignment[im.patient_id] == name] for name in splits.SPLITS
     }
     rate = _positives(images, config.patch) / max(1, len(images))
+    generate = self._beam_examples if self._beam else self._generate_examples
     return {
-      name: self._generate_examples(name, ims, _background_total(ims, rate, config.patch))
+      name: generate(name, ims, _background_total(ims, rate, config.patch))
       for name, ims in by_split.items()
       if ims
     }
@@ -147,67 +152,69 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(
     self, split: str, images: Sequence[ImageFindings], num_background: int
   ) -> Iterator[tuple[str, dict]]:
-    settings = self.builder_config.patch
-    quota = patches.background_quota([im.image_id for im in images], num_background, settings.seed)
-    counts = self.info.metadata["counts"].setdefault(split, {})
+    quotas = self._quotas(images, num_background)
     for i, im in enumerate(images):
       if i % max(1, len(images) // 10) == 0:
         logging.info("%s %s: image %d of %d", self.builder_config.name, split, i + 1, len(images))
-      for patch in self._image_patches(im, quota[im.image_id]):
-        counts[patch_class(patch)] = counts.get(patch_class(patch), 0) + 1
-        yield patch.patch_id, _example(patch, im, self.builder_config.source)
+      generated = image_examples(im, quotas[im.image_id], self.builder_config)
+      self._record(split, [generated.record])
+      yield from generated.examples
 
-  def _image_patches(self, im: ImageFindings, num_background: int) -> list[patches.Patch]:
-    """Every patch of one image; a failure is logged, recorded and skipped."""
-    settings = self.builder_config.patch
-    try:
-      mg = mammogram.read_mammogram(im.path, mammogram.spacing_options(im.pixel_spacing_mm))
-    except errors.MammogramError as e:
-      self._skip(im.path, e.reason)
-      return []
-    masks = self._masks(mg, im.findings)
-    found = patches.positive_patches(mg, im.findings, im.image_id, settings, masks=masks)
-    try:
-      found += patches.background_patches(
-        mg,
-        im.findings,
-        im.image_id,
-        num_background,
-        settings,
-        breast=breast.breast_mask(mg.pixels),
-        masks=masks,
+  def _beam_examples(self, split: str, images: Sequence[ImageFindings], num_background: int):
+    """The same examples as `_generate_examples`, as a Beam PTransform (one element per image);
+    each image's metadata record goes to a JSON file that `_download_and_prepare` merges."""
+    beam = tfds.core.lazy_imports.apache_beam
+    quotas = self._quotas(images, num_background)
+    work = [(im, quotas[im.image_id]) for im in images]
+    records_path = os.fspath(self._records_dir() / f"{split}.json")
+    config = self.builder_config
+
+    @beam.ptransform_fn
+    def examples(pipeline):
+      outputs = (
+        pipeline
+        | "Images" >> beam.Create(work)
+        | "Patches" >> beam.FlatMap(_beam_image, config).with_outputs(_RECORDS, main="examples")
       )
-    except patches.PatchSamplingError as e:
-      self._skip(im.path, str(e))
-      found += e.patches
-    return found
+      _ = (
+        outputs[_RECORDS]
+        | "Records" >> beam.combiners.ToList()
+        | "WriteRecords" >> beam.Map(_write_records, records_path)
+      )
+      return outputs.examples
 
-  def _masks(self, mg: mammogram.Mammogram, findings: Sequence[Finding]) -> dict[str, np.ndarray]:
-    """ROI masks in the canonical orientation; an unreadable mask falls back to the circle."""
-    masks = {}
-    for f in findings:
-      if not f.mask_path:
-        continue
-      try:
-        mask = mammogram.read_mammogram(f.mask_path)
-      except errors.MammogramError as e:
-        self._skip(f.mask_path, f"mask unreadable, circle used instead: {e.reason}")
-        continue
-      if mask.original_shape != mg.original_shape:
-        self._skip(
-          f.mask_path,
-          f"mask shape {mask.original_shape} is not the image's "
-          f"{mg.original_shape}, circle used instead",
-        )
-        continue
-      # The reader orients each file on its own; undo the mask's flip and apply the image's.
-      inside = mask.pixels > 0
-      masks[f.finding_id] = inside[:, ::-1] if mask.flipped != mg.flipped else inside
-    return masks
+    return examples()
 
-  def _skip(self, path: str, reason: str) -> None:
-    logging.warning("skipped %s: %s", path, reason)
-    self.info.metadata["skipped"].append({"path": path, "reason": reason})
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    """Generates the splits; after a Beam run, merges the images' records into the metadata."""
+    super()._download_and_prepare(dl_manager, download_config)
+    if not self._beam:
+      return
+    records_dir = self._records_dir()
+    for path in sorted(records_dir.glob("*.json")):
+      records = [
+        ImageRecord(i, tuple(map(tuple, c)), tuple(map(tuple, k)))
+        for i, c, k in json.loads(path.read_text())
+      ]
+      self._record(path.stem, records)
+    records_dir.rmtree()
+
+  def _records_dir(self) -> epath.Path:
+    return epath.Path(self.data_path) / "beam_records"
+
+  def _quotas(self, images: Sequence[ImageFindings], num_background: int) -> dict[str, int]:
+    settings = self.builder_config.patch
+    return patches.background_quota([im.image_id for im in images], num_background, settings.seed)
+
+  def _record(self, split: str, records: Sequence[ImageRecord]) -> None:
+    """Adds images' patch counts and skipped files to the metadata, in image order."""
+    counts = self.info.metadata["counts"].setdefault(split, {})
+    for record in sorted(records, key=lambda r: r.image_id):
+      for name, count in record.counts:
+        counts[name] = counts.get(name, 0) + count
+      for path, reason in record.skipped:
+        logging.warning("skipped %s: %s", path, reason)
+        self.info.metadata["skipped"].append({"path": path, "reason": reason})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +234,109 @@ class ImageFindings:
   def pixel_spacing_mm(self) -> float | None:
     """The pixel size the source documents for this image, if any."""
     return next((f.pixel_spacing_mm for f in self.findings if f.pixel_spacing_mm), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  """What one image added to the metadata: patches per class, and files skipped and why."""
+
+  image_id: str
+  counts: tuple[tuple[str, int], ...]
+  skipped: tuple[tuple[str, str], ...]  # (path, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageExamples:
+  """The examples of one image and its metadata record (no side effects: Beam workers run it)."""
+
+  examples: list[tuple[str, dict]]
+  record: ImageRecord
+
+
+def image_examples(
+  im: ImageFindings, num_background: int, config: McalcPatchesConfig
+) -> ImageExamples:
+  """Every example of one image; a failure is recorded as skipped (one bad file never stops a
+  build)."""
+  skipped: list[tuple[str, str]] = []
+  found = _image_patches(im, num_background, config.patch, skipped)
+  counts: dict[str, int] = {}
+  for patch in found:
+    counts[patch_class(patch)] = counts.get(patch_class(patch), 0) + 1
+  record = ImageRecord(im.image_id, tuple(counts.items()), tuple(skipped))
+  return ImageExamples([(p.patch_id, _example(p, im, config.source)) for p in found], record)
+
+
+def _beam_image(item: tuple[ImageFindings, int], config: McalcPatchesConfig):
+  """One Beam element: the image's examples, then its record as a tagged output."""
+  beam = tfds.core.lazy_imports.apache_beam
+  generated = image_examples(*item, config)
+  yield from generated.examples
+  yield beam.pvalue.TaggedOutput(_RECORDS, generated.record)
+
+
+def _write_records(records: list[ImageRecord], path: str) -> None:
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  rows = [[r.image_id, r.counts, r.skipped] for r in records]
+  epath.Path(path).write_text(json.dumps(rows))
+
+
+def _image_patches(
+  im: ImageFindings,
+  num_background: int,
+  settings: patches.PatchSettings,
+  skipped: list[tuple[str, str]],
+) -> list[patches.Patch]:
+  """Every patch of one image; what fails is appended to `skipped` as (path, reason)."""
+  try:
+    mg = mammogram.read_mammogram(im.path, mammogram.spacing_options(im.pixel_spacing_mm))
+  except errors.MammogramError as e:
+    skipped.append((im.path, e.reason))
+    return []
+  masks = _masks(mg, im.findings, skipped)
+  found = patches.positive_patches(mg, im.findings, im.image_id, settings, masks=masks)
+  try:
+    found += patches.background_patches(
+      mg,
+      im.findings,
+      im.image_id,
+      num_background,
+      settings,
+      breast=breast.breast_mask(mg.pixels),
+      masks=masks,
+    )
+  except patches.PatchSamplingError as e:
+    skipped.append((im.path, str(e)))
+    found += e.patches
+  return found
+
+
+def _masks(
+  mg: mammogram.Mammogram, findings: Sequence[Finding], skipped: list[tuple[str, str]]
+) -> dict[str, np.ndarray]:
+  """ROI masks in the canonical orientation; an unreadable mask falls back to the circle."""
+  masks = {}
+  for f in findings:
+    if not f.mask_path:
+      continue
+    try:
+      mask = mammogram.read_mammogram(f.mask_path)
+    except errors.MammogramError as e:
+      skipped.append((f.mask_path, f"mask unreadable, circle used instead: {e.reason}"))
+      continue
+    if mask.original_shape != mg.original_shape:
+      skipped.append(
+        (
+          f.mask_path,
+          f"mask shape {mask.original_shape} is not the image's "
+          f"{mg.original_shape}, circle used instead",
+        )
+      )
+      continue
+    # The reader orients each file on its own; undo the mask's flip and apply the image's.
+    inside = mask.pixels > 0
+    masks[f.finding_id] = inside[:, ::-1] if mask.flipped != mg.flipped else inside
+  return masks
 
 
 def group_images(findings: Sequence[Finding]) -> list[ImageFindings]:

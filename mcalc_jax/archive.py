@@ -1,13 +1,13 @@
 """Archive scoring: a heatmap and a score for every mammogram of an archive, resumable after a kill.
 
 `score_job(ScoreOptions(...))` is the `mcalc-score` job (and what `mcalc-demo` runs in process);
-`score_archive` scores a list of `Input`s with a ready `scoring.Scorer`.
+`score_archive` scores a list of inputs with a ready `scoring.Scorer`.
 
-Input: every DICOM (.dcm, .dicom, or no extension with a DICOM preamble), PNG and PGM under the
-folder, recursively, in sorted order (OUTPUT and hidden entries excluded); or the images of a
-manifest CSV (`input_pipeline.manifest`), whose findings with coordinates are drawn as circles;
-or the MG instances of a DICOMweb server (`mcalc_jax.dicomweb`, keyed by a hash of the SOP
-Instance UID). Each input reads itself (`InputLike.read`), so scoring does not care which.
+Input: the images of a folder or a manifest (`mcalc_jax.discovery`), or the MG instances of a
+DICOMweb server (`mcalc_jax.dicomweb`, keyed by a hash of the SOP Instance UID). Each input reads
+itself (`InputLike.read`), so scoring does not care which; worker processes read and decode them
+ahead of the devices (`mcalc_jax.decoding`), and the progress line and the last log line say
+whether the run waited on decoding or on the devices.
 
 Output, per image KEY (the first 16 hex digits of the sha1 of its path relative to the input
 folder, or to the manifest's folder; never patient tags):
@@ -35,24 +35,21 @@ import concurrent.futures
 import csv
 import dataclasses
 import glob
-import hashlib
 import importlib
 import io
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import jax
-import pydicom
 from absl import logging
 from tqdm import tqdm
 
-from input_pipeline import manifest
 from input_pipeline.errors import MammogramError
-from input_pipeline.mammogram import Mammogram, read_mammogram, spacing_options
-from mcalc_jax import files, heatmaps, inference, parallel, scoring
+from mcalc_jax import decoding, files, heatmaps, inference, parallel, scoring, tiling
+from mcalc_jax.decoding import DecodedImage
+from mcalc_jax.discovery import InputLike, find_inputs
 
 if TYPE_CHECKING:  # optional extra `dicom`: imported by score_job only when asked for
   from mcalc_jax.dicom_results import DicomResults
@@ -77,99 +74,7 @@ SCORE_COLUMNS = (
   "tile_mm",
 )
 ERROR_COLUMNS = ("key", "error", "reason")
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm")
-_DEFAULT_RADIUS = 50.0  # pixels, for findings without a radius
 _WRITES_IN_FLIGHT = 4  # images held by the writer thread at most
-
-
-@dataclasses.dataclass(frozen=True)
-class Input:
-  """One image to score: its key, where it is, and the findings to draw."""
-
-  key: str
-  path: str
-  relative_path: str
-  annotations: tuple[heatmaps.Circle, ...] = ()
-  pixel_spacing_mm: float | None = None  # documented by the manifest's source, if the file lacks it
-
-  def read(self, with_header: bool = False) -> tuple[Mammogram, pydicom.Dataset | None]:
-    """The decoded image and, when asked and the file is DICOM, its header (for DICOM results)."""
-    mammogram = read_mammogram(self.path, spacing_options(self.pixel_spacing_mm))
-    if not with_header or not _is_dicom(self.path):
-      return mammogram, None
-    return mammogram, pydicom.dcmread(self.path, stop_before_pixels=True)
-
-
-class InputLike(Protocol):
-  """What scoring needs of an input: an `Input` (a file) or a `dicomweb.DicomwebInput`."""
-
-  key: str
-  path: str
-  relative_path: str
-  annotations: tuple[heatmaps.Circle, ...]
-
-  def read(self, with_header: bool = False) -> tuple[Mammogram, pydicom.Dataset | None]: ...
-
-
-def image_key(relative_path: str) -> str:
-  """A stable, non-identifying name for an image: a hash of its path relative to the input."""
-  return hashlib.sha1(relative_path.encode()).hexdigest()[:16]
-
-
-def find_inputs(source: str, exclude: str = "") -> list[Input]:
-  """The images of a folder (recursive, sorted, `exclude` and hidden entries skipped) or manifest."""
-  if os.path.isfile(source):
-    return _manifest_inputs(source)
-  if not os.path.isdir(source):
-    raise FileNotFoundError(f"--input {source} is neither a folder nor a manifest file")
-  exclude = os.path.abspath(exclude) if exclude else ""
-  found = []
-  for folder, dirs, names in os.walk(source):
-    dirs[:] = sorted(
-      d
-      for d in dirs
-      if not d.startswith(".") and os.path.abspath(os.path.join(folder, d)) != exclude
-    )
-    for name in sorted(names):
-      path = os.path.join(folder, name)
-      if not name.startswith(".") and _is_image(path):
-        relative = os.path.relpath(path, source).replace(os.sep, "/")
-        found.append(Input(image_key(relative), path, relative))
-  return found
-
-
-def _is_image(path: str) -> bool:
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix:
-    return suffix in IMAGE_SUFFIXES
-  return _is_dicom(path)
-
-
-def _is_dicom(path: str) -> bool:
-  with open(path, "rb") as f:
-    return f.read(132)[128:] == b"DICM"
-
-
-def _manifest_inputs(path: str) -> list[Input]:
-  return inputs_from_findings(manifest.read_manifest(path), os.path.dirname(os.path.abspath(path)))
-
-
-def inputs_from_findings(findings: Iterable[manifest.Finding], base: str) -> list[Input]:
-  """One input per image of `findings` (absolute paths), keyed by its path relative to `base`,
-  with its findings as circles to draw and the spacing its source documents."""
-  circles: dict[str, list[heatmaps.Circle]] = collections.defaultdict(list)
-  spacing: dict[str, float | None] = {}
-  for finding in findings:
-    found = circles[finding.image_path]  # creates the entry: images without findings count too
-    spacing[finding.image_path] = spacing.get(finding.image_path) or finding.pixel_spacing_mm
-    if finding.row is not None and finding.col is not None:
-      found.append(heatmaps.Circle(finding.row, finding.col, finding.radius or _DEFAULT_RADIUS))
-  inputs = []
-  for image_path, drawn in circles.items():
-    relative = os.path.relpath(image_path, base).replace(os.sep, "/")
-    key = image_key(relative)
-    inputs.append(Input(key, image_path, relative, tuple(drawn), spacing[image_path]))
-  return inputs
 
 
 class CsvLog:
@@ -272,42 +177,6 @@ def _log_names() -> tuple[str, str]:
   return f"scores.{shard}.csv", f"errors.{shard}.csv"
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodedImage:
-  """An image read, decoded and prepared for the devices on a worker thread."""
-
-  input: InputLike
-  mammogram: Mammogram
-  prepared: scoring.PreparedImage
-  seconds: float
-  header: pydicom.Dataset | None = None  # read only for DICOM results
-
-
-def _read_ahead(
-  inputs: list[Input],
-  prepare: Callable[[Input], DecodedImage],
-  workers: int,
-) -> Iterator[tuple[Input, DecodedImage | Exception]]:
-  """Decodes images on `workers` threads, a few ahead of the consumer, in input order."""
-  with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-    pending: collections.deque = collections.deque()
-    for item in inputs:
-      pending.append((item, pool.submit(prepare, item)))
-      if len(pending) > 2 * workers:
-        yield _outcome(*pending.popleft())
-    while pending:
-      yield _outcome(*pending.popleft())
-
-
-def _outcome(
-  item: Input, future: concurrent.futures.Future
-) -> tuple[Input, DecodedImage | Exception]:
-  try:
-    return item, future.result()
-  except Exception as e:  # noqa: BLE001 (any failure of one image is that image's error row)
-    return item, e
-
-
 class _Outputs:
   """Writes each image's files and then its CSV row, on one background thread, in order."""
 
@@ -337,7 +206,7 @@ class _Outputs:
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
     self._pending: collections.deque = collections.deque()
 
-  def scored(self, decoded: DecodedImage, scores: scoring.ImageScores) -> None:
+  def scored(self, decoded: DecodedImage, scores: tiling.ImageScores) -> None:
     self._submit(self._write_scores, decoded, scores)
 
   def failed(self, item: InputLike, error: Exception) -> None:
@@ -355,7 +224,7 @@ class _Outputs:
     while len(self._pending) > _WRITES_IN_FLIGHT:
       self._pending.popleft().result()  # re-raises a failed write (disk full, ...) here
 
-  def _write_scores(self, decoded: DecodedImage, scores: scoring.ImageScores) -> None:
+  def _write_scores(self, decoded: DecodedImage, scores: tiling.ImageScores) -> None:
     item = decoded.input
     heatmaps.write_scores(os.path.join(self._output, f"{item.key}.npz"), scores)
     if self._overlays:
@@ -388,7 +257,7 @@ class _Outputs:
     return [item.relative_path] if self._keep else []
 
 
-def _score_row(decoded: DecodedImage, scores: scoring.ImageScores) -> list[object]:
+def _score_row(decoded: DecodedImage, scores: tiling.ImageScores) -> list[object]:
   """The SCORE_COLUMNS after key: hottest tile centre in original pixels, counts, seconds."""
   m = decoded.mammogram
   hottest = scores.hottest()
@@ -437,13 +306,15 @@ def score_archive(
   *,
   keep_identifiers: bool = False,
   overlays: bool = True,
-  num_workers: int = 2,
+  num_workers: int = -1,
   results: DicomResults | None = None,
-) -> None:
+) -> decoding.DecodeClock:
   """Scores this process's share of `inputs` that no earlier run finished, into `output`.
 
-  `results`, if given, also writes (and sends) each DICOM image's DICOM results. With several
-  processes, all wait for the last one and process 0 merges their logs (`merge_logs`).
+  `num_workers` processes decode ahead (`mcalc_jax.decoding`; 0: one thread, -1: as many as
+  `decoding.auto_workers` gives this backend). `results`, if given, also writes (and sends) each
+  DICOM image's DICOM results. With several processes, all wait for the last one and process 0
+  merges their logs (`merge_logs`). Returns how long the scoring waited for decoded images (`decoding.DecodeClock`).
   """
   os.makedirs(output, exist_ok=True)
   share = inputs[jax.process_index() :: jax.process_count()]
@@ -457,17 +328,18 @@ def score_archive(
     len(share) - len(todo),
   )
 
-  def prepare(item: InputLike) -> DecodedImage:
-    start = time.perf_counter()
-    mammogram, header = item.read(with_header=results is not None)
-    prepared = scorer.prepare(mammogram)
-    return DecodedImage(item, mammogram, prepared, time.perf_counter() - start, header)
-
+  if num_workers < 0:
+    num_workers = decoding.auto_workers(jax.default_backend())
+  clock = decoding.DecodeClock(max(num_workers, 1))
   with tqdm(total=len(todo), unit="image", desc="mcalc-score") as progress:
     outputs = _Outputs(output, keep_identifiers, overlays, progress, results)
+    decoded_images = decoding.decode_ahead(
+      todo, scorer.plan, workers=num_workers, with_header=results is not None, clock=clock
+    )
 
-    def readable() -> Iterator[tuple[DecodedImage, scoring.PreparedImage]]:
-      for item, result in _read_ahead(todo, prepare, num_workers):
+    def readable() -> Iterator[tuple[DecodedImage, tiling.PreparedImage]]:
+      for item, result in decoded_images:
+        progress.set_postfix_str(clock.progress(), refresh=False)
         if isinstance(result, Exception):
           outputs.failed(item, result)
         else:
@@ -477,10 +349,14 @@ def score_archive(
       for decoded, scores in scorer.score_stream(readable()):
         outputs.scored(decoded, scores)
     finally:
+      decoded_images.close()
       outputs.close()
+  if todo:
+    logging.info("%s", clock.verdict())
   parallel.barrier("mcalc-score: every share scored")
   if parallel.is_writer():
     merge_logs(output, [i.key for i in inputs])
+  return clock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,7 +373,7 @@ class ScoreOptions:
   task1_threshold: float = 0.5  # Task 1 probability from which a tile gets a Task 2 score
   min_breast_fraction: float = scoring.DEFAULT_MIN_BREAST_FRACTION
   keep_identifiers: bool = False
-  num_workers: int = 2
+  num_workers: int = -1  # decode worker processes (0: one thread here; -1: auto_workers)
   overlays: bool = True
   dicomweb_url: str = ""  # a DICOMweb server to read from instead of `input`
   dicomweb_studies: tuple[str, ...] = ()  # StudyInstanceUIDs; () with dicomweb_study_dates

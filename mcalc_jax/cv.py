@@ -42,6 +42,7 @@ from mcalc_jax import (
   archive,
   calibration,
   checkpointing,
+  discovery,
   evaluation,
   files,
   froc,
@@ -53,7 +54,7 @@ from mcalc_jax import (
   scoring,
   train,
 )
-from mcalc_jax.scoring import ImageScores
+from mcalc_jax.tiling import ImageScores
 
 FOLDS_FILE = "folds.json"
 IMAGES_DIR = "images"
@@ -366,7 +367,7 @@ def localize_folds(
   """Scores each fold's test images with its final model (resumable), evaluates them pooled,
   each fold's Task 1 grids mapped by its calibration (`maps`, one per fold)."""
   grids: dict[str, ImageScores] = {}
-  inputs = archive.inputs_from_findings(localization.findings, localization.base)
+  inputs = discovery.inputs_from_findings(localization.findings, localization.base)
   patient = {f.image_path: f.patient_id for f in localization.findings}
   for i, fold in enumerate(assignment):
     fold_dir, test = workdir / f"fold_{i}", set(fold["test"])

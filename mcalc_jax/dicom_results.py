@@ -6,7 +6,7 @@ they are written only when asked for: `mcalc-score --dicom_results`):
   KEY.seg.dcm  a Segmentation of type FRACTIONAL (PROBABILITY) on the image's pixel grid, in the
                original orientation: segment 1 is Task 1's P(calcification), segment 2 Task 2's
                P(malignant) where a Task 2 classifier ran; each pixel is the mean of the scored
-               tiles covering it (as `scoring.average_map`), 0 where none was scored, in steps of
+               tiles covering it (as `tiling.average_map`), 0 where none was scored, in steps of
                1/255, RLE Lossless. A fractional Segmentation rather than a Parametric Map: the
                source mammograms have no frame of reference, for which highdicom cannot build a
                Parametric Map, and it is what the viewers that show maps over a mammogram read
@@ -37,7 +37,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import RLELossless, generate_uid
 
 from mcalc_jax import files
-from mcalc_jax.scoring import ImageScores, TileGeometry
+from mcalc_jax.tiling import ImageScores, TileGeometry
 
 MANUFACTURER = "mcalc_jax"
 SEGMENTATION_SERIES_NUMBER = 9701
@@ -101,7 +101,7 @@ def _run_name(workdir: str) -> str:
 def probability_map(grid: np.ndarray, geometry: TileGeometry) -> np.ndarray:
   """Per-pixel mean of the scored tiles in the ORIGINAL orientation, 0 where none was scored.
 
-  The same values as `scoring.average_map` at full resolution, computed on the bands between
+  The same values as `tiling.average_map` at full resolution, computed on the bands between
   tile edges (a few thousand cells, not the image's millions of pixels) and then expanded.
   """
   row_edges = _band_edges(geometry.tile_rows, geometry.patch_size, geometry.image_shape[0])

@@ -36,8 +36,8 @@ import numpy as np
 
 from input_pipeline import manifest, patches
 from input_pipeline.manifest import Finding
-from mcalc_jax import files, metrics, plots
-from mcalc_jax.scoring import ImageScores, TileGeometry
+from mcalc_jax import discovery, files, metrics, plots
+from mcalc_jax.tiling import ImageScores, TileGeometry
 
 FP_RATES = (0.5, 1.0, 2.0)
 HIT_RULE = (
@@ -351,10 +351,10 @@ def evaluate_scored_folder(
 
   Writes froc.json, froc.csv, clusters.csv and froc.png into `output` (default SCORES_DIR/froc).
   """
-  from mcalc_jax import archive, heatmaps  # noqa: PLC0415  (the job's own inputs)
+  from mcalc_jax import heatmaps  # noqa: PLC0415  (the job's own inputs)
 
   findings = manifest.read_manifest(manifest_path)
-  inputs = archive.inputs_from_findings(findings, os.path.dirname(os.path.abspath(manifest_path)))
+  inputs = discovery.inputs_from_findings(findings, os.path.dirname(os.path.abspath(manifest_path)))
   grids = {}
   for item in inputs:
     path = os.path.join(scores_dir, f"{item.key}.npz")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,20 +35,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle as CirclePatch
 
 from mcalc_jax.files import atomic_write
-from mcalc_jax.scoring import ImageScores, TileGeometry, average_map
+from mcalc_jax.tiling import Circle, ImageScores, TileGeometry, average_map
 
 _DISPLAY_PIXELS = 1024  # longer side of the mammogram in the overlay
 # Geometry keys that grids written before physical units lack, with the values they mean there.
 _PHYSICAL_DEFAULTS = {"pixel_spacing_mm": 0.0, "spacing_assumed": False, "field_of_view_mm": 0.0}
 _ALPHA = 0.45
-
-
-class Circle(NamedTuple):
-  """A known finding drawn on the overlay, in ORIGINAL pixel coordinates."""
-
-  row: float
-  col: float
-  radius: float
 
 
 def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:

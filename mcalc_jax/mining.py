@@ -19,11 +19,11 @@ from input_pipeline import patches
 from input_pipeline.mammogram import read_mammogram, spacing_options
 from input_pipeline.manifest import Finding
 from input_pipeline.pipeline import ID_FIELDS
-from mcalc_jax import scoring
+from mcalc_jax import scoring, tiling
 
 
 def hottest_negatives(
-  scores: scoring.ImageScores, boxes: Sequence[tuple[float, float, float, float]], count: int
+  scores: tiling.ImageScores, boxes: Sequence[tuple[float, float, float, float]], count: int
 ) -> list[tuple[int, int]]:
   """Grid cells of the `count` highest-scoring tiles that touch no exclusion box (ties: grid
   order), highest first."""

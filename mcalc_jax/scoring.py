@@ -43,12 +43,11 @@ from input_pipeline import breast, patches
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax import inference, parallel
 from mcalc_jax.preprocess import PreprocessOptions
+from mcalc_jax.tiling import ImageScores, PreparedImage, TilePlan
 
 ProbabilitiesFn = Callable[[jax.Array], jax.Array]
 Key = TypeVar("Key")
 
-# Breast fraction of a tile is measured on about this many samples per tile side.
-_MASK_SAMPLES_PER_SIDE = 16
 DEFAULT_MIN_BREAST_FRACTION = patches.PatchSettings.min_breast_fraction  # as training patches
 DEFAULT_BUFFER_PIXELS = 2**25  # 64 MiB of uint16: two or three full-field mammograms
 
@@ -62,135 +61,6 @@ class ClassifierLike(Protocol):
   patch_size: int
 
   def probabilities(self, images: jax.Array) -> jax.Array: ...
-
-
-def tile_origins(length: int, patch_size: int, stride: int) -> np.ndarray:
-  """Tile starts every `stride` pixels, plus one flush with the far edge if a strip is left."""
-  if length <= patch_size:
-    return np.zeros(1, np.int32)
-  origins = np.arange(0, length - patch_size + 1, stride)
-  if origins[-1] + patch_size < length:
-    origins = np.append(origins, length - patch_size)
-  return origins.astype(np.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class TileGeometry:
-  """Where grid cell (i, j) lies: rows tile_rows[i]:+patch_size, cols tile_cols[j]:+patch_size.
-
-  Coordinates are in the canonical `Mammogram.pixels` (chest wall left); `flipped` and
-  `original_shape` map them back to the original file.
-  """
-
-  tile_rows: np.ndarray
-  tile_cols: np.ndarray
-  patch_size: int  # tile side in this image's pixels
-  stride: int  # in this image's pixels
-  image_shape: tuple[int, int]
-  original_shape: tuple[int, int]
-  flipped: bool
-  pixel_spacing_mm: float = 0.0  # of this image (0: unknown)
-  spacing_assumed: bool = False
-  field_of_view_mm: float = 0.0  # tile side in mm the classifier was trained at (0: native)
-
-  @property
-  def grid_shape(self) -> tuple[int, int]:
-    return len(self.tile_rows), len(self.tile_cols)
-
-  def tile_center(self, i: int, j: int) -> tuple[float, float]:
-    """Centre of tile (i, j) in ORIGINAL pixel coordinates (row, col)."""
-    half = (self.patch_size - 1) / 2
-    row, col = self.tile_rows[i] + half, self.tile_cols[j] + half
-    if self.flipped:
-      col = self.original_shape[1] - 1 - col
-    return float(row), float(col)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedImage:
-  """An image ready for the devices: pixels (padded to at least one tile) and its tiles."""
-
-  pixels: np.ndarray
-  max_value: int
-  geometry: TileGeometry
-  in_breast: np.ndarray  # bool [gh, gw]: the tiles to score
-
-  @property
-  def breast_tiles(self) -> np.ndarray:
-    """Flat grid indices of the tiles to score."""
-    return np.flatnonzero(self.in_breast)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageScores:
-  """Probability grids of one image: NaN where a tile was not scored."""
-
-  geometry: TileGeometry
-  task1: np.ndarray  # float32 [gh, gw], P(calcification); NaN outside the breast
-  task2: np.ndarray | None  # float32 [gh, gw], P(malignant); NaN below task1_threshold
-  task1_threshold: float
-  seconds: float  # this image's share (by tiles) of the wall time between two finished packs
-
-  @property
-  def tiles_scored(self) -> int:
-    return int(np.count_nonzero(~np.isnan(self.task1)))
-
-  @property
-  def tiles_skipped(self) -> int:
-    return self.task1.size - self.tiles_scored
-
-  @property
-  def tiles_task2(self) -> int:
-    return 0 if self.task2 is None else int(np.count_nonzero(~np.isnan(self.task2)))
-
-  def hottest(self) -> tuple[int, int] | None:
-    """Grid index of the highest Task 1 probability (first in row-major order), None if none."""
-    if self.tiles_scored == 0:
-      return None
-    flat = int(np.nanargmax(self.task1))
-    i, j = np.unravel_index(flat, self.task1.shape)
-    return int(i), int(j)
-
-
-def average_map(grid: np.ndarray, geometry: TileGeometry, scale: int = 1) -> np.ndarray:
-  """Per-pixel mean of the scored tiles covering each pixel (NaN where none does).
-
-  Canonical orientation, `scale` times coarser than the image (ceil division), so overlapping
-  tiles (stride < patch size) are averaged as in the nyukat heatmaps.
-  """
-  height, width = (-(-n // scale) for n in geometry.image_shape)
-  i, j = np.nonzero(~np.isnan(grid))
-  values = grid[i, j].astype(np.float64)
-  r0, c0 = geometry.tile_rows[i] // scale, geometry.tile_cols[j] // scale
-  r1 = np.minimum(-(-(geometry.tile_rows[i] + geometry.patch_size) // scale), height)
-  c1 = np.minimum(-(-(geometry.tile_cols[j] + geometry.patch_size) // scale), width)
-  total = np.zeros((height + 1, width + 1))
-  count = np.zeros((height + 1, width + 1))
-  for weights, out in ((values, total), (np.ones_like(values), count)):
-    for rows, cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
-      np.add.at(out, (rows, cols), sign * weights)
-  total = total.cumsum(0).cumsum(1)[:height, :width]
-  count = np.rint(count.cumsum(0).cumsum(1)[:height, :width])
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(count > 0, total / count, np.nan).astype(np.float32)
-
-
-def _breast_fractions(mask: np.ndarray, geometry: TileGeometry) -> np.ndarray:
-  """Fraction of each tile inside the breast, from a summed-area table of a strided mask."""
-  step = max(1, geometry.patch_size // _MASK_SAMPLES_PER_SIDE)
-  sample = mask[::step, ::step]
-  table = np.zeros((sample.shape[0] + 1, sample.shape[1] + 1), np.int64)
-  table[1:, 1:] = sample.cumsum(0).cumsum(1)
-
-  def bounds(origins: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    start = -(-origins // step)
-    return start, np.maximum(np.minimum(-(-(origins + geometry.patch_size) // step), length), start)
-
-  r0, r1 = bounds(geometry.tile_rows, sample.shape[0])
-  c0, c1 = bounds(geometry.tile_cols, sample.shape[1])
-  r0, r1, c0, c1 = r0[:, None], r1[:, None], c0[None, :], c1[None, :]
-  inside = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
-  return inside / np.maximum((r1 - r0) * (c1 - c0), 1)
 
 
 @dataclasses.dataclass
@@ -238,8 +108,9 @@ class Scorer:
     if not 0 < self.stride <= self.patch_size:
       raise ValueError(f"stride must be in 1..{self.patch_size} (the patch size), got {stride}")
     self.task1_threshold = task1_threshold
-    self.min_breast_fraction = min_breast_fraction
-    self._breast_mask_fn = breast_mask_fn
+    self.plan = TilePlan(
+      self.patch_size, self.stride, self.field_of_view_mm, min_breast_fraction, breast_mask_fn
+    )
     mesh = parallel.make_mesh(devices or jax.local_devices())
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self._replicated = parallel.replicated(mesh)
@@ -251,33 +122,11 @@ class Scorer:
 
   def tile_pixels(self, mammogram: Mammogram) -> tuple[int, int]:
     """(tile side, stride) in this image's pixels: the run's millimetres at its spacing."""
-    if self.field_of_view_mm <= 0:
-      return self.patch_size, self.stride
-    tile = max(2, round(self.field_of_view_mm / float(np.mean(mammogram.pixel_spacing_mm))))
-    return tile, max(1, min(tile, round(self.stride * tile / self.patch_size)))
+    return self.plan.tile_pixels(mammogram)
 
   def prepare(self, mammogram: Mammogram) -> PreparedImage:
-    """Host-side work for one image (tiles, breast fractions); thread-safe, no device use."""
-    tile, stride = self.tile_pixels(mammogram)
-    pixels = _pad_to_tile(mammogram.pixels, tile)
-    geometry = TileGeometry(
-      tile_rows=tile_origins(mammogram.pixels.shape[0], tile, stride),
-      tile_cols=tile_origins(mammogram.pixels.shape[1], tile, stride),
-      patch_size=tile,
-      stride=stride,
-      image_shape=tuple(mammogram.pixels.shape),
-      original_shape=tuple(mammogram.original_shape),
-      flipped=mammogram.flipped,
-      pixel_spacing_mm=float(np.mean(mammogram.pixel_spacing_mm)),
-      spacing_assumed=mammogram.spacing_assumed,
-      field_of_view_mm=self.field_of_view_mm,
-    )
-    if self.min_breast_fraction > 0:
-      fractions = _breast_fractions(self._breast_mask_fn(pixels), geometry)
-      in_breast = fractions >= self.min_breast_fraction
-    else:
-      in_breast = np.ones(geometry.grid_shape, bool)
-    return PreparedImage(pixels, mammogram.max_value, geometry, in_breast)
+    """Host-side work for one image (`TilePlan.prepare`); thread-safe, no device use."""
+    return self.plan.prepare(mammogram)
 
   def score(self, mammogram: Mammogram) -> ImageScores:
     """Scores one image (for many, `score_stream` overlaps host and device work)."""
@@ -442,13 +291,6 @@ def _shares(seconds: float, tiles: list[int]) -> list[float]:
   if total == 0:
     return [seconds / len(tiles)] * len(tiles)
   return [seconds * n / total for n in tiles]
-
-
-def _pad_to_tile(pixels: np.ndarray, patch_size: int) -> np.ndarray:
-  """Zero-pads an image smaller than one tile up to one tile (otherwise returns it as is)."""
-  pad = [(0, max(0, patch_size - n)) for n in pixels.shape]
-  pixels = np.ascontiguousarray(pixels, dtype=np.uint16)
-  return np.pad(pixels, pad) if any(p for _, p in pad) else pixels
 
 
 def _device_probabilities(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.manifest import read_manifest
-from mcalc_jax import archive, cv, report
+from mcalc_jax import archive, cv, discovery, report
 from mcalc_jax.configs import default
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
@@ -186,7 +186,7 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
       1
     ]
   }
-  inputs = archive.inputs_from_findings(findings, localization.base)
+  inputs = discovery.inputs_from_findings(findings, localization.base)
   patient = {f.image_path: f.patient_id for f in findings}
   assert sorted(scored) == sorted(i.key for i in inputs)  # every image, once
   for item in inputs:

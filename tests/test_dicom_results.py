@@ -13,7 +13,7 @@ import pytest
 
 from input_pipeline import synthetic
 from input_pipeline.mammogram import read_mammogram
-from mcalc_jax import archive, dicom_results, scoring
+from mcalc_jax import archive, dicom_results, discovery, scoring, tiling
 from tests.test_score_cli import rows_of
 from tests.test_scoring import PATCH, speck_probabilities
 
@@ -52,9 +52,9 @@ def written(right_breast, tmp_path_factory) -> tuple[scoring.ImageScores, list[p
 
 
 def test_the_map_is_the_average_map_on_the_original_grid():
-  geometry = scoring.TileGeometry(
-    tile_rows=scoring.tile_origins(700, PATCH, 48),
-    tile_cols=scoring.tile_origins(500, PATCH, 48),
+  geometry = tiling.TileGeometry(
+    tile_rows=tiling.tile_origins(700, PATCH, 48),
+    tile_cols=tiling.tile_origins(500, PATCH, 48),
     patch_size=PATCH,
     stride=48,
     image_shape=(700, 500),
@@ -64,7 +64,7 @@ def test_the_map_is_the_average_map_on_the_original_grid():
   grid = np.random.default_rng(1).random(geometry.grid_shape).astype(np.float32)
   grid[grid < 0.3] = np.nan
 
-  expected = np.nan_to_num(np.fliplr(scoring.average_map(grid, geometry)))
+  expected = np.nan_to_num(np.fliplr(tiling.average_map(grid, geometry)))
   np.testing.assert_allclose(dicom_results.probability_map(grid, geometry), expected, atol=1e-6)
 
 
@@ -147,7 +147,7 @@ def test_dciodvfy_finds_no_error_in_the_segmentation_and_the_report(written, tmp
 
 
 def test_dicom_results_are_off_by_default_and_identifiers_stay_out_of_csvs(right_breast, tmp_path):
-  inputs = [archive.Input("k1", str(right_breast), "site/right.dcm")]
+  inputs = [discovery.Input("k1", str(right_breast), "site/right.dcm")]
   scorer = scoring.Scorer(speck_probabilities, patch_size=PATCH, batch_size=64)
   archive.score_archive(scorer, inputs, str(tmp_path / "plain"))
   assert not (tmp_path / "plain" / "dicom").exists()

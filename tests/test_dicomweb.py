@@ -16,7 +16,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from input_pipeline import synthetic
-from mcalc_jax import archive, dicom_results, dicomweb, scoring
+from mcalc_jax import archive, dicom_results, dicomweb, discovery, scoring
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401 (fixture)
 from tests.test_dicom_results import text_items
 from tests.test_score_cli import checkpoint, finish, mcalc_score, rows_of  # noqa: F401 (fixture)
@@ -79,7 +79,7 @@ def test_scores_from_orthanc_match_the_folder_and_the_results_come_back(
     )
   )
 
-  sop_of = {archive.image_key(k): h.SOPInstanceUID for k, h in headers.items()}
+  sop_of = {discovery.image_key(k): h.SOPInstanceUID for k, h in headers.items()}
   by_folder = {sop_of[r["key"]]: r for r in rows_of(tmp_path / "f" / "scores.csv")}
   by_server = {r["key"]: r for r in rows_of(output / "scores.csv")}
   assert len(by_folder) == 8 and sorted(by_server) == sorted(map(dicomweb.instance_key, by_folder))

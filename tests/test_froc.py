@@ -9,7 +9,7 @@ import pytest
 
 from input_pipeline.manifest import Finding
 from mcalc_jax import froc
-from mcalc_jax.scoring import ImageScores, TileGeometry
+from mcalc_jax.tiling import ImageScores, TileGeometry
 
 NAN = np.nan
 

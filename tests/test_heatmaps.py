@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcalc_jax import heatmaps, scoring
+from mcalc_jax import heatmaps, scoring, tiling
 from tests.test_scoring import CLUSTERS, PATCH, speck_probabilities, synthetic_mammogram
 
 
@@ -68,7 +68,7 @@ def test_overlay_is_a_png_in_the_original_orientation(tmp_path, flipped_scores):
     tmp_path / "a.png",
     mammogram.pixels,
     scores,
-    annotations=[heatmaps.Circle(row, col, 50)],
+    annotations=[tiling.Circle(row, col, 50)],
     title="synthetic",
   )
 

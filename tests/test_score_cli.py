@@ -17,7 +17,17 @@ from flax import nnx
 from PIL import Image
 
 from input_pipeline import manifest
-from mcalc_jax import archive, checkpointing, heatmaps, inference, networks, parallel, scoring
+from mcalc_jax import (
+  archive,
+  checkpointing,
+  discovery,
+  heatmaps,
+  inference,
+  networks,
+  parallel,
+  scoring,
+  tiling,
+)
 from mcalc_jax.configs import default
 from tests.test_scoring import PATCH, speck_probabilities, synthetic_mammogram
 
@@ -54,7 +64,7 @@ def archive_of(tmp_path: pathlib.Path, *folders: pathlib.Path) -> pathlib.Path:
   root = tmp_path / "archive"
   for folder in folders:
     for path in folder.rglob("*"):
-      if path.is_file() and path.suffix.lower() in archive.IMAGE_SUFFIXES:
+      if path.is_file() and path.suffix.lower() in discovery.IMAGE_SUFFIXES:
         link = root / folder.name / path.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path)
@@ -90,7 +100,7 @@ def assert_complete(output: pathlib.Path, folder: pathlib.Path, scored: int, fai
   """Every image has exactly one whole row; every scored one has its npz and overlay."""
   scores, errors = rows_of(output / "scores.csv"), rows_of(output / "errors.csv")
   keys = [r["key"] for r in scores + errors]
-  expected = {i.key for i in archive.find_inputs(str(folder))}
+  expected = {i.key for i in discovery.find_inputs(str(folder))}
   assert sorted(keys) == sorted(expected) and len(keys) == len(set(keys))
   assert (len(scores), len(errors)) == (scored, failed)
   for row in scores:
@@ -182,7 +192,7 @@ def speck_scorer() -> scoring.Scorer:
 
 
 def test_a_rerun_skips_finished_images_and_keeps_identifiers_out(synthetic_archive):
-  inputs = archive.find_inputs(str(synthetic_archive))
+  inputs = discovery.find_inputs(str(synthetic_archive))
   output = synthetic_archive / "out"  # inside the input: its overlays are no inputs
   archive.score_archive(speck_scorer(), inputs[:2], str(output))
   first = (output / "scores.csv").read_text()
@@ -193,12 +203,12 @@ def test_a_rerun_skips_finished_images_and_keeps_identifiers_out(synthetic_archi
   assert [r["key"] for r in scores] == [i.key for i in inputs if "broken" not in i.path]
   assert [r["key"] for r in errors] == [inputs[0].key] and errors[0]["reason"]
   assert "site" not in (output / "scores.csv").read_text() + (output / "errors.csv").read_text()
-  assert inputs[1].key == archive.image_key("site/case0.png")
-  assert archive.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
+  assert inputs[1].key == discovery.image_key("site/case0.png")
+  assert discovery.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
 
 
 def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, tmp_path):
-  inputs = archive.find_inputs(str(synthetic_archive / "manifest.csv"))
+  inputs = discovery.find_inputs(str(synthetic_archive / "manifest.csv"))
   output = tmp_path / "out"
   archive.score_archive(speck_scorer(), inputs, str(output), keep_identifiers=True)
 
@@ -208,7 +218,7 @@ def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, 
     abs(float(case0["task1_max_row"]) - 300) < PATCH
     and abs(float(case0["task1_max_col"]) - 200) < PATCH
   )
-  assert inputs[0].annotations == (heatmaps.Circle(300, 200, 40),)
+  assert inputs[0].annotations == (tiling.Circle(300, 200, 40),)
   assert "site/broken.png" in (output / "errors.csv").read_text()
 
 
@@ -224,7 +234,7 @@ def score_as_processes(inputs, output: pathlib.Path, monkeypatch, order=(1, 0)) 
 def test_each_process_scores_its_own_share_and_process_0_merges_them(
   synthetic_archive, tmp_path, monkeypatch
 ):
-  inputs = archive.find_inputs(str(synthetic_archive))
+  inputs = discovery.find_inputs(str(synthetic_archive))
   output = tmp_path / "out"
   score_as_processes(inputs, output, monkeypatch)
 
@@ -241,7 +251,7 @@ def test_each_process_scores_its_own_share_and_process_0_merges_them(
 def test_a_rerun_after_a_killed_process_merges_one_whole_row_per_image(
   synthetic_archive, tmp_path, monkeypatch
 ):
-  inputs = archive.find_inputs(str(synthetic_archive))
+  inputs = discovery.find_inputs(str(synthetic_archive))
   output = tmp_path / "out"
   score_as_processes(inputs, output, monkeypatch, order=(1,))  # process 0 never got going
   shard = output / "scores.1-of-2.csv"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import scoring
+from mcalc_jax import scoring, tiling
 
 PATCH = 112
 MAX_VALUE = 4095
@@ -55,7 +55,7 @@ def synthetic_mammogram(
   )
 
 
-def tile_containing(geometry: scoring.TileGeometry, row: int, col: int) -> tuple[int, int]:
+def tile_containing(geometry: tiling.TileGeometry, row: int, col: int) -> tuple[int, int]:
   """The grid cell whose tile starts last before (row, col) (the tile holding the point)."""
   i = np.searchsorted(geometry.tile_rows, row, side="right") - 1
   j = np.searchsorted(geometry.tile_cols, col, side="right") - 1
@@ -63,10 +63,10 @@ def tile_containing(geometry: scoring.TileGeometry, row: int, col: int) -> tuple
 
 
 def test_tile_origins_cover_the_image_with_the_last_tile_flush():
-  np.testing.assert_array_equal(scoring.tile_origins(300, 112, 112), [0, 112, 188])
-  np.testing.assert_array_equal(scoring.tile_origins(336, 112, 112), [0, 112, 224])
-  np.testing.assert_array_equal(scoring.tile_origins(250, 112, 56), [0, 56, 112, 138])
-  np.testing.assert_array_equal(scoring.tile_origins(80, 112, 112), [0])  # padded to one tile
+  np.testing.assert_array_equal(tiling.tile_origins(300, 112, 112), [0, 112, 188])
+  np.testing.assert_array_equal(tiling.tile_origins(336, 112, 112), [0, 112, 224])
+  np.testing.assert_array_equal(tiling.tile_origins(250, 112, 56), [0, 56, 112, 138])
+  np.testing.assert_array_equal(tiling.tile_origins(80, 112, 112), [0])  # padded to one tile
 
 
 @pytest.mark.parametrize("stride", [112, 56])
@@ -177,7 +177,7 @@ def test_no_implicit_transfers_between_host_and_device():
 
 
 def test_average_map_averages_overlapping_tiles():
-  geometry = scoring.TileGeometry(
+  geometry = tiling.TileGeometry(
     tile_rows=np.array([0, 2]),
     tile_cols=np.array([0]),
     patch_size=4,
@@ -186,10 +186,10 @@ def test_average_map_averages_overlapping_tiles():
     original_shape=(6, 4),
     flipped=False,
   )
-  heat = scoring.average_map(np.array([[0.2], [0.6]], np.float32), geometry)
+  heat = tiling.average_map(np.array([[0.2], [0.6]], np.float32), geometry)
 
   np.testing.assert_allclose(heat[:, 0], [0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
-  only_first = scoring.average_map(np.array([[0.2], [np.nan]], np.float32), geometry)
+  only_first = tiling.average_map(np.array([[0.2], [np.nan]], np.float32), geometry)
   assert np.isnan(only_first[4:]).all()
 
 

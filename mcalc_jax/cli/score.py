@@ -2,7 +2,7 @@
 
   mcalc-score --workdir=runs/task1 --input=ARCHIVE_DIR|MANIFEST.csv --output=SCORES_DIR
       [--task2_workdir=runs/task2] [--stride=112] [--batch_size=256] [--task1_threshold=0.5]
-      [--keep_identifiers] [--num_workers=2] [--nooverlays]
+      [--keep_identifiers] [--num_workers=-1] [--nooverlays]
   mcalc-score --workdir=runs/task1 --dicomweb_url=http://pacs/dicom-web --output=SCORES_DIR
       [--dicomweb_study_dates=20240101-20240131 | --dicomweb_studies=UID,UID]
       [--dicom_results [--stow_url=http://pacs/dicom-web]]
@@ -42,7 +42,12 @@ _MIN_BREAST_FRACTION = flags.DEFINE_float(
 _KEEP_IDENTIFIERS = flags.DEFINE_bool(
   "keep_identifiers", False, "Write input paths into the CSVs (they may name patients)."
 )
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Threads decoding images ahead.")
+_NUM_WORKERS = flags.DEFINE_integer(
+  "num_workers",
+  -1,
+  "Worker processes decoding images ahead; 0: one thread of this process; -1: none on a CPU "
+  "backend (the network has every core), every core but one on an accelerator.",
+)
 _OVERLAYS = flags.DEFINE_bool("overlays", True, "Write an overlay PNG per image.")
 _DICOMWEB_URL = flags.DEFINE_string(
   "dicomweb_url", "", "DICOMweb base URL to read the images from (QIDO-RS + WADO-RS)."
