@@ -36,6 +36,8 @@ from input_pipeline.mammogram import Mammogram
 from mcalc_jax.discovery import InputLike
 from mcalc_jax.tiling import PreparedImage, TilePlan
 
+# Workers yield the cores to the scoring process (its devices' feeder, or on a CPU the network).
+_WORKER_NICENESS = 10
 # A run whose consumer waited longer than this share of its time for images was decode-bound.
 DECODE_BOUND_FRACTION = 0.1
 
@@ -220,7 +222,9 @@ class _Pool:
     # module; each worker forks from it and, as multiprocessing does, imports the main module
     # (for mcalc-score that imports JAX but never starts it): about a second, once per run.
     context.set_forkserver_preload([__name__])
-    return concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=context)
+    return concurrent.futures.ProcessPoolExecutor(
+      self._workers, mp_context=context, initializer=os.nice, initargs=(_WORKER_NICENESS,)
+    )
 
   def submit(self, item: InputLike) -> concurrent.futures.Future:
     work = decode if self._workers <= 0 else _decode_to_shared

@@ -2,8 +2,8 @@
 
 `find_instances(server, ...)` lists the MG instances of the studies asked for (QIDO-RS: a
 study-date range, or StudyInstanceUIDs) as `DicomwebInput`s, which `mcalc_jax.archive` scores
-like files: each one retrieves itself (WADO-RS, in the transfer syntax it is stored in) when the
-decode threads ask for it. Its key is a hash of its SOP Instance UID, so a rerun against the same
+like files: each one retrieves itself (WADO-RS, in the transfer syntax it is stored in) when a
+decoder (`mcalc_jax.decoding`: a worker process, or a thread) asks for it. Its key is a hash of its SOP Instance UID, so a rerun against the same
 server skips what an earlier run finished, whatever order the server lists instances in.
 
 Every request is retried with exponential backoff on what a busy or restarting server does

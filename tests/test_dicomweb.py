@@ -76,6 +76,7 @@ def test_scores_from_orthanc_match_the_folder_and_the_results_come_back(
       "--dicom_results",
       f"--stow_url={orthanc.dicomweb}",
       "--nooverlays",
+      "--num_workers=2",  # retrieval and decoding in worker processes, the folder's on a thread
     )
   )
 

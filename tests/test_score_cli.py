@@ -207,6 +207,29 @@ def test_a_rerun_skips_finished_images_and_keeps_identifiers_out(synthetic_archi
   assert discovery.find_inputs(str(synthetic_archive), exclude=str(output)) == inputs
 
 
+TIMING_COLUMNS = ("read_seconds", "score_seconds")
+
+
+def test_decode_worker_processes_score_exactly_like_one_thread(synthetic_archive, tmp_path):
+  inputs = discovery.find_inputs(str(synthetic_archive))
+  clocks = {
+    workers: archive.score_archive(
+      speck_scorer(), inputs, str(tmp_path / str(workers)), num_workers=workers
+    )
+    for workers in (0, 2)
+  }
+
+  def untimed(folder):
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows_of(folder)]
+
+  for name in ("scores.csv", "errors.csv"):
+    assert untimed(tmp_path / "0" / name) == untimed(tmp_path / "2" / name)
+  for key in (r["key"] for r in rows_of(tmp_path / "0" / "scores.csv")):
+    one, two = (heatmaps.read_scores(tmp_path / w / f"{key}.npz") for w in ("0", "2"))
+    np.testing.assert_array_equal(one.task1, two.task1)
+  assert [clock.images for clock in clocks.values()] == [len(inputs)] * 2
+
+
 def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, tmp_path):
   inputs = discovery.find_inputs(str(synthetic_archive / "manifest.csv"))
   output = tmp_path / "out"

@@ -21,6 +21,7 @@ The network is randomly initialised (speed needs no weights), the paper's prepro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -101,6 +102,7 @@ def main() -> None:
   parser.add_argument("--workers", default="0,1,2,all")
   parser.add_argument("--cbis", default="../shared/data/cbis-ddsm-mg-dicom")
   parser.add_argument("--json", default="")
+  parser.add_argument("--archives", default="", help="only these (comma-separated name prefixes)")
   args = parser.parse_args()
   cores = os.cpu_count() or 1
   workers = [cores if w == "all" else int(w) for w in args.workers.split(",")]
@@ -122,10 +124,17 @@ def main() -> None:
       write_dicoms(folder, args.images, syntax)
       archives[name] = discovery.find_inputs(str(folder))
     cbis = sorted(pathlib.Path(args.cbis).glob("*.dcm"))
-    if cbis:
-      archives["CBIS-DDSM RLE"] = discovery.find_inputs(args.cbis)
+    if cbis:  # each file several times (own keys) to as many images as the others
+      found = discovery.find_inputs(args.cbis)
+      repeats = [
+        dataclasses.replace(i, key=f"{i.key}-{n}") for n in range(args.images) for i in found
+      ]
+      archives["CBIS-DDSM RLE"] = repeats[: max(args.images, len(found))]
       print("decode one CBIS RLE image, s:", decode_seconds(cbis[0]))
+    wanted = [a for a in args.archives.split(",") if a]
     for name, inputs in archives.items():
+      if wanted and not any(name.startswith(a) for a in wanted):
+        continue
       reference = model_only(scorer, inputs)
       for w in workers:
         rate, waited = end_to_end(scorer, inputs, w, root / "out" / f"{name}_{w}")
