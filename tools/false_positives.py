@@ -1,0 +1,109 @@
+"""A contact sheet of a cross-validation's hottest false-positive tiles, and of its clusters' tiles.
+
+  python -m tools.false_positives --run=runs/mias_cv/task1_specknet --out=runs/fp.png
+      [--data_config=configs/data.py:source=mias] [--count=24]
+
+Reads every fold's out-of-fold grids (`RUN/fold_*/images/*.npz`) and the cohort's findings,
+takes the detections that hit no cluster (`mcalc_jax.froc`'s rule), highest first, and writes
+their tiles (each stretched to its own range, in the canonical orientation, shown at one size) as
+rows of 8; below
+them, one tile holding each annotated cluster. The sheet holds the cohort's pixels: keep it out of
+the repository when the licence says so (MIAS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import numpy as np
+from PIL import Image
+
+from input_pipeline import sources
+from input_pipeline.mammogram import read_mammogram, spacing_options
+from mcalc_jax import discovery, froc, heatmaps
+from mcalc_jax.configs import data
+
+_COLUMNS = 8
+_CELL = 168  # pixels per tile on the sheet (nearest-neighbour)
+
+
+def scored_images(run: str, data_config: str) -> tuple[list[froc.ScoredImage], dict]:
+  """The run's out-of-fold scored images with their findings, and the inputs by key."""
+  config = data.get_config(data_config.split(":", 1)[1] if ":" in data_config else None)
+  findings = sources.get(config.source).load_findings(config.location)
+  base = os.path.commonpath([f.image_path for f in findings])
+  inputs = {i.key: i for i in discovery.inputs_from_findings(findings, base)}
+  grids = {
+    os.path.basename(path)[: -len(".npz")]: heatmaps.read_scores(path)
+    for path in glob.glob(os.path.join(run, "fold_*", "images", "*.npz"))
+  }
+  keys = {i.path: key for key, i in inputs.items()}
+  return froc.scored_images(findings, keys, grids), inputs
+
+
+def false_positive_tiles(images: list[froc.ScoredImage], count: int) -> list[tuple]:
+  """(score, image, i, j) of the `count` hottest detections that hit no cluster."""
+  found = []
+  for image in images:
+    geometry = image.scores.geometry
+    for i, j, score in froc.detections(image.scores.task1, geometry):
+      if not any(froc.hits(geometry, i, j, c) for c in image.clusters):
+        found.append((score, image, i, j))
+  return sorted(found, key=lambda f: (-f[0], f[1].key, f[2], f[3]))[:count]
+
+
+def cluster_tiles(images: list[froc.ScoredImage]) -> list[tuple]:
+  """(score, image, i, j): the best-scoring tile holding each cluster."""
+  out = []
+  for image in images:
+    grid, geometry = image.scores.task1, image.scores.geometry
+    for cluster in image.clusters:
+      holding = [
+        (float(grid[i, j]), image, i, j)
+        for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True)
+        if froc.hits(geometry, i, j, cluster)
+      ]
+      if holding:
+        out.append(max(holding, key=lambda h: h[0]))
+  return out
+
+
+def sheet(tiles: list[tuple], inputs: dict) -> np.ndarray:
+  """The tiles' pixels, each stretched to 0-255, in rows of `_COLUMNS`."""
+  cells = []
+  for _, image, i, j in tiles:
+    item = inputs[image.key]
+    pixels = read_mammogram(item.path, spacing_options(item.pixel_spacing_mm)).pixels
+    g = image.scores.geometry
+    tile = pixels[g.tile_rows[i] : g.tile_rows[i] + g.patch_size, g.tile_cols[j] :][
+      :, : g.patch_size
+    ].astype(np.float64)
+    tile = (tile - tile.min()) / max(np.ptp(tile), 1e-9) * 255
+    cells.append(np.asarray(Image.fromarray(tile.astype(np.uint8)).resize((_CELL, _CELL), 0)))
+  cells += [np.zeros_like(cells[0])] * (-len(cells) % _COLUMNS)
+  rows = [np.hstack(cells[k : k + _COLUMNS]) for k in range(0, len(cells), _COLUMNS)]
+  return np.vstack(rows).astype(np.uint8)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--run", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--data_config", default="configs/data.py:source=mias")
+  parser.add_argument("--count", type=int, default=24)
+  args = parser.parse_args()
+  images, inputs = scored_images(args.run, args.data_config)
+  false_positives = false_positive_tiles(images, args.count)
+  clusters = cluster_tiles(images)
+  gap = np.zeros((8, _COLUMNS * _CELL), np.uint8)
+  Image.fromarray(np.vstack([sheet(false_positives, inputs), gap, sheet(clusters, inputs)])).save(
+    args.out
+  )
+  print(f"{args.out}: {len(false_positives)} false positives (scores", end=" ")
+  print(f"{false_positives[0][0]:.6f}-{false_positives[-1][0]:.6f}), {len(clusters)} clusters")
+
+
+if __name__ == "__main__":
+  main()
