@@ -55,10 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.augment = True  # random flips and 90-degree rotations
   config.augment_rotation_deg = 0.0  # and a rotation by up to this many degrees
   config.augment_intensity = 0.0  # and contrast/brightness changes of up to this fraction
-  # Task 1: the chance that a background patch gets an isolated speck or a line pasted in
-  # (input_pipeline.distractors: what whole-image false positives look like).
-  config.augment_distractors = 0.0
-  config.speck_peaks = 1  # SpeckNet pools the mean of this many strongest peaks (1: the maximum)
   config.input_backend = "grain"  # "grain" or "tfdata" (needs the tfdata extra)
   config.num_workers = 0  # grain worker processes (0: in-process)
   config.prefetch = 2

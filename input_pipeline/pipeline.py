@@ -23,8 +23,6 @@ import grain
 import numpy as np
 from scipy import ndimage
 
-from input_pipeline import distractors
-
 ID_FIELDS = ("patient_id", "image_id", "finding_id", "patch_id")
 _ENDLESS = 2**62  # steps; grain's MapDataset needs a length
 
@@ -93,12 +91,6 @@ def augment(
     contrast, shift = rng.uniform(1 - intensity, 1 + intensity), rng.uniform(-1, 1) * intensity
     image = np.clip(mean + (image - mean) * contrast + shift * 0.1, 0.0, 1.0)
   return np.ascontiguousarray(image, np.float32)
-
-
-def _draw(rng: np.random.Generator, config) -> bool:
-  """Whether this background patch gets distractors (`config.augment_distractors`: the chance)."""
-  chance = config.get("augment_distractors", 0.0)
-  return chance > 0 and rng.random() < chance
 
 
 def _stack(examples: Sequence[dict], mask: Sequence[bool], with_ids: bool) -> dict:
@@ -217,11 +209,8 @@ class GrainPatchData:
       example = view[int(order[position * config.batch_size + slot])]
       if config.augment:
         rng = np.random.default_rng([config.seed, step, slot])
-        image = example["image"]
-        if example["label"] == 0 and config.task == 1 and _draw(rng, config):
-          image = distractors.add_distractors(image, rng)
         image = augment(
-          image,
+          example["image"],
           rng,
           intensity=config.get("augment_intensity", 0.0),
           rotation=config.get("augment_rotation_deg", 0.0),

@@ -268,23 +268,14 @@ class SpeckNet(nnx.Module):
   A calcification patch differs from tissue by a few bright specks anywhere in it, so this
   network keeps full resolution for its first two 3x3 convolutions (a 1-mm speck is 5-10 of its
   0.1-mm pixels), halves it once, convolves twice more, and summarises each feature map by its
-  global maximum (is there a speck?; with `peaks` k > 1, the mean of its k strongest distinct
-  peaks: are there several?) and mean (how many?) before one linear layer: the learnable
+  global maximum (is there a speck?) and mean (how many?) before one linear layer: the learnable
   counterpart of a top-hat maximum. Meant to follow the morphological front end; about 17k
   parameters at width 16, so 18 clusters' patches can train it without it memorising them.
   """
 
   def __init__(
-    self,
-    num_classes: int,
-    *,
-    dtype: Any,
-    rngs: nnx.Rngs,
-    in_channels: int = 1,
-    width: int = 16,
-    peaks: int = 1,
+    self, num_classes: int, *, dtype: Any, rngs: nnx.Rngs, in_channels: int = 1, width: int = 16
   ):
-    self.peaks = peaks
     shapes = [(in_channels, width), (width, width), (width, 2 * width), (2 * width, 2 * width)]
     self.convs = nnx.List(
       [_conv(a, b, 3, 1, 1, resnet=True, dtype=dtype, rngs=rngs) for a, b in shapes]
@@ -297,16 +288,5 @@ class SpeckNet(nnx.Module):
       x = nnx.relu(norm(conv(x), use_running_average=not train))
       if i == 1:
         x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-    pooled = jnp.concatenate([peak_mean(x, self.peaks), jnp.mean(x, axis=(1, 2))], axis=-1)
+    pooled = jnp.concatenate([jnp.max(x, axis=(1, 2)), jnp.mean(x, axis=(1, 2))], axis=-1)
     return self.head(pooled).astype(jnp.float32)
-
-
-def peak_mean(x: jax.Array, k: int) -> jax.Array:
-  """[N, H, W, C] -> [N, C]: the mean of the k strongest distinct peaks (3x3 local maxima) of
-  each feature map; k = 1 is the global maximum. A cluster is several specks together, so k > 1
-  asks for several responses, where one bright speck or a line gives one."""
-  if k <= 1:
-    return jnp.max(x, axis=(1, 2))
-  local = nnx.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
-  peaks = jnp.where(x >= local, x, 0.0).reshape(x.shape[0], -1, x.shape[-1])
-  return jnp.mean(jax.lax.top_k(jnp.swapaxes(peaks, 1, 2), k)[0], axis=-1)

@@ -71,12 +71,7 @@ NETWORKS: dict[str, Network] = {
   "resnet34": Network(
     "ResNet34", lambda n, **kw: models.ResNet((3, 4, 6, 3), n, **kw), cpu_inference_chunk=16
   ),
-  "specknet": Network(
-    "SpeckNet",
-    models.SpeckNet,
-    cpu_inference_chunk=64,
-    options=lambda c: {"peaks": c.get("speck_peaks", 1)},
-  ),
+  "specknet": Network("SpeckNet", models.SpeckNet, cpu_inference_chunk=64),
   "tophat": Network(
     "Top-hat floor", models.TopHatFloor, cpu_inference_chunk=64, options=_floor_options, cnn=False
   ),
