@@ -12,6 +12,10 @@ configs/data.py into one); the data's location is passed to the builder (`locati
 of every patient, the settings and every skipped image are recorded in the dataset's
 `metadata.json` (`builder.info.metadata`). A mammogram that cannot be read is logged with its path
 and reason, recorded under `skipped`, and left out: one bad file never stops a build.
+
+With `beam=True` (and Beam pipeline options in the download config) the same per-image function
+(`image_examples`) runs as a Beam transform, one element per image, on any runner; the images'
+metadata records come back as a side output and fill the same metadata.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
@@ -29,6 +34,9 @@ from etils import epath
 
 from input_pipeline import breast, errors, mammogram, patches, sources, splits
 from input_pipeline.manifest import Finding
+
+if TYPE_CHECKING:  # the optional `beam` extra, imported only when a build asks for it
+  import apache_beam as beam
 
 _RECORDS = "records"  # the Beam output with each image's metadata record
 
@@ -160,7 +168,9 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
       self._record(split, [generated.record])
       yield from generated.examples
 
-  def _beam_examples(self, split: str, images: Sequence[ImageFindings], num_background: int):
+  def _beam_examples(
+    self, split: str, images: Sequence[ImageFindings], num_background: int
+  ) -> beam.PTransform:
     """The same examples as `_generate_examples`, as a Beam PTransform (one element per image);
     each image's metadata record goes to a JSON file that `_download_and_prepare` merges."""
     beam = tfds.core.lazy_imports.apache_beam
@@ -185,7 +195,9 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
 
     return examples()
 
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
+  def _download_and_prepare(
+    self, dl_manager: tfds.download.DownloadManager, download_config: tfds.download.DownloadConfig
+  ) -> None:
     """Generates the splits; after a Beam run, merges the images' records into the metadata."""
     super()._download_and_prepare(dl_manager, download_config)
     if not self._beam:
@@ -193,8 +205,8 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     records_dir = self._records_dir()
     for path in sorted(records_dir.glob("*.json")):
       records = [
-        ImageRecord(i, tuple(map(tuple, c)), tuple(map(tuple, k)))
-        for i, c, k in json.loads(path.read_text())
+        ImageRecord(image_id, tuple(map(tuple, counts)), tuple(map(tuple, skipped)))
+        for image_id, counts, skipped in json.loads(path.read_text())
       ]
       self._record(path.stem, records)
     records_dir.rmtree()

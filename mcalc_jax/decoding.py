@@ -251,15 +251,16 @@ class _Pool:
     return item, result
 
   def _retry_alone(self, item: InputLike, pending: collections.deque) -> DecodedImage | Exception:
-    """After a worker died: `item` alone in a fresh pool, then the rest resubmitted."""
+    """After a worker died: `item` alone in a fresh pool, then the unfinished rest resubmitted."""
     logging.warning("%s: a decode worker died; retrying the image alone", item.key)
     self._restart()
     result = _result(self.submit(item))
     if isinstance(result, BrokenProcessPool):
       result = DecoderCrashedError(item.path, "decoding it killed the worker process, twice")
       self._restart()
-    for n, (other, _) in enumerate(pending):
-      pending[n] = (other, self.submit(other))
+    for n, (other, earlier) in enumerate(pending):  # what the dead pool finished, it keeps
+      if not (earlier.done() and isinstance(_result(earlier), _Shared)):
+        pending[n] = (other, self.submit(other))
     return result
 
   def _restart(self) -> None:
