@@ -15,8 +15,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost as ocp_multihost
 
 DATA_AXIS = "data"
+BARRIER_TIMEOUT_S = 7 * 24 * 3600  # a share of an archive may finish days before another
 
 # Launcher variables that report how many processes a job has; > 1 means a cluster is configured.
 _PROCESS_COUNT_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -69,10 +71,15 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reaches `name` (a no-op on one process)."""
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process reaches `name` (a no-op on one process).
+
+  A barrier of jax.distributed's coordination service (Orbax's), not a device collective: a
+  process may wait there for hours (one share of an archive finished early), where XLA:CPU's
+  collectives give up after 30 s.
+  """
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+    ocp_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:

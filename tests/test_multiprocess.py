@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -64,6 +65,11 @@ def run_alone(job: str, *args: str) -> None:
 
 def run_as_two_processes(job: str, *args: str) -> None:
   """The job as 2 processes with 2 devices each, joined through a coordinator on localhost."""
+  two_processes(lambda cluster: _command(job, *args, *cluster))
+
+
+def two_processes(command: Callable[[tuple[str, ...]], list[str]]) -> None:
+  """Runs `command(cluster flags)` as processes 0 and 1 of a localhost cluster; both must pass."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -72,7 +78,7 @@ def run_as_two_processes(job: str, *args: str) -> None:
     logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2)]  # no pipe stalls
     processes = [
       subprocess.Popen(
-        _command(job, *args, *cluster, f"--process_id={i}"),
+        command((*cluster, f"--process_id={i}")),
         cwd=REPO,
         env=_env(2),
         stdout=subprocess.DEVNULL,
@@ -185,3 +191,18 @@ def test_two_processes_cross_validate_like_one(tmp_path):
   assert predictions(together)[0] == predictions(alone)[0]
   np.testing.assert_allclose(predictions(together)[1], predictions(alone)[1], atol=1e-6)
   assert auc(together) == pytest.approx(auc(alone), abs=1e-6)
+
+
+LATE_AT_THE_BARRIER = """
+import sys, time, jax
+from mcalc_jax import parallel
+flags = dict(arg[2:].split("=") for arg in sys.argv[1:])
+jax.distributed.initialize(flags["coordinator_address"], 2, int(flags["process_id"]))
+jax.devices()
+time.sleep(35 * int(flags["process_id"]))  # past the 30 s after which XLA:CPU collectives fail
+parallel.barrier("late")
+"""
+
+
+def test_a_process_may_reach_the_barrier_long_after_the_others():
+  two_processes(lambda cluster: [sys.executable, "-c", LATE_AT_THE_BARRIER, *cluster])
