@@ -5,9 +5,9 @@
 
 Input: the images of a folder or a manifest (`mcalc_jax.discovery`), or the MG instances of a
 DICOMweb server (`mcalc_jax.dicomweb`, keyed by a hash of the SOP Instance UID). Each input reads
-itself (`InputLike.read`), so scoring does not care which; worker processes read and decode them
-ahead of the devices (`mcalc_jax.decoding`), and the progress line and the last log line say
-whether the run waited on decoding or on the devices.
+itself (`InputLike.read`), so scoring does not care which; decoders (worker processes, or one
+thread on a CPU backend: `mcalc_jax.decoding`) read and tile them ahead of the devices, and the
+progress line and the last log line say whether the run waited on decoding or on the devices.
 
 Output, per image KEY (the first 16 hex digits of the sha1 of its path relative to the input
 folder, or to the manifest's folder; never patient tags):

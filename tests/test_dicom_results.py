@@ -36,7 +36,7 @@ def right_breast(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def score(path: pathlib.Path, stride: int = PATCH) -> scoring.ImageScores:
+def score(path: pathlib.Path, stride: int = PATCH) -> tiling.ImageScores:
   scorer = scoring.Scorer(
     speck_probabilities, task2=speck_probabilities, patch_size=PATCH, stride=stride, batch_size=64
   )
@@ -44,7 +44,7 @@ def score(path: pathlib.Path, stride: int = PATCH) -> scoring.ImageScores:
 
 
 @pytest.fixture(scope="module")
-def written(right_breast, tmp_path_factory) -> tuple[scoring.ImageScores, list[pydicom.Dataset]]:
+def written(right_breast, tmp_path_factory) -> tuple[tiling.ImageScores, list[pydicom.Dataset]]:
   scores = score(right_breast)
   writer = dicom_results.DicomResults(str(tmp_path_factory.mktemp("dicom")), IDENTITY)
   writer.write("key", pydicom.dcmread(right_breast, stop_before_pixels=True), scores)
