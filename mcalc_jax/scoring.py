@@ -102,14 +102,16 @@ class Scorer:
     breast_mask_fn: Callable[[np.ndarray], np.ndarray] = breast.breast_mask,
     devices: list[jax.Device] | None = None,
   ):
-    self.patch_size = _patch_size(patch_size, task1, task2)
-    self.field_of_view_mm = _field_of_view(field_of_view_mm, task1, task2)
-    self.stride = stride or self.patch_size
-    if not 0 < self.stride <= self.patch_size:
-      raise ValueError(f"stride must be in 1..{self.patch_size} (the patch size), got {stride}")
+    patch_size = _patch_size(patch_size, task1, task2)
+    if not 0 < (stride or patch_size) <= patch_size:
+      raise ValueError(f"stride must be in 1..{patch_size} (the patch size), got {stride}")
     self.task1_threshold = task1_threshold
     self.plan = TilePlan(
-      self.patch_size, self.stride, self.field_of_view_mm, min_breast_fraction, breast_mask_fn
+      patch_size,
+      stride or patch_size,
+      _field_of_view(field_of_view_mm, task1, task2),
+      min_breast_fraction,
+      breast_mask_fn,
     )
     mesh = parallel.make_mesh(devices or jax.local_devices())
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
@@ -120,9 +122,17 @@ class Scorer:
     self._buffer_pixels = buffer_pixels
     self._cutters: dict[int, Callable[..., jax.Array]] = {}
 
-  def tile_pixels(self, mammogram: Mammogram) -> tuple[int, int]:
-    """(tile side, stride) in this image's pixels: the run's millimetres at its spacing."""
-    return self.plan.tile_pixels(mammogram)
+  @property
+  def patch_size(self) -> int:
+    return self.plan.patch_size
+
+  @property
+  def stride(self) -> int:
+    return self.plan.stride
+
+  @property
+  def field_of_view_mm(self) -> float:
+    return self.plan.field_of_view_mm
 
   def prepare(self, mammogram: Mammogram) -> PreparedImage:
     """Host-side work for one image (`TilePlan.prepare`); thread-safe, no device use."""
