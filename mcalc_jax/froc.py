@@ -124,6 +124,14 @@ def hits(geometry: TileGeometry, i: int, j: int, cluster: Cluster) -> bool:
   return bool(np.hypot(centre[0] - row, centre[1] - col) <= cluster.radius)
 
 
+def tiles_holding(
+  grid: np.ndarray, geometry: TileGeometry, cluster: Cluster
+) -> list[tuple[int, int]]:
+  """The scored tiles (grid cells) that hit `cluster`, in row-major order."""
+  scored = zip(*np.nonzero(~np.isnan(grid)), strict=True)
+  return [(int(i), int(j)) for i, j in scored if hits(geometry, i, j, cluster)]
+
+
 def evaluate_image(image: ScoredImage) -> ImageResult:
   """Matches one image's detections to its clusters (module docstring)."""
   grid, geometry = image.scores.task1, image.scores.geometry
@@ -138,11 +146,7 @@ def evaluate_image(image: ScoredImage) -> ImageResult:
       found.setdefault(k, score)
   ranks = []
   for cluster in image.clusters:
-    holding = [
-      grid[i, j]
-      for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True)
-      if hits(geometry, i, j, cluster)
-    ]
+    holding = [grid[i, j] for i, j in tiles_holding(grid, geometry, cluster)]
     ranks.append(None if not holding else 1 + sum(int(s > max(holding)) for _, _, s in marks))
   scored = grid[~np.isnan(grid)]
   return ImageResult(

@@ -61,9 +61,7 @@ def cluster_tiles(images: list[froc.ScoredImage]) -> list[tuple]:
     grid, geometry = image.scores.task1, image.scores.geometry
     for cluster in image.clusters:
       holding = [
-        (float(grid[i, j]), image, i, j)
-        for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True)
-        if froc.hits(geometry, i, j, cluster)
+        (float(grid[i, j]), image, i, j) for i, j in froc.tiles_holding(grid, geometry, cluster)
       ]
       if holding:
         out.append(max(holding, key=lambda h: h[0]))
