@@ -47,7 +47,7 @@ from absl import logging
 from tqdm import tqdm
 
 from input_pipeline.errors import MammogramError
-from mcalc_jax import decoding, files, heatmaps, inference, parallel, scoring, tiling
+from mcalc_jax import decoding, files, heatmaps, inference, parallel, reranking, scoring, tiling
 from mcalc_jax.decoding import DecodedImage
 from mcalc_jax.discovery import InputLike, find_inputs
 
@@ -308,12 +308,14 @@ def score_archive(
   overlays: bool = True,
   num_workers: int = -1,
   results: DicomResults | None = None,
+  reranker: reranking.TileReranker | None = None,
 ) -> decoding.DecodeClock:
   """Scores this process's share of `inputs` that no earlier run finished, into `output`.
 
   `num_workers` processes decode ahead (`mcalc_jax.decoding`; 0: one thread, -1: as many as
   `decoding.auto_workers` gives this backend). `results`, if given, also writes (and sends) each
-  DICOM image's DICOM results. With several processes, all wait for the last one and process 0
+  DICOM image's DICOM results. `reranker` replaces each Task 1 grid by its tile reranker's
+  (`mcalc_jax.reranking`) before anything is written. With several processes, all wait for the last one and process 0
   merges their logs (`merge_logs`). Returns how long the scoring waited for decoded images (`decoding.DecodeClock`).
   """
   os.makedirs(output, exist_ok=True)
@@ -347,6 +349,9 @@ def score_archive(
 
     try:
       for decoded, scores in scorer.score_stream(readable()):
+        if reranker is not None:
+          image = decoded.prepared
+          scores = reranking.rerank_image(image.pixels / image.max_value, scores, reranker)
         outputs.scored(decoded, scores)
     finally:
       decoded_images.close()
@@ -382,6 +387,7 @@ class ScoreOptions:
   dicomweb_tries: int = 4  # per request, with exponential backoff
   dicom_results: bool = False  # a Segmentation and an SR per DICOM image (patient data!)
   stow_url: str = ""  # DICOMweb server to STOW-RS the DICOM results to
+  reranker: str = ""  # a tile reranker's JSON (an mcalc-cv run's reranker.json); "": none
 
 
 def score_job(options: ScoreOptions) -> None:
@@ -402,6 +408,14 @@ def score_job(options: ScoreOptions) -> None:
     task1_threshold=options.task1_threshold,
     min_breast_fraction=options.min_breast_fraction,
   )
+  reranker = reranking.load(options.reranker) if options.reranker else None
+  if reranker is not None and not math.isclose(
+    reranker.field_of_view_mm, scorer.plan.field_of_view_mm
+  ):
+    raise ValueError(
+      f"{options.reranker} was fitted on {reranker.field_of_view_mm:g}-mm tiles, the run in "
+      f"{options.workdir} scores {scorer.plan.field_of_view_mm:g}-mm tiles (0: native pixels)"
+    )
   score_archive(
     scorer,
     inputs,
@@ -410,6 +424,7 @@ def score_job(options: ScoreOptions) -> None:
     overlays=options.overlays,
     num_workers=options.num_workers,
     results=_dicom_results(options, task1, scorer.stride) if options.dicom_results else None,
+    reranker=reranker,
   )
 
 

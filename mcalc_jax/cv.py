@@ -51,6 +51,7 @@ from mcalc_jax import (
   metrics,
   mining,
   parallel,
+  reranking,
   scoring,
   train,
 )
@@ -60,6 +61,8 @@ FOLDS_FILE = "folds.json"
 IMAGES_DIR = "images"
 SUMMARY_FILE = "cv_summary.json"
 PREDICTIONS_FILE = "oof_predictions.npz"
+RERANKER_FILE = "reranker.json"
+RERANK_MODES = ("", "classical", "stacked")
 _PARTS = ("test", "validation")
 
 
@@ -337,6 +340,15 @@ class Localization:
   min_breast_fraction: float = scoring.DEFAULT_MIN_BREAST_FRACTION  # as mcalc-score
   batch_size: int = 256
   overlays: bool = False
+  # A tile reranker refitted per fold on the scored tiles (mcalc_jax.reranking): "" none,
+  # "classical" its tile features alone, "stacked" with the network's logit as one more.
+  rerank: str = "classical"
+  rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
+
+  def __post_init__(self):
+    if self.rerank not in RERANK_MODES:
+      raise ValueError(f"rerank must be one of {RERANK_MODES}, not {self.rerank!r}")
+    reranking.check_features(self.rerank_features)
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
     """A whole-image scorer of the run's best model."""
@@ -381,11 +393,60 @@ def localize_folds(
       if (out / f"{item.key}.npz").exists()
     }
   keys = {item.path: item.key for item in inputs}
-  result = froc.evaluate(
-    froc.scored_images(localization.findings, keys, grids), resamples=resamples, seed=seed
-  )
+  images = froc.scored_images(localization.findings, keys, grids)
+  result = froc.evaluate(images, resamples=resamples, seed=seed)
   froc.write_outputs(workdir / "eval" / "froc", result)
-  return {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}
+  whole = {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}
+  if localization.rerank:
+    whole["reranked"] = rerank_folds(
+      workdir,
+      assignment,
+      localization,
+      images,
+      {item.key: item for item in inputs},
+      seed,
+      resamples,
+    )
+  return whole
+
+
+def rerank_folds(
+  workdir: pathlib.Path,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  localization: Localization,
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, discovery.Input],
+  seed: int,
+  resamples: int,
+) -> dict[str, Any]:
+  """Each fold's tile reranker, fitted on the out-of-fold grids of the other folds' images
+  (WORKDIR/fold_<i>/reranker.json), applied to its own test images; their pooled evaluation goes
+  to WORKDIR/eval/froc_reranked. Stacked, the training tiles' logits come from the other folds'
+  models, as a test tile's comes from its own fold's. WORKDIR/reranker.json, fitted on every
+  image, is the one `mcalc-score --reranker` applies to new images."""
+  names = localization.rerank_features
+  if localization.rerank == "stacked":
+    names = (*names, reranking.NETWORK_FEATURE)
+  features = {}
+  for image in images:
+    mammogram, _ = inputs[image.key].read()
+    pixels = mammogram.pixels / mammogram.max_value
+    features[image.key] = reranking.tile_features(pixels, image.scores, names)
+  fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
+  reranked, models = reranking.refit_folds(images, features, fold_of, names)
+  for k, model in models.items():
+    reranking.save(workdir / f"fold_{k}" / RERANKER_FILE, model)
+  reranking.save(workdir / RERANKER_FILE, reranking.fit_images(images, features, names))
+  result = froc.evaluate(reranked, resamples=resamples, seed=seed)
+  title = f"tile reranker ({localization.rerank}), refitted per fold"
+  froc.write_outputs(workdir / "eval" / "froc_reranked", result, title=title)
+  return {
+    "mode": localization.rerank,
+    "features": list(names),
+    "metrics": result["metrics"],
+    "ci": result["ci"],
+    "counts": result["counts"],
+  }
 
 
 def _calibrated(

@@ -206,33 +206,39 @@ def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
 
 
 def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
-  """One row per cross-validation whose folds scored their test patients' whole images."""
+  """One row per cross-validation whose folds scored their test patients' whole images, and one
+  more for its tile reranker where it has one."""
   rows = []
   for evaluation in sorted(evaluations, key=_sort_key):
     whole = evaluation.get("cv", {}).get("whole_image")
     if not whole:
       continue
-    cv, counts = evaluation["cv"], whole["counts"]
-    cells = [
-      _whole_image_cell(whole["metrics"][name], whole["ci"][name], name, digits)
-      for name in WHOLE_IMAGE_COLUMNS
-    ]
-    rows.append(
-      [
-        evaluation["run"].get("dir", ""),
-        str(cv["task"]),
-        networks.display_name(cv["network"]),
-        *cells,
-        f"{counts['clusters']} clusters in {counts['images_with_clusters']} of "
-        f"{counts['images']} images, {counts['patients']} patients"
-        + (
-          f", {counts['tiles_per_image']:.0f} tiles per image"
-          if "tiles_per_image" in counts
-          else ""
-        ),
-      ]
-    )
+    network = networks.display_name(evaluation["cv"]["network"])
+    rows.append(_whole_image_row(evaluation, whole, network, digits))
+    if "reranked" in whole:
+      mode = whole["reranked"]["mode"]
+      row = _whole_image_row(
+        evaluation, whole["reranked"], f"{network} + tile reranker ({mode})", digits
+      )
+      rows.append(row)
   return rows
+
+
+def _whole_image_row(evaluation: dict, whole: dict, network: str, digits: int) -> list[str]:
+  counts = whole["counts"]
+  cells = [
+    _whole_image_cell(whole["metrics"][name], whole["ci"][name], name, digits)
+    for name in WHOLE_IMAGE_COLUMNS
+  ]
+  return [
+    evaluation["run"].get("dir", ""),
+    str(evaluation["cv"]["task"]),
+    network,
+    *cells,
+    f"{counts['clusters']} clusters in {counts['images_with_clusters']} of "
+    f"{counts['images']} images, {counts['patients']} patients"
+    + (f", {counts['tiles_per_image']:.0f} tiles per image" if "tiles_per_image" in counts else ""),
+  ]
 
 
 def _whole_image_cell(value: float | None, ci: dict, name: str, digits: int) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.manifest import read_manifest
-from mcalc_jax import archive, cv, discovery, report
+from mcalc_jax import archive, cv, discovery, report, reranking
 from mcalc_jax.configs import default
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
@@ -198,6 +198,11 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   froc_json = json.loads((tmp_path / "run" / "eval" / "froc" / "froc.json").read_text())
   assert froc_json["counts"]["clusters"] == NUM_PATIENTS  # one cluster per patient
   assert summary["whole_image"]["counts"]["images"] == 2 * NUM_PATIENTS
+  reranked = summary["whole_image"]["reranked"]  # the default tile reranker, refitted per fold
+  assert reranked["mode"] == "classical" and reranked["counts"] == summary["whole_image"]["counts"]
+  assert (tmp_path / "run" / "eval" / "froc_reranked" / "froc.json").exists()
+  for i in range(FOLDS):
+    reranking.load(tmp_path / "run" / f"fold_{i}" / cv.RERANKER_FILE)
 
 
 def test_calibrated_pooling_keeps_every_folds_ranking(finished, tmp_path):

@@ -154,6 +154,12 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
       "counts": {"images": 32, "images_with_clusters": 4, "clusters": 4, "patients": 16},
     },
   }
+  reranked = {
+    **summary["whole_image"],
+    "mode": "classical",
+    "metrics": {**metrics, "image_auc": 0.9},
+  }
+  summary["whole_image"]["reranked"] = reranked
   pathlib.Path("runs/t1_alexnet/cv_summary.json").write_text(json.dumps(summary))
   text = report.markdown_report([report.load_evaluation(r) for r in runs])
   assert "## Whole images, out of fold" in text
@@ -162,3 +168,5 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
     "| 1.00 (n/a: undefined in 600 of 1000 resamples) | 0.80 (0.25–1.00) | n/a | 2.5 (1.0–6.0) "
     "| 4 clusters in 4 of 32 images, 16 patients |" in text
   )
+  assert "| runs/t1_alexnet | 1 | Top-hat floor + tile reranker (classical) | 0.50" in text
+  assert "| 0.90 (0.25–1.00) | n/a | 2.5" in text  # the reranker's row, after the network's

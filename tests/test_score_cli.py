@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pathlib
 import signal
@@ -25,6 +26,7 @@ from mcalc_jax import (
   inference,
   networks,
   parallel,
+  reranking,
   scoring,
   tiling,
 )
@@ -243,6 +245,39 @@ def test_manifest_input_with_identifiers_locates_the_cluster(synthetic_archive, 
   )
   assert inputs[0].annotations == (tiling.Circle(300, 200, 40),)
   assert "site/broken.png" in (output / "errors.csv").read_text()
+
+
+def test_a_tile_reranker_rescores_every_grid_before_it_is_written(
+  synthetic_archive, tmp_path, checkpoint
+):
+  inputs = [i for i in discovery.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
+  model = reranking.TileReranker(
+    features=("specks_0.03", reranking.NETWORK_FEATURE),
+    weights=np.array([1.0, 0.5]),
+    bias=-1.0,
+    mean=np.zeros(2),
+    std=np.ones(2),
+  )
+  archive.score_archive(speck_scorer(), inputs, str(tmp_path / "plain"))
+  archive.score_archive(speck_scorer(), inputs, str(tmp_path / "reranked"), reranker=model)
+  for item in inputs:
+    plain = heatmaps.read_scores(tmp_path / "plain" / f"{item.key}.npz")
+    mammogram, _ = item.read()
+    pixels = mammogram.pixels / mammogram.max_value
+    expected = reranking.rerank_image(pixels, plain, model).task1
+    got = heatmaps.read_scores(tmp_path / "reranked" / f"{item.key}.npz").task1
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert not np.allclose(got, plain.task1, equal_nan=True)
+
+  reranking.save(tmp_path / "r.json", dataclasses.replace(model, field_of_view_mm=11.2))
+  options = archive.ScoreOptions(
+    workdir=str(checkpoint),
+    input=str(synthetic_archive),
+    output=str(tmp_path / "refused"),
+    reranker=str(tmp_path / "r.json"),
+  )
+  with pytest.raises(ValueError, match="fitted on 11.2-mm tiles"):  # the run tiles native pixels
+    archive.score_job(options)
 
 
 def score_as_processes(inputs, output: pathlib.Path, monkeypatch, order=(1, 0)) -> None:

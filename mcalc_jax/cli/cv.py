@@ -9,7 +9,8 @@ Trains one model per fold in WORKDIR/fold_<i>, pools the out-of-fold predictions
 predicted once, by a model that never saw it) into WORKDIR/eval/test and prints the per-fold AUC
 and accuracy with their spread. With --data_config (the dataset's source), each fold's model
 also scores its test patients' whole mammograms, pooled into WORKDIR/eval/froc (FROC, image and
-breast AUC, cluster ranks). Rerunning with the same flags resumes where it stopped.
+breast AUC, cluster ranks), and a tile reranker refitted per fold on those scored tiles into
+WORKDIR/eval/froc_reranked (--rerank). Rerunning with the same flags resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 
 from absl import flags
 
-from mcalc_jax import cv, scoring
+from mcalc_jax import cv, reranking, scoring
 from mcalc_jax.cli import cluster, common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
@@ -42,6 +43,18 @@ _MIN_BREAST = flags.DEFINE_float(
 _CALIBRATE = flags.DEFINE_bool(
   "calibrate", False, "Platt-scale each fold on its validation part before pooling."
 )
+_RERANK = flags.DEFINE_enum(
+  "rerank",
+  "classical",
+  list(cv.RERANK_MODES),
+  "Whole-image tile reranker refitted per fold on the scored tiles (WORKDIR/eval/froc_reranked):"
+  " classical tile features, 'stacked' with the network's logit, '' none.",
+)
+_RERANK_FEATURES = flags.DEFINE_list(
+  "rerank_features",
+  list(reranking.DEFAULT_FEATURES),
+  f"The reranker's tile features, of {', '.join(reranking.FEATURES)}.",
+)
 _MINING_ROUNDS = flags.DEFINE_integer(
   "mining_rounds", 0, "Rounds of hard-negative mining per fold (needs --data_config)."
 )
@@ -57,7 +70,11 @@ def main(argv: list[str]) -> None:
   if _DATA_CONFIG.value is not None:
     findings = common.load_findings(_DATA_CONFIG.value)
     localization = cv.Localization(
-      findings, stride=_STRIDE.value, min_breast_fraction=_MIN_BREAST.value
+      findings,
+      stride=_STRIDE.value,
+      min_breast_fraction=_MIN_BREAST.value,
+      rerank=_RERANK.value,
+      rerank_features=tuple(_RERANK_FEATURES.value),
     )
   summary = cv.cross_validate(
     _CONFIG.value,

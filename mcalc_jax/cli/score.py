@@ -2,7 +2,7 @@
 
   mcalc-score --workdir=runs/task1 --input=ARCHIVE_DIR|MANIFEST.csv --output=SCORES_DIR
       [--task2_workdir=runs/task2] [--stride=112] [--batch_size=256] [--task1_threshold=0.5]
-      [--keep_identifiers] [--num_workers=-1] [--nooverlays]
+      [--keep_identifiers] [--num_workers=-1] [--nooverlays] [--reranker=CV_RUN/reranker.json]
   mcalc-score --workdir=runs/task1 --dicomweb_url=http://pacs/dicom-web --output=SCORES_DIR
       [--dicomweb_study_dates=20240101-20240131 | --dicomweb_studies=UID,UID]
       [--dicom_results [--stow_url=http://pacs/dicom-web]]
@@ -68,6 +68,11 @@ _DICOM_RESULTS = flags.DEFINE_bool(
   "Write a Segmentation (probability maps) and an SR per DICOM image into OUTPUT/dicom; they "
   "carry the source's patient and study data.",
 )
+_RERANKER = flags.DEFINE_string(
+  "reranker",
+  "",
+  "A tile reranker (an mcalc-cv run's reranker.json) that rescores each image's Task 1 tiles.",
+)
 _STOW_URL = flags.DEFINE_string(
   "stow_url", "", "DICOMweb base URL to send the DICOM results to (STOW-RS)."
 )
@@ -97,6 +102,7 @@ def main(argv: list[str]) -> None:
       dicomweb_tries=_DICOMWEB_TRIES.value,
       dicom_results=_DICOM_RESULTS.value,
       stow_url=_STOW_URL.value,
+      reranker=_RERANKER.value,
     )
   )
 

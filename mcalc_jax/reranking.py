@@ -1,0 +1,251 @@
+"""Refitting the whole-image decision on whole-image tiles: the tile reranker.
+
+The networks and the floor learn from cluster-centred patches against random background
+patches, then score every grid tile of a mammogram, most of which look like neither (film
+labels, vessels, lone specks). A tile reranker is a class-balanced, L2-regularised logistic
+regression on classical features of the scored tiles themselves (`FEATURES`), positives the
+tiles that hit a cluster (`mcalc_jax.froc`'s rule): it learns the decision on the distribution
+that is scored. Optionally the network's logit is one more feature (stacking). Numpy and scipy
+only; features are taken on the canonical pixels at the tile's own millimetres (the speck disk
+is 0.4 mm whatever the pixel size), so one fitted on film applies to FFDM tiles of the same
+field of view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from mcalc_jax import files, froc
+from mcalc_jax.tiling import ImageScores
+
+SPECK_RADIUS_MM = 0.4
+NETWORK_FEATURE = "network_logit"
+
+
+@dataclasses.dataclass(frozen=True)
+class TileView:
+  """One tile: its pixels and white top-hat (both as fractions of the intensity range)."""
+
+  pixels: np.ndarray
+  tophat: np.ndarray
+  pixel_spacing_mm: float
+
+
+def _specks(threshold: float) -> Callable[[TileView], float]:
+  """log(1 + connected top-hat specks above `threshold` of the range): clusters have several."""
+  return lambda t: float(np.log1p(ndimage.label(t.tophat > threshold)[1]))
+
+
+def _largest_speck_mm2(t: TileView) -> float:
+  """log(1 + area of the largest top-hat speck above 0.03, mm^2): labels, vessels and large
+  benign calcifications are bigger than a microcalcification."""
+  labels, n = ndimage.label(t.tophat > 0.03)
+  area = np.bincount(labels.ravel())[1:].max() if n else 0
+  return float(np.log1p(area * max(t.pixel_spacing_mm, 0.0) ** 2))
+
+
+def _speck_line(t: TileView) -> float:
+  """How collinear the specks above 0.03 lie (1 - minor / major spread of their centres; 0 below
+  three specks): vascular calcifications line up, clusters do not."""
+  labels, n = ndimage.label(t.tophat > 0.03)
+  if n < 3:
+    return 0.0
+  centres = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, range(1, n + 1)))
+  spread = np.linalg.eigvalsh(np.cov(centres.T))
+  return float(1 - spread[0] / max(spread[1], 1e-12))
+
+
+# Every tile feature a reranker may use, by name (the registry a config's `features` picks from).
+FEATURES: dict[str, Callable[[TileView], float]] = {
+  "specks_0.02": _specks(0.02),
+  "specks_0.03": _specks(0.03),
+  "specks_0.04": _specks(0.04),
+  "specks_0.06": _specks(0.06),
+  "tophat_max": lambda t: float(t.tophat.max()),
+  "tile_max": lambda t: float(t.pixels.max()),
+  "tile_mean": lambda t: float(t.pixels.mean()),
+  "largest_speck_mm2": _largest_speck_mm2,
+  "speck_line": _speck_line,
+  "bright_fraction": lambda t: float(np.mean(t.pixels >= 0.95)),
+}
+DEFAULT_FEATURES = (
+  "specks_0.02", "specks_0.03", "specks_0.04", "specks_0.06", "tophat_max", "tile_max", "tile_mean"
+)  # fmt: skip
+
+
+def check_features(names: Sequence[str]) -> None:
+  """Raises ValueError naming the features that are neither registered nor the network's."""
+  unknown = sorted(set(names) - set(FEATURES) - {NETWORK_FEATURE})
+  if unknown:
+    raise ValueError(f"unknown tile features {unknown}; known: {', '.join(FEATURES)}")
+
+
+def white_tophat(pixels: np.ndarray, pixel_spacing_mm: float) -> np.ndarray:
+  """The white top-hat by a disk of `SPECK_RADIUS_MM` (at least one pixel)."""
+  radius = max(1.0, SPECK_RADIUS_MM / pixel_spacing_mm) if pixel_spacing_mm > 0 else 2.0
+  r = int(np.floor(radius))
+  yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+  return pixels - ndimage.grey_opening(pixels, footprint=yy**2 + xx**2 <= radius**2)
+
+
+def tile_features(
+  pixels: np.ndarray, scores: ImageScores, names: Sequence[str] = DEFAULT_FEATURES
+) -> np.ndarray:
+  """float64 [gh, gw, len(names)]: the named features of every scored tile (NaN where not
+  scored); `NETWORK_FEATURE` is the network's logit from `scores`.
+
+  `pixels` are the image's canonical pixels as fractions of its intensity range."""
+  geometry, grid = scores.geometry, scores.task1
+  spacing = geometry.pixel_spacing_mm
+  tophat = white_tophat(pixels, spacing)
+  size = geometry.patch_size
+  classical = [n for n in names if n != NETWORK_FEATURE]
+  out = np.full((*grid.shape, len(names)), np.nan)
+  for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True):
+    top, left = geometry.tile_rows[i], geometry.tile_cols[j]
+    window = np.s_[top : top + size, left : left + size]
+    view = TileView(pixels[window], tophat[window], spacing)
+    values = dict(zip(classical, [FEATURES[n](view) for n in classical], strict=True))
+    if NETWORK_FEATURE in names:
+      p = min(max(float(grid[i, j]), 1e-7), 1 - 1e-7)
+      values[NETWORK_FEATURE] = float(np.log(p / (1 - p)))
+    out[i, j] = [values[n] for n in names]
+  return out
+
+
+def tile_labels(image: froc.ScoredImage) -> np.ndarray:
+  """bool [gh, gw]: the scored tiles that hit one of the image's clusters."""
+  grid = image.scores.task1
+  labels = np.zeros(grid.shape, bool)
+  for cluster in image.clusters:
+    for i, j in froc.tiles_holding(grid, image.scores.geometry, cluster):
+      labels[i, j] = True
+  return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class TileReranker:
+  """A fitted reranker: logit = standardised features . weights + bias."""
+
+  features: tuple[str, ...]
+  weights: np.ndarray
+  bias: float
+  mean: np.ndarray
+  std: np.ndarray
+  field_of_view_mm: float = 0.0  # the tiles' side it was fitted on (0: native pixels)
+
+  def logits(self, x: np.ndarray) -> np.ndarray:
+    return ((x - self.mean) / self.std) @ self.weights + self.bias
+
+  def to_json(self) -> str:
+    return json.dumps(
+      {
+        "features": list(self.features),
+        "weights": self.weights.tolist(),
+        "bias": self.bias,
+        "mean": self.mean.tolist(),
+        "std": self.std.tolist(),
+        "field_of_view_mm": self.field_of_view_mm,
+        "speck_radius_mm": SPECK_RADIUS_MM,
+      },
+      indent=2,
+    )
+
+  @classmethod
+  def from_json(cls, text: str) -> TileReranker:
+    d = json.loads(text)
+    check_features(d["features"])
+    array = {k: np.asarray(d[k], np.float64) for k in ("weights", "mean", "std")}
+    fov = float(d.get("field_of_view_mm", 0.0))
+    return cls(tuple(d["features"]), bias=float(d["bias"]), field_of_view_mm=fov, **array)
+
+
+def fit(
+  x: np.ndarray,
+  y: np.ndarray,
+  features: Sequence[str],
+  c: float = 1.0,
+  field_of_view_mm: float = 0.0,
+) -> TileReranker:
+  """Class-balanced L2 logistic regression on standardised `x` (as scikit-learn's with
+  class_weight='balanced' and C=`c`): the tiles' rare positives weigh as much as the rest."""
+  y = np.asarray(y, bool)
+  mean, std = x.mean(0), x.std(0) + 1e-12
+  z = np.column_stack([(x - mean) / std, np.ones(len(x))])
+  weight = np.where(y, len(y) / (2 * max(y.sum(), 1)), len(y) / (2 * max((~y).sum(), 1)))
+  sign = np.where(y, 1.0, -1.0)
+
+  def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+    margin = sign * (z @ w)
+    value = 0.5 * w[:-1] @ w[:-1] + c * np.sum(weight * np.logaddexp(0, -margin))
+    grad = -c * z.T @ (weight * sign * np.exp(-np.logaddexp(0, margin)))
+    grad[:-1] += w[:-1]
+    return value, grad
+
+  w = optimize.minimize(loss, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B").x
+  return TileReranker(tuple(features), w[:-1], float(w[-1]), mean, std, field_of_view_mm)
+
+
+def rescored(scores: ImageScores, features: np.ndarray, model: TileReranker) -> ImageScores:
+  """The image's Task 1 grid replaced by the reranker's probability (NaN stays NaN)."""
+  logits = model.logits(features.reshape(-1, features.shape[-1])).reshape(scores.task1.shape)
+  grid = np.where(np.isnan(scores.task1), np.nan, 1 / (1 + np.exp(-logits)))
+  return dataclasses.replace(scores, task1=grid.astype(np.float32))
+
+
+def rerank_image(pixels: np.ndarray, scores: ImageScores, model: TileReranker) -> ImageScores:
+  """One scored image reranked (`pixels`: canonical, as fractions of the intensity range); its
+  tiles must cover the millimetres the reranker was fitted on."""
+  fov = scores.geometry.field_of_view_mm
+  if not np.isclose(fov, model.field_of_view_mm):
+    raise ValueError(
+      f"the reranker was fitted on {model.field_of_view_mm:g}-mm tiles, these are {fov:g} mm"
+      " (0: native pixels)"
+    )
+  return rescored(scores, tile_features(pixels, scores, model.features), model)
+
+
+def fit_images(
+  images: Sequence[froc.ScoredImage], features: Mapping[str, np.ndarray], names: Sequence[str]
+) -> TileReranker:
+  """A reranker fitted on every scored tile of `images` (`features`: their `tile_features`)."""
+  x = np.concatenate([features[im.key][~np.isnan(im.scores.task1)] for im in images])
+  y = np.concatenate([tile_labels(im)[~np.isnan(im.scores.task1)] for im in images])
+  return fit(x, y, names, field_of_view_mm=images[0].scores.geometry.field_of_view_mm)
+
+
+def refit_folds(
+  images: Sequence[froc.ScoredImage],
+  features: Mapping[str, np.ndarray],
+  fold_of: Mapping[str, int],
+  names: Sequence[str],
+) -> tuple[list[froc.ScoredImage], dict[int, TileReranker]]:
+  """Per fold, a reranker fitted on the tiles of the other folds' patients' images and applied to
+  the fold's own: every image reranked once, by a model fitted without its patient.
+
+  `features` holds each image's `tile_features` (by key), `fold_of` each patient's test fold."""
+  fold = {im.key: fold_of[im.patient_id] for im in images}
+  models, out = {}, {}
+  for k in sorted(set(fold.values())):
+    models[k] = fit_images([im for im in images if fold[im.key] != k], features, names)
+    for im in images:
+      if fold[im.key] == k:
+        out[im.key] = dataclasses.replace(
+          im, scores=rescored(im.scores, features[im.key], models[k])
+        )
+  return [out[im.key] for im in images], models
+
+
+def save(path: str | os.PathLike, model: TileReranker) -> None:
+  files.write_text(path, model.to_json())
+
+
+def load(path: str | os.PathLike) -> TileReranker:
+  with open(path, encoding="utf-8") as f:
+    return TileReranker.from_json(f.read())
