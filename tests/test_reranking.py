@@ -28,7 +28,7 @@ def test_tile_features_count_the_specks_of_each_tile():
   features = reranking.tile_features(pixels, scores_of(pixels, 20))  # disk: 0.4 mm = 2 px
   np.testing.assert_allclose(features[0, 0, :4], np.log1p(3))
   np.testing.assert_allclose(features[0, 1, :4], np.log1p(1))
-  np.testing.assert_allclose(features[0, 0, 4:], [0.2, 0.5, 0.3 + 3 * 0.2 / 400])
+  np.testing.assert_allclose(features[0, 0, 4:7], [0.2, 0.5, 0.3 + 3 * 0.2 / 400])
 
 
 def test_the_logistic_regression_is_scikit_learns_balanced_one_and_survives_json():
