@@ -315,8 +315,8 @@ def score_archive(
   `num_workers` processes decode ahead (`mcalc_jax.decoding`; 0: one thread, -1: as many as
   `decoding.auto_workers` gives this backend). `results`, if given, also writes (and sends) each
   DICOM image's DICOM results. `reranker` replaces each Task 1 grid by its tile reranker's
-  (`mcalc_jax.reranking`) before anything is written. With several processes, all wait for the last one and process 0
-  merges their logs (`merge_logs`). Returns how long the scoring waited for decoded images (`decoding.DecodeClock`).
+  (`mcalc_jax.reranking`) before anything is written. With several processes, all wait for the
+  last one and process 0 merges their logs (`merge_logs`). Returns how long the scoring waited for decoded images (`decoding.DecodeClock`).
   """
   os.makedirs(output, exist_ok=True)
   share = inputs[jax.process_index() :: jax.process_count()]
@@ -409,13 +409,8 @@ def score_job(options: ScoreOptions) -> None:
     min_breast_fraction=options.min_breast_fraction,
   )
   reranker = reranking.load(options.reranker) if options.reranker else None
-  if reranker is not None and not math.isclose(
-    reranker.field_of_view_mm, scorer.plan.field_of_view_mm
-  ):
-    raise ValueError(
-      f"{options.reranker} was fitted on {reranker.field_of_view_mm:g}-mm tiles, the run in "
-      f"{options.workdir} scores {scorer.plan.field_of_view_mm:g}-mm tiles (0: native pixels)"
-    )
+  if reranker is not None:  # before any image: the run's tiles are the reranker's or none are
+    reranker.check_field_of_view(scorer.plan.field_of_view_mm, options.reranker)
   score_archive(
     scorer,
     inputs,

@@ -216,11 +216,8 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
     network = networks.display_name(evaluation["cv"]["network"])
     rows.append(_whole_image_row(evaluation, whole, network, digits))
     if "reranked" in whole:
-      mode = whole["reranked"]["mode"]
-      row = _whole_image_row(
-        evaluation, whole["reranked"], f"{network} + tile reranker ({mode})", digits
-      )
-      rows.append(row)
+      name = f"{network} + tile reranker ({whole['reranked']['mode']})"
+      rows.append(_whole_image_row(evaluation, whole["reranked"], name, digits))
   return rows
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage, optimize
 
-from mcalc_jax import files, froc
+from mcalc_jax import calibration, files, froc
 from mcalc_jax.tiling import ImageScores
 
 SPECK_RADIUS_MM = 0.4
@@ -102,18 +102,14 @@ def tile_features(
   geometry, grid = scores.geometry, scores.task1
   spacing = geometry.pixel_spacing_mm
   tophat = white_tophat(pixels, spacing)
+  logits = calibration.logit(grid)
   size = geometry.patch_size
-  classical = [n for n in names if n != NETWORK_FEATURE]
   out = np.full((*grid.shape, len(names)), np.nan)
   for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True):
     top, left = geometry.tile_rows[i], geometry.tile_cols[j]
     window = np.s_[top : top + size, left : left + size]
     view = TileView(pixels[window], tophat[window], spacing)
-    values = dict(zip(classical, [FEATURES[n](view) for n in classical], strict=True))
-    if NETWORK_FEATURE in names:
-      p = min(max(float(grid[i, j]), 1e-7), 1 - 1e-7)
-      values[NETWORK_FEATURE] = float(np.log(p / (1 - p)))
-    out[i, j] = [values[n] for n in names]
+    out[i, j] = [logits[i, j] if n == NETWORK_FEATURE else FEATURES[n](view) for n in names]
   return out
 
 
@@ -140,6 +136,14 @@ class TileReranker:
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return ((x - self.mean) / self.std) @ self.weights + self.bias
+
+  def check_field_of_view(self, field_of_view_mm: float, name: str = "the reranker") -> None:
+    """Raises ValueError unless tiles of `field_of_view_mm` are the ones it was fitted on."""
+    if not np.isclose(field_of_view_mm, self.field_of_view_mm):
+      raise ValueError(
+        f"{name} was fitted on {self.field_of_view_mm:g}-mm tiles, these are "
+        f"{field_of_view_mm:g}-mm tiles (0: native pixels)"
+      )
 
   def to_json(self) -> str:
     return json.dumps(
@@ -200,12 +204,7 @@ def rescored(scores: ImageScores, features: np.ndarray, model: TileReranker) -> 
 def rerank_image(pixels: np.ndarray, scores: ImageScores, model: TileReranker) -> ImageScores:
   """One scored image reranked (`pixels`: canonical, as fractions of the intensity range); its
   tiles must cover the millimetres the reranker was fitted on."""
-  fov = scores.geometry.field_of_view_mm
-  if not np.isclose(fov, model.field_of_view_mm):
-    raise ValueError(
-      f"the reranker was fitted on {model.field_of_view_mm:g}-mm tiles, these are {fov:g} mm"
-      " (0: native pixels)"
-    )
+  model.check_field_of_view(scores.geometry.field_of_view_mm)
   return rescored(scores, tile_features(pixels, scores, model.features), model)
 
 
