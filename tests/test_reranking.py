@@ -93,3 +93,15 @@ def test_shape_features_tell_a_line_of_specks_and_a_large_calcification_from_a_c
   np.testing.assert_allclose(cluster[1], np.log1p(0.04))  # one pixel of 0.2 mm
   np.testing.assert_allclose(large[1], np.log1p(9 * 0.04))
   assert large[2] == 9 / 1600 and cluster[2] == 0.0
+
+
+def test_a_straight_edge_across_the_tile_stands_out_from_a_curved_boundary_and_specks():
+  pixels = np.full((40, 120), 0.3)
+  pixels[:12, :40] = 0.6  # tile 0: a film border, straight across the tile
+  rows, cols = np.mgrid[:40, 40:80]
+  pixels[:, 40:80][np.hypot(rows - 45, cols - 40) < 30] = 0.6  # tile 1: a curved skin line
+  for row, col in [(5, 85), (30, 90), (12, 110), (25, 102)]:
+    pixels[row, col] = 0.5  # tile 2: a cluster of specks
+  features = reranking.tile_features(pixels, scores_of(pixels, 40), ("straight_edge",))[0, :, 0]
+  np.testing.assert_allclose(features[0], 0.3)  # the full step: bands of 0.4 mm = 2 px
+  assert features[1] < 0.5 * features[0] and features[2] < 0.05 * features[0]

@@ -1,19 +1,22 @@
 """A contact sheet of a cross-validation's hottest false-positive tiles, and of its clusters' tiles.
 
   python -m tools.false_positives --run=runs/mias_cv/task1_specknet --out=runs/fp.png
-      [--data_config=configs/data.py:source=mias] [--count=24]
+      [--data_config=configs/data.py:source=mias] [--count=24] [--reranked]
 
 Reads every fold's out-of-fold grids (`RUN/fold_*/images/*.npz`) and the cohort's findings,
 takes the detections that hit no cluster (`mcalc_jax.froc`'s rule), highest first, and writes
 their tiles (each stretched to its own range, in the canonical orientation, shown at one size) as
 rows of 8; below
-them, one tile holding each annotated cluster. The sheet holds the cohort's pixels: keep it out of
+them, one tile holding each annotated cluster. With --reranked, the grids are first rescored by
+each fold's tile reranker (`RUN/fold_<i>/reranker.json`, as `mcalc-cv` wrote them), so the sheet
+shows what the reranker still gets wrong. The sheet holds the cohort's pixels: keep it out of
 the repository when the licence says so (MIAS).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 
@@ -22,7 +25,7 @@ from PIL import Image
 
 from input_pipeline import sources
 from input_pipeline.mammogram import read_mammogram, spacing_options
-from mcalc_jax import discovery, froc, heatmaps
+from mcalc_jax import cv, discovery, froc, heatmaps, reranking
 from mcalc_jax.configs import data
 
 _COLUMNS = 8
@@ -35,12 +38,28 @@ def scored_images(run: str, data_config: str) -> tuple[list[froc.ScoredImage], d
   findings = sources.get(config.source).load_findings(config.location)
   base = os.path.commonpath([f.image_path for f in findings])
   inputs = {i.key: i for i in discovery.inputs_from_findings(findings, base)}
-  grids = {
-    os.path.basename(path)[: -len(".npz")]: heatmaps.read_scores(path)
-    for path in glob.glob(os.path.join(run, "fold_*", "images", "*.npz"))
-  }
+  grids = {key: heatmaps.read_scores(path) for key, path in _grid_paths(run).items()}
   keys = {i.path: key for key, i in inputs.items()}
   return froc.scored_images(findings, keys, grids), inputs
+
+
+def _grid_paths(run: str) -> dict[str, str]:
+  """Each out-of-fold grid's path (RUN/fold_<i>/images/KEY.npz), by image key."""
+  paths = glob.glob(os.path.join(run, "fold_*", cv.IMAGES_DIR, "*.npz"))
+  return {os.path.basename(path)[: -len(".npz")]: path for path in paths}
+
+
+def reranked(run: str, images: list[froc.ScoredImage], inputs: dict) -> list[froc.ScoredImage]:
+  """The images rescored by the reranker of the fold that scored them."""
+  fold_dirs = {key: os.path.dirname(os.path.dirname(p)) for key, p in _grid_paths(run).items()}
+  models = {d: reranking.load(os.path.join(d, cv.RERANKER_FILE)) for d in set(fold_dirs.values())}
+  out = []
+  for image in images:
+    mammogram, _ = inputs[image.key].read()
+    model = models[fold_dirs[image.key]]
+    scores = reranking.rerank_image(mammogram.pixels / mammogram.max_value, image.scores, model)
+    out.append(dataclasses.replace(image, scores=scores))
+  return out
 
 
 def false_positive_tiles(images: list[froc.ScoredImage], count: int) -> list[tuple]:
@@ -91,8 +110,11 @@ def main() -> None:
   parser.add_argument("--out", required=True)
   parser.add_argument("--data_config", default="configs/data.py:source=mias")
   parser.add_argument("--count", type=int, default=24)
+  parser.add_argument("--reranked", action="store_true", help="rescore by each fold's reranker")
   args = parser.parse_args()
   images, inputs = scored_images(args.run, args.data_config)
+  if args.reranked:
+    images = reranked(args.run, images, inputs)
   false_positives = false_positive_tiles(images, args.count)
   clusters = cluster_tiles(images)
   gap = np.zeros((8, _COLUMNS * _CELL), np.uint8)
