@@ -141,9 +141,12 @@ def test_two_processes_evaluate_a_run_like_one(trained, tmp_path):
   assert_same_evaluation(trained / "eval" / "test", workdir / "eval" / "test")
 
 
-def scores(folder: pathlib.Path) -> list[tuple[str, ...]]:
+def scores(folder: pathlib.Path) -> list[tuple]:
+  """The compared columns, the score as a float: a process scoring only its own images batches
+  their tiles differently, and XLA:CPU may round a differently shaped batch in the last digit."""
   with open(folder / "scores.csv", newline="") as f:
-    return [tuple(r[c] for c in SCORE_COLUMNS_COMPARED) for r in csv.DictReader(f)]
+    rows = [[r[c] for c in SCORE_COLUMNS_COMPARED] for r in csv.DictReader(f)]
+  return [(*r[:3], float(r[3]), *r[4:]) for r in rows]
 
 
 def test_two_processes_score_an_archive_into_one_merged_log(trained, tmp_path):
@@ -158,7 +161,9 @@ def test_two_processes_score_an_archive_into_one_merged_log(trained, tmp_path):
   run_as_two_processes("score", *score, f"--output={tmp_path / 'together'}")
 
   alone, together = tmp_path / "alone", tmp_path / "together"
-  assert scores(together) == scores(alone) and len(scores(alone)) == 3
+  want = scores(alone)
+  assert scores(together) == [(*r[:3], pytest.approx(r[3], abs=2e-6), *r[4:]) for r in want]
+  assert len(want) == 3
   assert (together / "errors.csv").read_text() == (alone / "errors.csv").read_text()
   assert sorted(p.name for p in together.glob("scores.*-of-2.csv")) == [
     "scores.0-of-2.csv",
