@@ -74,7 +74,7 @@ def _step(profile: np.ndarray, band: int) -> float:
 def _straight_edge(t: TileView) -> float:
   """The strongest step between bands of whole rows (or whole columns): film borders, labels and
   collimator edges run straight across a tile, while tissue boundaries curve and average out."""
-  band = max(1, round(EDGE_BAND_MM / t.pixel_spacing_mm)) if t.pixel_spacing_mm > 0 else 2
+  band = round(_pixels(EDGE_BAND_MM, t.pixel_spacing_mm))
   return max(_step(t.pixels.mean(1), band), _step(t.pixels.mean(0), band))
 
 
@@ -102,9 +102,14 @@ def check_features(names: Sequence[str]) -> None:
     raise ValueError(f"unknown tile features {unknown}; known: {', '.join(FEATURES)}")
 
 
+def _pixels(mm: float, pixel_spacing_mm: float) -> float:
+  """`mm` in pixels, at least one (two where the spacing is unknown)."""
+  return max(1.0, mm / pixel_spacing_mm) if pixel_spacing_mm > 0 else 2.0
+
+
 def white_tophat(pixels: np.ndarray, pixel_spacing_mm: float) -> np.ndarray:
   """The white top-hat by a disk of `SPECK_RADIUS_MM` (at least one pixel)."""
-  radius = max(1.0, SPECK_RADIUS_MM / pixel_spacing_mm) if pixel_spacing_mm > 0 else 2.0
+  radius = _pixels(SPECK_RADIUS_MM, pixel_spacing_mm)
   r = int(np.floor(radius))
   yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
   return pixels - ndimage.grey_opening(pixels, footprint=yy**2 + xx**2 <= radius**2)

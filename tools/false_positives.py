@@ -32,26 +32,31 @@ _COLUMNS = 8
 _CELL = 168  # pixels per tile on the sheet (nearest-neighbour)
 
 
-def scored_images(run: str, data_config: str) -> tuple[list[froc.ScoredImage], dict]:
-  """The run's out-of-fold scored images with their findings, and the inputs by key."""
+def scored_images(
+  grid_paths: dict[str, str], data_config: str
+) -> tuple[list[froc.ScoredImage], dict]:
+  """The run's out-of-fold scored images (`grid_paths`: `grid_paths(RUN)`) with their findings,
+  and the inputs by key."""
   config = data.get_config(data_config.split(":", 1)[1] if ":" in data_config else None)
   findings = sources.get(config.source).load_findings(config.location)
   base = os.path.commonpath([f.image_path for f in findings])
   inputs = {i.key: i for i in discovery.inputs_from_findings(findings, base)}
-  grids = {key: heatmaps.read_scores(path) for key, path in _grid_paths(run).items()}
+  grids = {key: heatmaps.read_scores(path) for key, path in grid_paths.items()}
   keys = {i.path: key for key, i in inputs.items()}
   return froc.scored_images(findings, keys, grids), inputs
 
 
-def _grid_paths(run: str) -> dict[str, str]:
+def grid_paths(run: str) -> dict[str, str]:
   """Each out-of-fold grid's path (RUN/fold_<i>/images/KEY.npz), by image key."""
   paths = glob.glob(os.path.join(run, "fold_*", cv.IMAGES_DIR, "*.npz"))
   return {os.path.basename(path)[: -len(".npz")]: path for path in paths}
 
 
-def reranked(run: str, images: list[froc.ScoredImage], inputs: dict) -> list[froc.ScoredImage]:
+def reranked(
+  grid_paths: dict[str, str], images: list[froc.ScoredImage], inputs: dict
+) -> list[froc.ScoredImage]:
   """The images rescored by the reranker of the fold that scored them."""
-  fold_dirs = {key: os.path.dirname(os.path.dirname(p)) for key, p in _grid_paths(run).items()}
+  fold_dirs = {key: os.path.dirname(os.path.dirname(p)) for key, p in grid_paths.items()}
   models = {d: reranking.load(os.path.join(d, cv.RERANKER_FILE)) for d in set(fold_dirs.values())}
   out = []
   for image in images:
@@ -112,9 +117,10 @@ def main() -> None:
   parser.add_argument("--count", type=int, default=24)
   parser.add_argument("--reranked", action="store_true", help="rescore by each fold's reranker")
   args = parser.parse_args()
-  images, inputs = scored_images(args.run, args.data_config)
+  paths = grid_paths(args.run)
+  images, inputs = scored_images(paths, args.data_config)
   if args.reranked:
-    images = reranked(args.run, images, inputs)
+    images = reranked(paths, images, inputs)
   false_positives = false_positive_tiles(images, args.count)
   clusters = cluster_tiles(images)
   gap = np.zeros((8, _COLUMNS * _CELL), np.uint8)
