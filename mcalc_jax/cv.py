@@ -427,11 +427,7 @@ def rerank_folds(
   names = localization.rerank_features
   if localization.rerank == "stacked":
     names = (*names, reranking.NETWORK_FEATURE)
-  features = {}
-  for image in images:
-    mammogram, _ = inputs[image.key].read()
-    pixels = mammogram.pixels / mammogram.max_value
-    features[image.key] = reranking.tile_features(pixels, image.scores, names)
+  features = reranking.image_features(images, inputs, names)
   fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
   reranked, models = reranking.refit_folds(images, features, fold_of, names)
   for k, model in models.items():

@@ -343,6 +343,26 @@ def scored_images(
   return images
 
 
+def read_scored_folder(
+  scores_dir: str | os.PathLike, manifest_path: str | os.PathLike
+) -> tuple[list[ScoredImage], dict[str, discovery.Input]]:
+  """The manifest's images that `mcalc-score` scored into `scores_dir`, with their findings, and
+  each one's input (by score key) to read its pixels again."""
+  from mcalc_jax import heatmaps  # noqa: PLC0415  (the jobs' own inputs)
+
+  findings = manifest.read_manifest(manifest_path)
+  inputs = discovery.inputs_from_findings(findings, os.path.dirname(os.path.abspath(manifest_path)))
+  grids = {}
+  for item in inputs:
+    path = os.path.join(scores_dir, f"{item.key}.npz")
+    if os.path.exists(path):
+      grids[item.key] = heatmaps.read_scores(path)
+  if not grids:
+    raise FileNotFoundError(f"no score grids of the manifest's images in {scores_dir}")
+  images = scored_images(findings, {i.path: i.key for i in inputs}, grids)
+  return images, {i.key: i for i in inputs if i.key in grids}
+
+
 def evaluate_scored_folder(
   scores_dir: str | os.PathLike,
   manifest_path: str | os.PathLike,
@@ -355,19 +375,7 @@ def evaluate_scored_folder(
 
   Writes froc.json, froc.csv, clusters.csv and froc.png into `output` (default SCORES_DIR/froc).
   """
-  from mcalc_jax import heatmaps  # noqa: PLC0415  (the job's own inputs)
-
-  findings = manifest.read_manifest(manifest_path)
-  inputs = discovery.inputs_from_findings(findings, os.path.dirname(os.path.abspath(manifest_path)))
-  grids = {}
-  for item in inputs:
-    path = os.path.join(scores_dir, f"{item.key}.npz")
-    if os.path.exists(path):
-      grids[item.key] = heatmaps.read_scores(path)
-  if not grids:
-    raise FileNotFoundError(f"no score grids of the manifest's images in {scores_dir}")
-  evaluation = evaluate(
-    scored_images(findings, {i.path: i.key for i in inputs}, grids), resamples=resamples, seed=seed
-  )
+  images, _ = read_scored_folder(scores_dir, manifest_path)
+  evaluation = evaluate(images, resamples=resamples, seed=seed)
   write_outputs(output or os.path.join(scores_dir, "froc"), evaluation)
   return evaluation

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage, optimize
 
-from mcalc_jax import calibration, files, froc
+from mcalc_jax import calibration, discovery, files, froc
 from mcalc_jax.tiling import ImageScores
 
 SPECK_RADIUS_MM = 0.4
@@ -136,6 +136,19 @@ def tile_features(
   return out
 
 
+def image_features(
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, discovery.Input],
+  names: Sequence[str] = DEFAULT_FEATURES,
+) -> dict[str, np.ndarray]:
+  """Each scored image's `tile_features` (by key), its pixels read again from `inputs`."""
+  features = {}
+  for image in images:
+    mammogram, _ = inputs[image.key].read()
+    features[image.key] = tile_features(mammogram.pixels / mammogram.max_value, image.scores, names)
+  return features
+
+
 def tile_labels(image: froc.ScoredImage) -> np.ndarray:
   """bool [gh, gw]: the scored tiles that hit one of the image's clusters."""
   grid = image.scores.task1
@@ -238,6 +251,21 @@ def fit_images(
   x = np.concatenate([features[im.key][~np.isnan(im.scores.task1)] for im in images])
   y = np.concatenate([tile_labels(im)[~np.isnan(im.scores.task1)] for im in images])
   return fit(x, y, names, field_of_view_mm=images[0].scores.geometry.field_of_view_mm)
+
+
+def fit_scored_folder(
+  scores_dir: str | os.PathLike,
+  manifest_path: str | os.PathLike,
+  names: Sequence[str] = DEFAULT_FEATURES,
+) -> TileReranker:
+  """A reranker fitted on every tile `mcalc-score` scored into `scores_dir` from the manifest
+  (positives: the tiles that hit its clusters): the `mcalc-rerank` job. With `NETWORK_FEATURE`
+  the images must be ones the network never trained on, or its logits are optimistic."""
+  check_features(names)
+  images, inputs = froc.read_scored_folder(scores_dir, manifest_path)
+  if not any(image.clusters for image in images):
+    raise ValueError(f"{manifest_path}: no scored image has a calcification cluster to fit on")
+  return fit_images(images, image_features(images, inputs, names), names)
 
 
 def refit_folds(

@@ -32,12 +32,19 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
   table = (workdir / "table2.md").read_text()
   assert "| 1 | SpeckNet |" in table and "| 2 | SpeckNet |" in table
 
-  with open(workdir / "heatmaps" / "scores.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  assert len(rows) == 2
-  for row in rows:
-    assert 0.0 <= float(row["task1_max"]) <= 1.0
-    assert os.path.isfile(workdir / "heatmaps" / f"{row['key']}.png")
-  froc = json.loads((workdir / "heatmaps" / "froc" / "froc.json").read_text())
-  assert froc["counts"]["images"] == 2 and froc["counts"]["images_with_clusters"] >= 1
+  reranker = json.loads((workdir / "reranker.json").read_text())  # fitted on non-test patients
+  assert reranker["features"] and reranker["field_of_view_mm"] == 11.2
+  test_keys = set()
+  for folder in ("heatmaps", "heatmaps_reranked"):  # the network alone, then reranked
+    with open(workdir / folder / "scores.csv", newline="") as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+      assert 0.0 <= float(row["task1_max"]) <= 1.0
+      assert os.path.isfile(workdir / folder / f"{row['key']}.png")
+    froc = json.loads((workdir / folder / "froc" / "froc.json").read_text())
+    assert froc["counts"]["images"] == 2 and froc["counts"]["images_with_clusters"] >= 1
+    test_keys |= {row["key"] for row in rows}
+  with open(workdir / "reranker_fit" / "scores.csv", newline="") as f:
+    assert not test_keys & {row["key"] for row in csv.DictReader(f)}
   assert "the hottest tile is on a cluster in" in result.stdout

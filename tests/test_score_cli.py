@@ -22,6 +22,7 @@ from mcalc_jax import (
   archive,
   checkpointing,
   discovery,
+  froc,
   heatmaps,
   inference,
   networks,
@@ -278,6 +279,47 @@ def test_a_tile_reranker_rescores_every_grid_before_it_is_written(
   )
   with pytest.raises(ValueError, match="fitted on 11.2-mm tiles"):  # the run tiles native pixels
     archive.score_job(options)
+
+
+def test_mcalc_rerank_fits_on_a_scored_manifest_and_puts_each_cluster_first(tmp_path):
+  """Score a labelled archive, fit a reranker on it with the CLI, and its clusters outrank the
+  lone bright specks that the (speck-counting) network scores as high."""
+  root, findings = tmp_path / "archive", []
+  root.mkdir()
+  clusters = [(300, 200), (700, 300), (500, 450), (800, 250)]
+  lone_specks = [(600, 500), (350, 500), (850, 200), (450, 150)]  # as bright as a cluster's
+  for n, ((row, col), (r, c)) in enumerate(zip(clusters, lone_specks, strict=True)):
+    pixels = synthetic_mammogram(clusters=[(row, col)], seed=n).pixels
+    pixels[r - 3 : r + 4, c - 3 : c + 4] = 4000
+    Image.fromarray(pixels).save(root / f"case{n}.png")
+    findings.append(
+      manifest.Finding(f"p{n}", f"case{n}.png", "f1", "calcification", "benign", col, row, 40)
+    )
+  manifest.write_manifest(root / "manifest.csv", findings)
+  inputs = discovery.find_inputs(str(root / "manifest.csv"))
+  archive.score_archive(speck_scorer(), inputs, str(tmp_path / "scores"), overlays=False)
+
+  def mcalc_rerank(manifest_path: pathlib.Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mcalc_jax.cli.rerank", f"--scores={tmp_path / 'scores'}"]
+    command += [f"--manifest={manifest_path}", f"--output={tmp_path / 'reranker.json'}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+  result = mcalc_rerank(root / "manifest.csv")
+  assert result.returncode == 0, result.stderr[-2000:]
+  model = reranking.load(tmp_path / "reranker.json")
+  images, readers = froc.read_scored_folder(tmp_path / "scores", root / "manifest.csv")
+  assert len(images) == 4
+  for image in images:
+    mammogram, _ = readers[image.key].read()
+    plain = froc.evaluate_image(image)
+    scores = reranking.rerank_image(mammogram.pixels / mammogram.max_value, image.scores, model)
+    assert froc.evaluate_image(dataclasses.replace(image, scores=scores)).cluster_ranks == (1,)
+    assert plain.false_positives.max() >= 0.9 * max(plain.cluster_scores)  # the speck competed
+
+  manifest.write_manifest(root / "normal.csv", [manifest.Finding("p0", "case0.png")])
+  refused = mcalc_rerank(root / "normal.csv")
+  assert refused.returncode != 0
+  assert "no scored image has a calcification cluster" in refused.stderr.strip().splitlines()[-1]
 
 
 def score_as_processes(inputs, output: pathlib.Path, monkeypatch, order=(1, 0)) -> None:
