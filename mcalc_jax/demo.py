@@ -114,7 +114,9 @@ class Localised:
   found: dict
 
 
-def score_test_mammograms(run_dirs: list[str], inputs: str, output: str, reranker: str = ""):
+def score_test_mammograms(
+  run_dirs: list[str], inputs: str, output: str, reranker: str = ""
+) -> dict:
   """`mcalc-score` of the test mammograms (Task 2 where Task 1 fires), then their FROC."""
   archive.score_job(
     archive.ScoreOptions(
@@ -140,8 +142,15 @@ def _print_localisation(network: Localised, reranked: Localised, fitted_on: int)
 
 
 def _print_summary(
-  workdir: str, run_dirs: list[str], table: str, localised: list[Localised], reranker: str
+  workdir: str,
+  run_dirs: list[str],
+  table: str,
+  localised: list[Localised],
+  reranker: tuple[str, int] | None,
 ) -> None:
+  print(pathlib.Path(table).read_text(), flush=True)
+  if reranker is not None:
+    _print_localisation(*localised, reranker[1])
   _stage("where everything is")
   for label, path in [("cohort (DICOM + manifest.csv)", "cohort"), ("TFDS dataset", "tfds")]:
     print(f"  {label:32s} {os.path.join(workdir, path)}")
@@ -149,8 +158,8 @@ def _print_summary(
     print(f"  {'run (TensorBoard, checkpoints)':32s} {run_dir}")
     print(f"  {'  test metrics, ROC, calibration':32s} {os.path.join(run_dir, 'eval', 'test')}")
   print(f"  {'Table 2 report':32s} {table}")
-  if reranker:
-    print(f"  {'tile reranker':32s} {reranker}")
+  if reranker is not None:
+    print(f"  {'tile reranker':32s} {reranker[0]}")
   for result in localised:
     with open(os.path.join(result.heatmaps, "scores.csv"), newline="") as f:
       count = len(list(csv.DictReader(f)))
@@ -180,22 +189,20 @@ def run_demo(
     run_dirs.append(train_task(task, workdir, builder, epochs, model, seed))
   _stage(f"4/{stages} Table 2 report")
   table, _ = report.write_report(run_dirs, os.path.join(workdir, "table2"))
-  print(pathlib.Path(table).read_text(), flush=True)
-  localised, reranker = [], ""
+  localised, reranker = [], None
   if heatmaps > 0:
     _stage(f"5/{stages} tile reranker on the training and validation patients' whole mammograms")
-    reranker, fitted_on = fit_reranker(builder, workdir, run_dirs[0])
+    reranker = fit_reranker(builder, workdir, run_dirs[0])
     _stage(f"6/{stages} heatmaps of up to {heatmaps} test mammograms with mcalc-score, and FROC")
     cohort = os.path.join(workdir, "cohort")
     inputs, _ = split_mammograms(builder, cohort, ("test",), "heatmap_inputs.csv", heatmaps)
     for label, name, rerank in (
       ("network", "heatmaps", ""),
-      ("reranked", "heatmaps_reranked", reranker),
+      ("reranked", "heatmaps_reranked", reranker[0]),
     ):
       output = os.path.join(workdir, name)
       localised.append(
         Localised(label, output, score_test_mammograms(run_dirs, inputs, output, rerank))
       )
-    _print_localisation(*localised, fitted_on)
   _print_summary(workdir, run_dirs, table, localised, reranker)
   print(f"\nmcalc-demo finished in {time.time() - start:.0f} s", flush=True)
