@@ -16,6 +16,8 @@ patient-grouped validation part for early stopping and the threshold) and predic
   WORKDIR/eval/froc/                       ... and their pooled whole-image evaluation
                                            (mcalc_jax.froc): every image localised once, by
                                            the model that never saw its patient
+  WORKDIR/eval/froc_reranked/              ... after the tile reranker refitted per fold
+  WORKDIR/eval/froc*_bilateral/            ... each image read against the other breast's
   WORKDIR/cv_summary.json                  per-fold AUC and accuracy, their mean and spread
 
 A rerun skips folds whose predictions exist; a half-trained fold resumes from its checkpoint.
@@ -40,6 +42,7 @@ from input_pipeline import pipeline, splits, tfds_builder
 from input_pipeline.manifest import Finding
 from mcalc_jax import (
   archive,
+  bilateral,
   calibration,
   checkpointing,
   discovery,
@@ -58,6 +61,7 @@ from mcalc_jax import (
 from mcalc_jax.tiling import ImageScores
 
 FOLDS_FILE = "folds.json"
+_SUMMARISED = ("metrics", "ci", "counts")  # what cv_summary.json keeps of a whole-image evaluation
 IMAGES_DIR = "images"
 SUMMARY_FILE = "cv_summary.json"
 PREDICTIONS_FILE = "oof_predictions.npz"
@@ -344,10 +348,15 @@ class Localization:
   # "classical" its tile features alone, "stacked" with the network's logit as one more.
   rerank: str = "classical"
   rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
+  # > 0: each evaluation once more with every image read against the other breast's
+  # (mcalc_jax.bilateral), into WORKDIR/eval/froc_bilateral and .../froc_reranked_bilateral.
+  bilateral_weight: float = bilateral.DEFAULT_WEIGHT
 
   def __post_init__(self):
     if self.rerank not in RERANK_MODES:
       raise ValueError(f"rerank must be one of {RERANK_MODES}, not {self.rerank!r}")
+    if self.bilateral_weight < 0:
+      raise ValueError(f"bilateral_weight must be >= 0, not {self.bilateral_weight:g}")
     reranking.check_features(self.rerank_features)
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
@@ -394,9 +403,7 @@ def localize_folds(
     }
   keys = {item.path: item.key for item in inputs}
   images = froc.scored_images(localization.findings, keys, grids)
-  result = froc.evaluate(images, resamples=resamples, seed=seed)
-  froc.write_outputs(workdir / "eval" / "froc", result)
-  whole = {"metrics": result["metrics"], "ci": result["ci"], "counts": result["counts"]}
+  whole = _evaluated(images, workdir / "eval" / "froc", localization, seed, resamples)
   if localization.rerank:
     whole["reranked"] = rerank_folds(
       workdir,
@@ -433,16 +440,33 @@ def rerank_folds(
   for k, model in models.items():
     reranking.save(workdir / f"fold_{k}" / RERANKER_FILE, model)
   reranking.save(workdir / RERANKER_FILE, reranking.fit_images(images, features, names))
-  result = froc.evaluate(reranked, resamples=resamples, seed=seed)
   title = f"tile reranker ({localization.rerank}), refitted per fold"
-  froc.write_outputs(workdir / "eval" / "froc_reranked", result, title=title)
-  return {
-    "mode": localization.rerank,
-    "features": list(names),
-    "metrics": result["metrics"],
-    "ci": result["ci"],
-    "counts": result["counts"],
-  }
+  out = workdir / "eval" / "froc_reranked"
+  whole = _evaluated(reranked, out, localization, seed, resamples, title)
+  return {"mode": localization.rerank, "features": list(names), **whole}
+
+
+def _evaluated(
+  images: Sequence[froc.ScoredImage],
+  out_dir: pathlib.Path,
+  localization: Localization,
+  seed: int,
+  resamples: int,
+  title: str = "",
+) -> dict[str, Any]:
+  """The pooled whole-image evaluation of `images` into `out_dir`, and with a bilateral weight
+  once more, each image read against the other breast's, into `out_dir`_bilateral."""
+  result = froc.evaluate(images, resamples=resamples, seed=seed)
+  froc.write_outputs(out_dir, result, title=title)
+  whole = {k: result[k] for k in _SUMMARISED}
+  weight = localization.bilateral_weight
+  if weight:
+    compared = froc.against_other_breast(images, weight)
+    result = froc.evaluate(compared, resamples=resamples, seed=seed)
+    title = f"{title or 'network'}, against the other breast (weight {weight:g})"
+    froc.write_outputs(out_dir.with_name(out_dir.name + "_bilateral"), result, title=title)
+    whole["bilateral"] = {"weight": weight, **{k: result[k] for k in _SUMMARISED}}
+  return whole
 
 
 def _calibrated(

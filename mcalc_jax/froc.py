@@ -36,7 +36,7 @@ import numpy as np
 
 from input_pipeline import manifest, patches
 from input_pipeline.manifest import Finding
-from mcalc_jax import discovery, files, metrics, plots
+from mcalc_jax import bilateral, discovery, files, metrics, plots
 from mcalc_jax.tiling import ImageScores, TileGeometry
 
 FP_RATES = (0.5, 1.0, 2.0)
@@ -66,6 +66,8 @@ class ScoredImage:
   breast: str  # patient and laterality: the unit of the breast-level AUC
   scores: ImageScores
   clusters: tuple[Cluster, ...]
+  laterality: str = ""  # as the manifest says: pairs an image with the other breast's
+  view: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,8 +341,20 @@ def scored_images(
       continue
     first = found[0]
     breast = f"{first.patient_id}/{first.laterality or path}"
-    images.append(ScoredImage(key, first.patient_id, breast, grids[key], clusters_of(found)))
+    images.append(
+      ScoredImage(
+        key, first.patient_id, breast, grids[key], clusters_of(found), first.laterality, first.view
+      )
+    )
   return images
+
+
+def against_other_breast(images: Sequence[ScoredImage], weight: float) -> list[ScoredImage]:
+  """`images` with each one's Task 1 grid read against its contralateral image's
+  (`mcalc_jax.bilateral`: `weight` times the partner's peak logit taken off)."""
+  views = {im.key: bilateral.View(im.patient_id, im.laterality, im.view) for im in images}
+  grids = bilateral.compare({im.key: im.scores for im in images}, bilateral.partners(views), weight)
+  return [dataclasses.replace(im, scores=grids[im.key]) for im in images]
 
 
 def read_scored_folder(
@@ -370,12 +384,17 @@ def evaluate_scored_folder(
   *,
   resamples: int = 1000,
   seed: int = 0,
+  bilateral_weight: float = 0.0,
 ) -> dict:
-  """The `mcalc-froc` job: a folder `mcalc-score` wrote from a manifest, against its findings.
+  """The `mcalc-froc` job: a folder `mcalc-score` wrote from a manifest, against its findings;
+  with `bilateral_weight`, each image read against the other breast's (`against_other_breast`).
 
   Writes froc.json, froc.csv, clusters.csv and froc.png into `output` (default SCORES_DIR/froc).
   """
   images, _ = read_scored_folder(scores_dir, manifest_path)
+  if bilateral_weight:
+    images = against_other_breast(images, bilateral_weight)
   evaluation = evaluate(images, resamples=resamples, seed=seed)
+  evaluation["bilateral_weight"] = bilateral_weight
   write_outputs(output or os.path.join(scores_dir, "froc"), evaluation)
   return evaluation

@@ -206,18 +206,22 @@ def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
 
 
 def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
-  """One row per cross-validation whose folds scored their test patients' whole images, and one
-  more for its tile reranker where it has one."""
+  """One row per cross-validation whose folds scored their test patients' whole images, one more
+  for its tile reranker where it has one, and after each its bilateral reading where there is one."""
   rows = []
   for evaluation in sorted(evaluations, key=_sort_key):
     whole = evaluation.get("cv", {}).get("whole_image")
     if not whole:
       continue
     network = networks.display_name(evaluation["cv"]["network"])
-    rows.append(_whole_image_row(evaluation, whole, network, digits))
+    named = [(network, whole)]
     if "reranked" in whole:
-      name = f"{network} + tile reranker ({whole['reranked']['mode']})"
-      rows.append(_whole_image_row(evaluation, whole["reranked"], name, digits))
+      named.append((f"{network} + tile reranker ({whole['reranked']['mode']})", whole["reranked"]))
+    for name, result in named:
+      rows.append(_whole_image_row(evaluation, result, name, digits))
+      if "bilateral" in result:
+        compared = f"{name} + other breast ({result['bilateral']['weight']:g})"
+        rows.append(_whole_image_row(evaluation, result["bilateral"], compared, digits))
   return rows
 
 

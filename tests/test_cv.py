@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.manifest import read_manifest
-from mcalc_jax import archive, cv, discovery, report, reranking
+from mcalc_jax import archive, bilateral, cv, discovery, report, reranking
 from mcalc_jax.configs import default
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
@@ -201,6 +201,13 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   reranked = summary["whole_image"]["reranked"]  # the default tile reranker, refitted per fold
   assert reranked["mode"] == "classical" and reranked["counts"] == summary["whole_image"]["counts"]
   assert (tmp_path / "run" / "eval" / "froc_reranked" / "froc.json").exists()
+  # read against the other breast as well: these images state no laterality, so none has a
+  # partner and the bilateral reading equals the plain one
+  for whole in (summary["whole_image"], reranked):
+    assert whole["bilateral"]["weight"] == bilateral.DEFAULT_WEIGHT
+    assert whole["bilateral"]["metrics"] == whole["metrics"]
+  for name in ("froc_bilateral", "froc_reranked_bilateral"):
+    assert (tmp_path / "run" / "eval" / name / "froc.json").exists()
   for i in range(FOLDS):
     reranking.load(tmp_path / "run" / f"fold_{i}" / cv.RERANKER_FILE)
 

@@ -159,6 +159,7 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
     "mode": "classical",
     "metrics": {**metrics, "image_auc": 0.9},
   }
+  reranked["bilateral"] = {**reranked, "weight": 0.5, "metrics": {**metrics, "image_auc": 0.95}}
   summary["whole_image"]["reranked"] = reranked
   pathlib.Path("runs/t1_alexnet/cv_summary.json").write_text(json.dumps(summary))
   text = report.markdown_report([report.load_evaluation(r) for r in runs])
@@ -170,3 +171,13 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
   )
   assert "| runs/t1_alexnet | 1 | Top-hat floor + tile reranker (classical) | 0.50" in text
   assert "| 0.90 (0.25–1.00) | n/a | 2.5" in text  # the reranker's row, after the network's
+  bilateral = (
+    "| runs/t1_alexnet | 1 | Top-hat floor + tile reranker (classical) + other breast (0.5)"
+  )
+  assert f"{bilateral} | 0.50" in text and "| 0.95 (0.25–1.00) |" in text
+  rows = [line for line in text.splitlines() if line.startswith("| runs/t1_alexnet | 1 | Top-hat")]
+  assert [row.split(" | ")[2] for row in rows][-3:] == [
+    "Top-hat floor",
+    "Top-hat floor + tile reranker (classical)",
+    "Top-hat floor + tile reranker (classical) + other breast (0.5)",
+  ]

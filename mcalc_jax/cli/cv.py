@@ -10,7 +10,9 @@ predicted once, by a model that never saw it) into WORKDIR/eval/test and prints 
 and accuracy with their spread. With --data_config (the dataset's source), each fold's model
 also scores its test patients' whole mammograms, pooled into WORKDIR/eval/froc (FROC, image and
 breast AUC, cluster ranks), and a tile reranker refitted per fold on those scored tiles into
-WORKDIR/eval/froc_reranked (--rerank). Rerunning with the same flags resumes where it stopped.
+WORKDIR/eval/froc_reranked (--rerank); both once more with each image read against the other
+breast's into WORKDIR/eval/froc*_bilateral (--bilateral_weight). Rerunning with the same flags
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 
 from absl import flags
 
-from mcalc_jax import cv, reranking, scoring
+from mcalc_jax import bilateral, cv, reranking, scoring
 from mcalc_jax.cli import cluster, common
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
@@ -55,6 +57,12 @@ _RERANK_FEATURES = flags.DEFINE_list(
   list(reranking.DEFAULT_FEATURES),
   f"The reranker's tile features, of {', '.join(reranking.FEATURES)}.",
 )
+_BILATERAL = flags.DEFINE_float(
+  "bilateral_weight",
+  bilateral.DEFAULT_WEIGHT,
+  "Evaluate whole images once more, each against the other breast (WORKDIR/eval/froc*_bilateral):"
+  " this times the other breast's peak logit off its logits; 0: not.",
+)
 _MINING_ROUNDS = flags.DEFINE_integer(
   "mining_rounds", 0, "Rounds of hard-negative mining per fold (needs --data_config)."
 )
@@ -75,6 +83,7 @@ def main(argv: list[str]) -> None:
       min_breast_fraction=_MIN_BREAST.value,
       rerank=_RERANK.value,
       rerank_features=tuple(_RERANK_FEATURES.value),
+      bilateral_weight=_BILATERAL.value,
     )
   summary = cv.cross_validate(
     _CONFIG.value,

@@ -1,11 +1,13 @@
 """mcalc-froc: whole-image evaluation of scored mammograms against a findings manifest.
 
   mcalc-score --workdir=RUN --input=MANIFEST.csv --output=SCORES
-  mcalc-froc --scores=SCORES --manifest=MANIFEST.csv [--output=SCORES/froc]
+  mcalc-froc --scores=SCORES --manifest=MANIFEST.csv [--output=SCORES/froc] [--bilateral_weight=0.5]
 
 Cluster-level FROC (sensitivity at 0.5, 1 and 2 false-positive regions per image), image- and
 breast-level AUC, each cluster's rank among its image's regions, with patient-bootstrap CIs;
-the hit rule and the outputs: `mcalc_jax.froc`.
+the hit rule and the outputs: `mcalc_jax.froc`. With --bilateral_weight each image is read
+against the same view of the other breast (`mcalc_jax.bilateral`; the manifest's patient,
+laterality and view columns pair them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ _MANIFEST = flags.DEFINE_string("manifest", None, "The manifest that was scored.
 _OUTPUT = flags.DEFINE_string("output", "", "Output folder (default SCORES/froc).")
 _RESAMPLES = flags.DEFINE_integer("bootstrap_resamples", 1000, "Patient bootstrap resamples.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the patient bootstrap.")
+_BILATERAL = flags.DEFINE_float(
+  "bilateral_weight",
+  0.0,
+  "Take this times the other breast's peak logit off each image's logits (0: each image alone).",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +39,7 @@ def main(argv: list[str]) -> None:
     _OUTPUT.value or None,
     resamples=_RESAMPLES.value,
     seed=_SEED.value,
+    bilateral_weight=_BILATERAL.value,
   )
   print(json.dumps({"counts": result["counts"], "metrics": result["metrics"]}, indent=2))
 
