@@ -49,20 +49,23 @@ def partners(views: Mapping[str, View]) -> dict[str, str]:
   return found
 
 
+def check_weight(weight: float) -> None:
+  """Raises ValueError for a negative weight (it would raise what both breasts show)."""
+  if weight < 0:
+    raise ValueError(f"the bilateral weight must be >= 0, not {weight:g}")
+
+
 def compare(
   grids: Mapping[str, ImageScores], pairs: Mapping[str, str], weight: float
 ) -> dict[str, ImageScores]:
   """Each grid's Task 1 probabilities with `weight` times its partner's peak logit taken off their
   logits (NaN stays NaN; unpaired, or a partner with no scored tile: unchanged)."""
-  if weight < 0:
-    raise ValueError(f"the bilateral weight must be >= 0, not {weight:g}")
+  check_weight(weight)
   peak = {
     key: float(np.nanmax(calibration.logit(g.task1))) for key, g in grids.items() if g.tiles_scored
   }
   out = {}
   for key, scores in grids.items():
-    shift = weight * peak.get(pairs.get(key, ""), 0.0)
-    logits = calibration.logit(scores.task1) - shift
-    task1 = np.where(np.isnan(scores.task1), np.nan, 1 / (1 + np.exp(-logits)))
-    out[key] = dataclasses.replace(scores, task1=task1.astype(np.float32))
+    shift = calibration.Platt(intercept=-weight * peak.get(pairs.get(key, ""), 0.0))
+    out[key] = dataclasses.replace(scores, task1=shift.apply(scores.task1))
   return out

@@ -355,8 +355,7 @@ class Localization:
   def __post_init__(self):
     if self.rerank not in RERANK_MODES:
       raise ValueError(f"rerank must be one of {RERANK_MODES}, not {self.rerank!r}")
-    if self.bilateral_weight < 0:
-      raise ValueError(f"bilateral_weight must be >= 0, not {self.bilateral_weight:g}")
+    bilateral.check_weight(self.bilateral_weight)
     reranking.check_features(self.rerank_features)
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:

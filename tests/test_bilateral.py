@@ -1,4 +1,5 @@
-"""Reading each breast against the other: pairing and the score shift on hand-built grids, and\nmcalc-froc applying it to a scored archive."""
+"""Reading each breast against the other: pairing and the score shift on hand-built grids, and
+mcalc-froc applying it to a scored archive."""
 
 from __future__ import annotations
 
