@@ -5,7 +5,7 @@
   mcalc-cv --config=configs/paper.py:task=1,model=alexnet ...   # the paper's recipe
 
 Arguments (after the colon): `task` (1: calcification vs background, 2: malignant vs benign),
-`model` (a network of `mcalc_jax.networks.NETWORKS`; `tophat` is the classical floor) and
+`model` (a network of `mcalc_jax.model.networks.NETWORKS`; `tophat` is the classical floor) and
 `recipe`:
   mcalc  (default) what the MIAS cross-validation supports (docs/ablation.md): patches of
          11.2 mm (`configs/data.py:source=...,field_of_view_mm=11.2`), no blur, intensities
@@ -18,10 +18,14 @@ stopping). Every field can then be overridden on the command line, e.g.
 is locked).
 """
 
+import dataclasses
+
 import ml_collections
 
-from mcalc_jax import networks
+from input_pipeline import sources
 from mcalc_jax.configs import common
+from mcalc_jax.model import networks
+from mcalc_jax.whole_image import bilateral, reranking, scoring
 
 RECIPES = ("mcalc", "paper")
 FIELD_OF_VIEW_MM = 11.2  # the mcalc recipe's patch side (the paper's FFDM patches: 8-11 mm)
@@ -37,10 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Task 1: calcification patch (1) vs background (0). Task 2: malignant (1) vs benign (0).
   config.task = args.task
-  config.model = args.model  # alexnet | resnet18 | resnet34 (mcalc_jax.networks)
+  config.model = args.model  # alexnet | resnet18 | resnet34 (mcalc_jax.model.networks)
   config.num_classes = 2
   # "" or "tophat": fixed speck detectors (white top-hats, DoG) as the CNN's first layer, on
-  # intensities (use preprocess.normalization "unit"); mcalc_jax.networks.
+  # intensities (use preprocess.normalization "unit"); mcalc_jax.model.networks.
   config.front_end = ""
   config.dtype = "float32"  # compute dtype; parameters stay float32. bfloat16 on accelerators.
 
@@ -60,9 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prefetch = 2
   config.patch_size = 112  # side of the stored patches in their pixels
   # Millimetres a patch covers: scoring tiles every image with that many millimetres at its own
-  # pixel spacing. -1: the dataset's (mcalc-prepare's patch.size_mm); 0: native pixels, whatever
-  # their size (the paper's protocol). Recorded in the run's config.json.
-  config.field_of_view_mm = -1.0
+  # pixel spacing. None: the dataset's (mcalc-prepare's); a number is checked against it;
+  # input_pipeline.patches.NATIVE_PIXELS (0): native pixels, whatever their size (the paper's
+  # protocol). The run's config.json records the dataset's.
+  config.field_of_view_mm = ml_collections.config_dict.placeholder(float)
 
   # Preprocessing on the device, shared by training, evaluation and scoring.
   config.preprocess = ml_collections.ConfigDict()
@@ -82,18 +87,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.early_stopping_patience = 5  # evaluations without improvement before stopping
   config.seed = 0
 
+  # Cross-validation (`mcalc-cv`): everything that changes its result is here, recorded in its
+  # WORKDIR/config.json (a rerun from that folder alone repeats it); its flags say only where and
+  # how to run (workdir, folds and their seed, processes).
+  config.cv = ml_collections.ConfigDict()
+  config.cv.threshold_policy = "youden"  # chosen on the pooled validation parts
+  config.cv.bootstrap_resamples = 1000  # patient bootstrap of every interval
+  config.cv.calibrate = False  # Platt-scale each fold on its validation part before pooling
+  config.cv.mining_rounds = 0  # rounds of hard-negative mining per fold (needs whole images)
+  config.cv.mining_per_image = 4  # hard negatives mined from each training image per round
+  # TFDS datasets (comma-separated) whose patches join every fold's training part, never its
+  # validation or test: inserted or synthetic clusters. A patient of the cross-validated cohort
+  # trains only in the folds that train on it.
+  config.cv.train_also = ""
+
+  # Whole images of a cross-validation: each fold scores its test patients' mammograms, out of
+  # fold (FROC, image AUC, cluster ranks), then reranks and reads them against the other breast.
+  config.whole_image = ml_collections.ConfigDict()
+  config.whole_image.source = ""  # the data source whose images are scored (configs/data.py)
+  config.whole_image.location = ""  # its folder or manifest; "": the source's shared folder
+  # How tiles are laid and batched (mcalc_jax.whole_image.scoring.TileSettings, as mcalc-score).
+  for field in dataclasses.fields(scoring.TileSettings):
+    config.whole_image[field.name] = field.default
+  config.whole_image.overlays = False  # an overlay PNG per scored image
+  # The tile reranker refitted per fold (mcalc_jax.whole_image.reranking): "" none, "classical"
+  # its tile features, "stacked" with the network's logit as one more; comma-separated features.
+  config.whole_image.rerank = "classical"
+  config.whole_image.rerank_features = ",".join(reranking.DEFAULT_FEATURES)
+  # > 0: each evaluation once more with every image read against the other breast's
+  # (mcalc_jax.whole_image.bilateral); 0: not.
+  config.whole_image.bilateral_weight = bilateral.DEFAULT_WEIGHT
+
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.async_checkpointing = True
   config.evaluate_at_end = True  # mcalc-train ends with mcalc-evaluate on config.test_split
 
-  # CPU speed (mcalc_jax.cpu_tuning): images per convolution call and per inference forward pass.
+  # CPU speed (mcalc_jax.model.cpu_tuning): images per convolution call and per inference forward pass.
   # -1: chunks on one CPU device, the whole batch on accelerators or several devices; 0: whole
   # batch; N: chunks of N. Results are the same either way, up to float rounding.
   config.cpu_tuning = ml_collections.ConfigDict({"conv_chunk": -1, "inference_chunk": -1})
 
   # Multi-host: leave empty on one host. JAX_COORDINATOR_ADDRESS or a SLURM / Open MPI launch with
-  # more than one process also configures a cluster (mcalc_jax.parallel.maybe_initialize_distributed).
+  # more than one process also configures a cluster (mcalc_jax.base.parallel.maybe_initialize_distributed).
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ""  # host:port of process 0
   config.distributed.num_processes = 0  # 0: detected
@@ -105,21 +141,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # Per network, what the MIAS cross-validation measured for it (docs/ablation.md): the floor and
-# SpeckNet see 0.2-mm pixels (11.2 mm in 56 px, film's own); the floor, a logistic regression,
-# learns at 1e-2; SpeckNet's validation AUC on 45-patch parts is noisy, so it waits 10 epochs.
+# SpeckNet see the film's own 0.2-mm pixels (its input size follows from the field of view); the
+# floor, a logistic regression, learns at 1e-2; SpeckNet's validation AUC on 45-patch parts is
+# noisy, so it waits 10 epochs.
 _MCALC_NETWORK_SETTINGS = {
-  "tophat": {"input_size": 56, "learning_rate": 1e-2},
-  "specknet": {"input_size": 56, "early_stopping_patience": 10},
+  "tophat": {"pixel_mm": 0.2, "learning_rate": 1e-2},
+  "specknet": {"pixel_mm": 0.2, "early_stopping_patience": 10},
 }
 
 
 def _mcalc_recipe(config: ml_collections.ConfigDict, model: str) -> None:
   """Millimetres, intensities and speck detectors: what keeps 1-3-pixel specks visible."""
-  config.dataset = f"mcalc_patches/mias_{FIELD_OF_VIEW_MM:g}mm".replace(".", "p")  # -1: its mm
+  config.dataset = f"mcalc_patches/{sources.dataset_name('mias', FIELD_OF_VIEW_MM)}"
   config.preprocess.blur_sigma = 0.0
   config.preprocess.normalization = "unit"
   if networks.get(model).cnn:
     config.front_end = "tophat"
   settings = dict(_MCALC_NETWORK_SETTINGS.get(model, {}))
-  config.preprocess.input_size = settings.pop("input_size", config.preprocess.input_size)
+  if "pixel_mm" in settings:
+    config.preprocess.input_size = round(FIELD_OF_VIEW_MM / settings.pop("pixel_mm"))
   config.update(settings)

@@ -1,12 +1,18 @@
-"""Typed reading failures, so an archive run can log one bad file and carry on.
+"""Typed reading failures, so an archive run can log one bad file and carry on; user errors.
 
 Every error names the file and the reason; none carries tag values, so a message can be logged
-without leaking patient details.
+without leaking patient details. `UserError` is the base of every other mistake a user can fix
+(a bad manifest, output folder or setting): jobs report these, and `MammogramError`s, in one line
+(`mcalc_jax.cli.common.run`), not with a traceback.
 """
 
 from __future__ import annotations
 
 import os
+
+
+class UserError(ValueError):
+  """A bad input, output or setting the user can fix; the message names the path and the reason."""
 
 
 class MammogramError(Exception):
@@ -55,3 +61,8 @@ class EmptyImageError(MammogramError):
 
 class UnreadableImageError(MammogramError):
   """The pixel data exists but cannot be decoded (corrupt PNG/PGM, bad DICOM pixel layout)."""
+
+
+class ImageTooLargeError(MammogramError):
+  """The header claims more pixels, or a thinner shape, than `ReadOptions.limits` admit: refused
+  before decoding, so that one file cannot exhaust the memory of a whole batch."""

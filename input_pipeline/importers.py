@@ -188,6 +188,28 @@ _CBIS_COLUMNS = {
 }
 
 
+def import_folder(
+  folder: str | os.PathLike, spacing_mm: float | None = None, patient_id: str = ""
+) -> list[Finding]:
+  """One 'none' row per image (PNG, DICOM, PGM) in `folder`: backgrounds without a manifest.
+
+  `spacing_mm` is the pixel size the source documents (None: the reader assumes one);
+  `patient_id` defaults to each file's stem.
+  """
+  folder = os.fspath(folder)
+  names = sorted(
+    n for n in os.listdir(folder) if n.lower().endswith((".png", ".dcm", ".pgm", ".dicom"))
+  )
+  return [
+    Finding(
+      patient_id=patient_id or os.path.splitext(n)[0],
+      image_path=os.path.abspath(os.path.join(folder, n)),
+      pixel_spacing_mm=spacing_mm,
+    )
+    for n in names
+  ]
+
+
 def import_cbis_ddsm(
   case_csv: str | os.PathLike, image_root: str | os.PathLike | None = None
 ) -> list[Finding]:

@@ -25,15 +25,22 @@ Decisions worth knowing:
   `ReadOptions.bits_stored` or else the smallest of 10/12/14/16 bits that holds the brightest
   pixel (PNG rarely records it).
 - DICOM files without the 128-byte preamble and 'DICM' marker are not read (NotDicomError).
+- Cost is bounded before decoding: the header's size (`SizeLimits`: pixels, frames, aspect ratio)
+  is checked first, a Deflated data set is measured while it inflates, and only regular files
+  are opened (a FIFO or a device never blocks a batch). A malformed tag is named in the reason.
 - ROI masks: `read_mask` reads them in the grid of their mammogram (same flip, any Modality).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import stat
 import warnings
+import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pydicom
@@ -43,6 +50,28 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
 from input_pipeline import breast, errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Orientation:
+  """How the canonical form (chest wall on the left) maps to the original file of an image
+  `width` pixels wide: a left-right flip or none, its own inverse. The one mapping that pixels,
+  tiles, annotations and heatmaps all go through."""
+
+  flipped: bool
+  width: int
+
+  def col(self, col: float) -> float:
+    """A pixel's column (or a point in pixel-centre coordinates) in the other frame."""
+    return self.width - 1 - col if self.flipped else col
+
+  def edge(self, x: float) -> float:
+    """A pixel-edge coordinate (pixel c spans [c, c + 1)) in the other frame."""
+    return self.width - x if self.flipped else x
+
+  def array(self, values: np.ndarray) -> np.ndarray:
+    """A 2-D array laid on the image (pixels, a map) in the other frame."""
+    return np.fliplr(values) if self.flipped else values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +93,52 @@ class Mammogram:
   original_shape: tuple[int, int]
   path: str
 
+  @property
+  def orientation(self) -> Orientation:
+    return Orientation(self.flipped, self.original_shape[1])
+
   def from_original(self, row: float, col: float) -> tuple[float, float]:
     """Maps a point of the original file's pixel grid to `pixels`."""
-    if self.flipped:
-      col = self.original_shape[1] - 1 - col
-    return row, col
+    return row, self.orientation.col(col)
 
   def to_original(self, row: float, col: float) -> tuple[float, float]:
     """Maps a point of `pixels` back to the original file's pixel grid."""
     return self.from_original(row, col)  # a left-right flip is its own inverse
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+  """What a file's header may claim before its pixels are decoded, so that one small file (a
+  compression bomb, a 3 x 65535 strip) cannot exhaust the memory of the batch it is in.
+
+  The defaults admit every real mammogram: FFDM detectors reach about 4,800 x 6,000 pixels
+  (29 MP, 50 um), digitised film about 5,000 x 7,000 (35 MP, DDSM at 43.5 um), single frame,
+  sides within about 1:2.5 of each other (and header-only test files of 1 x 2 pixels).
+  """
+
+  max_pixels: int = 100_000_000  # rows x columns x frames
+  max_aspect_ratio: float = 20.0  # longer side / shorter side
+
+  def check(self, path: str, rows: int, cols: int, frames: int = 1) -> None:
+    """Raises ImageTooLargeError (EmptyImageError for no pixels) unless the size is admitted."""
+    if min(rows, cols, frames) < 1:
+      raise errors.EmptyImageError(path, f"the header gives {rows} x {cols} pixels")
+    frames_text = f" x {frames} frames" if frames > 1 else ""
+    if rows * cols * frames > self.max_pixels:
+      raise errors.ImageTooLargeError(
+        path,
+        f"the header claims {rows} x {cols} pixels{frames_text}, more than the limit of "
+        f"{self.max_pixels / 1e6:g} megapixels (SizeLimits.max_pixels, --max_megapixels)",
+      )
+    if max(rows, cols) > self.max_aspect_ratio * min(rows, cols):
+      raise errors.ImageTooLargeError(
+        path,
+        f"the header claims {rows} x {cols} pixels, thinner than the limit of "
+        f"{self.max_aspect_ratio:g}:1 (SizeLimits.max_aspect_ratio, --max_aspect_ratio)",
+      )
+
+
+DEFAULT_LIMITS = SizeLimits()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +159,7 @@ class ReadOptions:
     filename_hints: look for laterality and view in the file name when tags do not give them.
     canonical: flip images so the chest wall is on the left.
     bits_stored: the bit depth of PNG/PGM values (e.g. 12 for 12-bit values in a 16-bit PNG).
+    limits: the largest and thinnest image whose pixels are decoded.
   """
 
   apply_voi: bool = False
@@ -105,6 +172,7 @@ class ReadOptions:
   filename_hints: bool = True
   canonical: bool = True
   bits_stored: int | None = None
+  limits: SizeLimits = DEFAULT_LIMITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,18 +202,28 @@ _VIEW_MEANINGS = {
   "axillary tail": "AT",
 }
 _LATERALITY_WORDS = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
-_PLAUSIBLE_SPACING_MM = (0.005, 2.0)
+PLAUSIBLE_SPACING_MM = (0.005, 2.0)  # pixel sizes a mammogram's tags (or manifest) may give
 _INFERRED_BITS = (10, 12, 14, 16)
 _PGM_FIELD = re.compile(rb"(?:\s|#[^\n]*\n)*(\d+)")
+_PGM_HEADER_BYTES = 2**16  # a PGM header, comments included, fits in this
+_DEFLATED_HEADER_BYTES = 2**26  # a data set's room for tags besides its pixels, once inflated
+_FILE_KINDS = {
+  stat.S_IFDIR: "a folder",
+  stat.S_IFIFO: "a FIFO",
+  stat.S_IFCHR: "a character device",
+  stat.S_IFBLK: "a block device",
+  stat.S_IFSOCK: "a socket",
+}
 _CODEC_HINT = (
   "install a decoder: pip install 'mcalc_jax[codecs]' (pylibjpeg) or 'mcalc_jax[gdcm]' "
   "(python-gdcm)"
 )
 
 
-def spacing_options(spacing_mm: float | None) -> ReadOptions:
+def spacing_options(spacing_mm: float | None, limits: SizeLimits = DEFAULT_LIMITS) -> ReadOptions:
   """Read options for a file whose source documents its pixel spacing (None: not known)."""
-  return ReadOptions(known_spacing_mm=(spacing_mm, spacing_mm)) if spacing_mm else ReadOptions()
+  known = (spacing_mm, spacing_mm) if spacing_mm else None
+  return ReadOptions(known_spacing_mm=known, limits=limits)
 
 
 def read_mammogram(path: str | os.PathLike, options: ReadOptions | None = None) -> Mammogram:
@@ -157,11 +235,12 @@ def read_mammogram(path: str | os.PathLike, options: ReadOptions | None = None) 
   options = options or ReadOptions()
   path = os.fspath(path)
   try:
-    head = _head(path)
-    if head[128:132] == b"DICM":
+    head = file_head(path)
+    if is_dicom(head):
       decoded = _read_dicom(path, options)
     else:
-      pixels, bits = _read_pgm(path) if head[:2] == b"P5" else _read_pillow(path)
+      read = _read_pgm if head[:2] == b"P5" else _read_pillow
+      pixels, bits = read(path, options.limits)
       decoded = _image(path, pixels, options.bits_stored or bits)
     return _canonical(path, decoded, options)
   except (errors.MammogramError, MemoryError):
@@ -191,15 +270,36 @@ def read_mask(path: str | os.PathLike, like: Mammogram | None = None) -> np.ndar
   return mask[:, ::-1] if like.flipped else mask
 
 
-def _head(path: str) -> bytes:
-  """The first bytes, which tell the format (DICOM files without the preamble are not read)."""
+def file_head(path: str | os.PathLike) -> bytes:
+  """The first 132 bytes of a regular file, which tell its format (`is_dicom`).
+
+  Raises:
+    errors.MammogramError: no such file, not a regular file (a FIFO, a device, a folder: never
+      waited on), or it cannot be opened (no permission, a link loop, an I/O error).
+  """
+  path = os.fspath(path)
   try:
-    with open(path, "rb") as f:
-      return f.read(132)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
   except FileNotFoundError as e:
-    raise errors.MammogramNotFoundError(path, "no such file") from e
-  except OSError as e:  # a folder, no permission, an I/O error
+    raise errors.MammogramNotFoundError(path, "no such file (or a broken link)") from e
+  except OSError as e:  # no permission, a link loop, a socket, an I/O error
     raise errors.UnreadableImageError(path, f"cannot be opened ({e.strerror or e})") from e
+  try:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+      kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+      raise errors.UnreadableImageError(path, f"not a regular file ({kind})")
+    with os.fdopen(fd, "rb", closefd=False) as f:
+      return f.read(132)
+  except OSError as e:
+    raise errors.UnreadableImageError(path, f"cannot be read ({e.strerror or e})") from e
+  finally:
+    os.close(fd)
+
+
+def is_dicom(head: bytes) -> bool:
+  """Whether a file's first bytes (`file_head`) hold the DICOM preamble's 'DICM' marker."""
+  return head[128:132] == b"DICM"
 
 
 def _canonical(path: str, decoded: _Decoded, options: ReadOptions) -> Mammogram:
@@ -250,14 +350,11 @@ def _filename_hints(path: str) -> tuple[str, str]:
 
 
 def _read_dicom(path: str, options: ReadOptions) -> _Decoded:
+  _check_inflated_size(path, options.limits)
+  _check_header(path, _parsed(path, stop_before_pixels=True), options)
   ds = _read_dataset(path)
-  modality = str(ds.get("Modality", "")).upper()
-  if options.require_mg and modality and modality != "MG":
-    raise errors.NonMammogramModalityError(
-      path, f"Modality is {modality}, not MG (set ReadOptions.require_mg=False to read it)"
-    )
   stored = _decode_pixels(path, ds)
-  pixels, bits = _apply_value_table(stored, ds, options)
+  pixels, bits = _apply_value_table(path, stored, ds, options)
   return _Decoded(
     pixels=pixels,
     bits_stored=bits,
@@ -268,12 +365,101 @@ def _read_dicom(path: str, options: ReadOptions) -> _Decoded:
   )
 
 
+def _check_inflated_size(path: str, limits: SizeLimits) -> None:
+  """A Deflated data set inflates whole in memory before pydicom reads its header: here it is
+  measured while it inflates, in bounded steps, against what `limits` admit."""
+  meta = _parsed(path, pydicom.filereader.read_file_meta_info)
+  if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+    return
+  group_length = meta.get("FileMetaInformationGroupLength")
+  if group_length is None:
+    raise errors.UnreadableImageError(
+      path, "a Deflated file without FileMetaInformationGroupLength"
+    )
+  limit = 2 * limits.max_pixels + _DEFLATED_HEADER_BYTES  # at most 16 bits a pixel are read
+  inflate, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+  with open(path, "rb") as f:
+    f.seek(132 + 12 + int(group_length))  # preamble, 'DICM', the group length element itself
+    while (chunk := f.read(2**20)) and size <= limit:
+      while chunk and size <= limit:
+        size += len(inflate.decompress(chunk, 2**24))
+        chunk = inflate.unconsumed_tail
+  if size > limit:
+    raise errors.ImageTooLargeError(
+      path,
+      f"its Deflated data set inflates to more than {limit / 2**20:.0f} MiB, more than "
+      f"{limits.max_pixels / 1e6:g} megapixels need (SizeLimits.max_pixels, --max_megapixels)",
+    )
+
+
+def _check_header(path: str, ds: pydicom.Dataset, options: ReadOptions) -> None:
+  """Modality, layout and size from the header alone, before any pixel is read."""
+  modality = str(ds.get("Modality", "")).upper()
+  if options.require_mg and modality and modality != "MG":
+    raise errors.NonMammogramModalityError(
+      path, f"Modality is {modality}, not MG (set ReadOptions.require_mg=False to read it)"
+    )
+  frames = _integer(path, ds, "NumberOfFrames", 1)
+  samples = _integer(path, ds, "SamplesPerPixel", 1)
+  if (frames, samples) != (1, 1):
+    raise errors.UnreadableImageError(
+      path,
+      f"NumberOfFrames {frames}, SamplesPerPixel {samples}: only single-frame "
+      "greyscale images are read",
+    )
+  allocated = _integer(path, ds, "BitsAllocated", 16)  # absent: the decoder names it
+  if allocated not in (8, 16):
+    raise errors.UnreadableImageError(path, f"BitsAllocated {allocated}: only 8 and 16 are read")
+  if "Rows" in ds and "Columns" in ds:  # without them, the decoder names what is missing
+    options.limits.check(path, _integer(path, ds, "Rows", 0), _integer(path, ds, "Columns", 0))
+
+
+def _integer(path: str, ds: pydicom.Dataset, keyword: str, default: int) -> int:
+  """An integer tag's value (`default` when absent or empty); a malformed one names the tag."""
+  try:
+    value = _quietly(ds.get, keyword)
+    return default if value is None or value == "" else int(value)
+  except (TypeError, ValueError, OverflowError) as e:
+    raise errors.UnreadableImageError(path, f"{keyword} is not an integer") from e
+
+
+def _number(path: str, ds: pydicom.Dataset, keyword: str, default: float) -> float:
+  """A numeric tag's finite value (`default` when absent, empty or 0, as the reader always
+  took it); a malformed one names the tag."""
+  try:
+    value = float(_quietly(ds.get, keyword) or default)
+  except (TypeError, ValueError, OverflowError) as e:
+    raise errors.UnreadableImageError(path, f"{keyword} is not a number") from e
+  if not math.isfinite(value):
+    raise errors.UnreadableImageError(path, f"{keyword} is not finite")
+  return value
+
+
+def _quietly(get: Callable[[str], object], keyword: str) -> object:
+  """A tag's value without pydicom's warning about a malformed one (it would log the value)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return get(keyword)
+
+
 def _read_dataset(path: str) -> pydicom.Dataset:
-  """dcmread with its failures (and truncation it only warns about) turned into typed errors."""
+  """The whole data set, checked for truncation and for pixel data."""
+  ds = _parsed(path)
+  short = [e.tag for e in ds.elements() if _is_short(e)]
+  if short:
+    raise errors.TruncatedError(path, f"the file ends inside element {short[-1]}")
+  if "PixelData" not in ds:
+    raise errors.NoPixelDataError(path, "the DICOM file has no PixelData element")
+  return ds
+
+
+def _parsed(path: str, read: Callable[..., pydicom.Dataset] = pydicom.dcmread, **kwargs):
+  """`read(path, **kwargs)` (dcmread, or the file meta's reader) with its failures, and the
+  truncation it only warns about, turned into typed errors."""
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")  # also keeps pydicom's warnings out of logs
     try:
-      ds = pydicom.dcmread(path)
+      ds = read(path, **kwargs)
     except InvalidDicomError as e:
       raise errors.NotDicomError(path, "not a valid DICOM file") from e
     except EOFError as e:
@@ -284,11 +470,6 @@ def _read_dataset(path: str) -> pydicom.Dataset:
       ) from e
   if any("End of file reached" in str(w.message) for w in caught):
     raise errors.TruncatedError(path, "the file ends inside the encapsulated pixel data")
-  short = [e.tag for e in ds.elements() if _is_short(e)]
-  if short:
-    raise errors.TruncatedError(path, f"the file ends inside element {short[-1]}")
-  if "PixelData" not in ds:
-    raise errors.NoPixelDataError(path, "the DICOM file has no PixelData element")
   return ds
 
 
@@ -314,17 +495,6 @@ def _decode_pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
     ) from e
   if not decoder.is_available:
     raise errors.MissingCodecError(path, f"{syntax.name} pixel data: {_CODEC_HINT}")
-  frames, samples = int(ds.get("NumberOfFrames") or 1), int(ds.get("SamplesPerPixel") or 1)
-  if (frames, samples) != (1, 1):
-    raise errors.UnreadableImageError(
-      path,
-      f"NumberOfFrames {frames}, SamplesPerPixel {samples}: only single-frame "
-      "greyscale images are read",
-    )
-  if int(ds.get("BitsAllocated") or 0) not in (8, 16):
-    raise errors.UnreadableImageError(
-      path, f"BitsAllocated {ds.get('BitsAllocated')}: only 8 and 16 are read"
-    )
   try:
     return pixel_array(ds)
   except Exception as e:  # decoders raise ValueError, RuntimeError, plugin-specific errors
@@ -334,16 +504,20 @@ def _decode_pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _apply_value_table(
-  stored: np.ndarray, ds: pydicom.Dataset, options: ReadOptions
+  path: str, stored: np.ndarray, ds: pydicom.Dataset, options: ReadOptions
 ) -> tuple[np.ndarray, int]:
   """Stored values -> uint16 dense-bright values and their bit depth, via one lookup table."""
   container = 8 * stored.itemsize
-  bits = int(ds.get("BitsStored") or container)  # pydicom's decode checked 1 <= bits <= container
-  signed = int(ds.get("PixelRepresentation") or 0) == 1
+  bits = _integer(path, ds, "BitsStored", container) or container  # pydicom's decode checked it
+  signed = _integer(path, ds, "PixelRepresentation", 0) == 1
+  modality_tags = (
+    "ModalityLUTSequence" if "ModalityLUTSequence" in ds else "RescaleSlope / RescaleIntercept"
+  )
   has_modality = "ModalityLUTSequence" in ds or (
-    float(ds.get("RescaleSlope") or 1),
-    float(ds.get("RescaleIntercept") or 0),
+    _number(path, ds, "RescaleSlope", 1.0),
+    _number(path, ds, "RescaleIntercept", 0.0),
   ) != (1.0, 0.0)
+  voi_tags = "VOILUTSequence" if "VOILUTSequence" in ds else "WindowCenter / WindowWidth"
   has_voi = options.apply_voi and (
     "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
   )
@@ -356,13 +530,27 @@ def _apply_value_table(
   if signed:
     values = np.where(values >= 2 ** (bits - 1), values - 2**bits, values)
   if has_modality:
-    values = apply_modality_lut(values, ds)
+    values = _transformed(path, modality_tags, apply_modality_lut, values, ds)
   if has_voi:
-    values = apply_voi_lut(values, ds, index=options.voi_index)
+    values = _transformed(path, voi_tags, apply_voi_lut, values, ds, index=options.voi_index)
   table, out_bits = _to_unsigned(values)
   if inverted:
     table = (2**out_bits - 1) - table
   return table[stored.view(f"u{stored.itemsize}")], out_bits
+
+
+def _transformed(path: str, tags: str, transform, values: np.ndarray, ds, **kwargs) -> np.ndarray:
+  """`transform` (pydicom's Modality or VOI LUT) of the code values; what fails, or maps a code
+  to a non-finite value (a short LUT, an absurd slope), names its tags."""
+  try:
+    values = np.asarray(transform(values, ds, **kwargs), np.float64)
+  except Exception as e:  # pydicom raises IndexError, ValueError, TypeError on malformed LUTs
+    raise errors.UnreadableImageError(
+      path, f"{tags} cannot be applied ({type(e).__name__}: {e})"
+    ) from e
+  if not np.isfinite(values).all():
+    raise errors.UnreadableImageError(path, f"{tags} give non-finite pixel values")
+  return values
 
 
 def _to_unsigned(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -386,7 +574,7 @@ def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
       continue
     if len(spacing) != 2:
       continue
-    low, high = _PLAUSIBLE_SPACING_MM
+    low, high = PLAUSIBLE_SPACING_MM
     if all(low <= s <= high for s in spacing):
       return spacing
   return None
@@ -437,21 +625,23 @@ def _image(path: str, pixels: np.ndarray, bits: int) -> _Decoded:
   return _Decoded(pixels=pixels, bits_stored=bits)
 
 
-def _read_pgm(path: str) -> tuple[np.ndarray, int]:
+def _read_pgm(path: str, limits: SizeLimits) -> tuple[np.ndarray, int]:
   """A binary PGM at its native values (Pillow stretches 16-bit PGM to 0-65535); bits from maxval."""
   with open(path, "rb") as f:
-    data = f.read()
-  fields, position = [], 2
-  for _ in range(3):  # width, height, maxval, with optional comments between them
-    match = _PGM_FIELD.match(data, position)
-    if not match:
-      raise errors.UnreadableImageError(path, "malformed PGM header")
-    fields.append(int(match.group(1)))
-    position = match.end()
-  position += 1  # exactly one whitespace character separates maxval from the pixels
-  width, height, maxval = fields
-  if not 0 < maxval < 2**16:
-    raise errors.UnreadableImageError(path, f"PGM maxval {maxval} is not 1-65535")
+    data = f.read(_PGM_HEADER_BYTES)
+    fields, position = [], 2
+    for _ in range(3):  # width, height, maxval, with optional comments between them
+      match = _PGM_FIELD.match(data, position)
+      if not match:
+        raise errors.UnreadableImageError(path, "malformed PGM header")
+      fields.append(int(match.group(1)))
+      position = match.end()
+    position += 1  # exactly one whitespace character separates maxval from the pixels
+    width, height, maxval = fields
+    if not 0 < maxval < 2**16:
+      raise errors.UnreadableImageError(path, f"PGM maxval {maxval} is not 1-65535")
+    limits.check(path, height, width)
+    data += f.read()
   dtype = np.dtype(">u2" if maxval > 255 else "u1")
   count = width * height
   if len(data) - position < count * dtype.itemsize:
@@ -460,7 +650,7 @@ def _read_pgm(path: str) -> tuple[np.ndarray, int]:
   return pixels.astype(np.uint16), maxval.bit_length()
 
 
-def _read_pillow(path: str) -> tuple[np.ndarray, int]:
+def _read_pillow(path: str, limits: SizeLimits) -> tuple[np.ndarray, int]:
   """PNG (or any greyscale format Pillow reads) as uint16, and its inferred bit depth."""
   try:
     image = Image.open(path)
@@ -471,6 +661,7 @@ def _read_pillow(path: str) -> tuple[np.ndarray, int]:
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise errors.UnreadableImageError(path, f"cannot be opened ({type(e).__name__}: {e})") from e
   with image:
+    limits.check(path, image.height, image.width, getattr(image, "n_frames", 1))
     try:
       image.load()
     except OSError as e:

@@ -9,16 +9,27 @@ gives it, else the source's own category (mini-MIAS: fatty, fatty-glandular, den
 it (mini-MIAS film: 0.2 mm), so that patches and tiles can be cut in millimetres.
 `note` is one token that downstream stages may act on: `annotation_outside_breast` (excluded
 from patch extraction), `no_coordinates`, `diffuse_calcification_no_coordinates`,
-`benign_without_callback`.
+`benign_without_callback`, `inserted` (a simulated cluster, `input_pipeline.insertion`: a positive
+for training, never evidence of detection).
+
+Reading is forgiving where a spreadsheet's export differs harmlessly (a UTF-8 byte-order mark,
+semicolon or tab delimiters, headers such as `Patient ID`) and precise where it does not: every
+error names the file and line, and values must be physical (a pixel spacing a mammogram can
+have, coordinates and radii within the largest mammogram there is).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
+
+from input_pipeline.errors import UserError
+from input_pipeline.mammogram import PLAUSIBLE_SPACING_MM
 
 ABNORMALITIES = ("calcification", "mass", "distortion", "asymmetry", "other", "none")
 LABELS = ("benign", "malignant", "")
@@ -46,11 +57,21 @@ class Finding:
 
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(Finding))
-_FLOAT_COLUMNS = ("col", "row", "radius", "pixel_spacing_mm")
+REQUIRED = ("patient_id", "image_path")
+# 500 mm at the finest plausible spacing: no mammogram is wider, no finding further or larger.
+MAX_PIXELS_ACROSS = 100_000
+# Physical range of each number column: (lowest, highest, whether the lowest is allowed).
+_RANGES = {
+  "col": (0.0, MAX_PIXELS_ACROSS, True),
+  "row": (0.0, MAX_PIXELS_ACROSS, True),
+  "radius": (0.0, MAX_PIXELS_ACROSS, False),
+  "pixel_spacing_mm": (*PLAUSIBLE_SPACING_MM, True),
+}
+_DELIMITERS = (",", ";", "\t")
 
 
-class ManifestError(ValueError):
-  """A manifest row that breaks the schema; the message names the file and line."""
+class ManifestError(UserError):
+  """A manifest (or one of its rows) that breaks the schema; the message names the file and line."""
 
 
 def parse_finding(raw: Mapping[str, str | None], where: str) -> Finding:
@@ -58,11 +79,11 @@ def parse_finding(raw: Mapping[str, str | None], where: str) -> Finding:
   values: dict[str, object] = {}
   for name in COLUMNS:
     text = (raw.get(name) or "").strip()
-    if name in _FLOAT_COLUMNS:
+    if name in _RANGES:
       values[name] = _number(name, text, where)
     elif text:  # a blank keeps the default (abnormality 'none')
       values[name] = text
-  if not values.get("patient_id") or not values.get("image_path"):
+  if not all(values.get(name) for name in REQUIRED):
     raise ManifestError(f"{where}: patient_id and image_path are required")
   finding = Finding(**values)
   if finding.abnormality not in ABNORMALITIES:
@@ -81,22 +102,68 @@ def _number(name: str, text: str, where: str) -> float | None:
     raise ManifestError(f"{where}: column {name!r} is not a number: {text!r}") from e
   if not math.isfinite(value):
     raise ManifestError(f"{where}: column {name!r} is not finite: {text!r}")
+  low, high, low_allowed = _RANGES[name]
+  if not (low <= value if low_allowed else low < value) or value > high:
+    bound = "[" if low_allowed else "("
+    raise ManifestError(f"{where}: column {name!r} is {value:g}, outside {bound}{low:g}, {high:g}]")
   return value
 
 
 def read_manifest(path: str | os.PathLike) -> list[Finding]:
-  """Reads a manifest CSV; relative image and mask paths become absolute."""
+  """Reads a manifest CSV; relative image and mask paths become absolute.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ManifestError: not UTF-8 text, no header with the required columns, a row that is not CSV
+      or breaks the schema; naming the file and line.
+  """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"manifest not found: {path}")
   base = os.path.dirname(os.path.abspath(path))
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = {"patient_id", "image_path"} - set(reader.fieldnames or ())
+  rows = csv.reader(io.StringIO(_text(path), newline=""), delimiter=_delimiter(path))
+  findings = []
+  try:
+    header = [_column(name) for name in next(rows, [])]
+    missing = sorted(set(REQUIRED) - set(header))
     if missing:
-      raise ManifestError(f"{path}: missing columns {sorted(missing)}")
-    findings = [parse_finding(raw, f"{path}:{i + 2}") for i, raw in enumerate(reader)]
+      raise ManifestError(f"{path}:1: missing columns {missing} (the header is {header})")
+    for values in rows:
+      if values:  # a blank line is no row
+        findings.append(
+          parse_finding(dict(zip(header, values, strict=False)), f"{path}:{rows.line_num}")
+        )
+  except csv.Error as e:  # an oversize field, a NUL byte, an unclosed quote
+    raise ManifestError(f"{path}:{rows.line_num}: not CSV ({e})") from e
   return [_absolute(f, base) for f in findings]
+
+
+def _text(path: str) -> str:
+  """The file as text: UTF-8, with or without the byte-order mark spreadsheets write."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b"\n") + 1
+    raise ManifestError(
+      f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}): save the manifest as UTF-8"
+    ) from e
+
+
+def _delimiter(path: str) -> str:
+  """The delimiter that makes the header hold the required columns (comma if none does)."""
+  with open(path, encoding="utf-8-sig", errors="replace") as f:
+    first = f.readline()
+  for delimiter in _DELIMITERS:
+    if set(REQUIRED) <= {_column(name) for name in first.split(delimiter)}:
+      return delimiter
+  return _DELIMITERS[0]
+
+
+def _column(name: str) -> str:
+  """A header cell as a column name: `Patient ID`, ` image-path ` read as the schema's names."""
+  return re.sub(r"[\s-]+", "_", name.strip().strip('"').strip()).lower()
 
 
 def _absolute(finding: Finding, base: str) -> Finding:
@@ -111,7 +178,7 @@ def _absolute(finding: Finding, base: str) -> Finding:
 def write_manifest(path: str | os.PathLike, findings: Iterable[Finding]) -> None:
   """Writes findings as a manifest CSV (atomically: a temporary file renamed into place)."""
   path = os.fspath(path)
-  tmp = f"{path}.tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"  # two writers never share a temporary
   with open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from input_pipeline import patches
 from input_pipeline.pipeline import ID_FIELDS, process_place
 
 DATASET = "noise"
@@ -21,6 +22,8 @@ DATASET = "noise"
 class NoisePatchData:
   """Batch contents depend only on (seed, step), so `train_batches(start_step)` replays exactly and
   each process keeps its block of slots of the same global batch (as `pipeline` does)."""
+
+  field_of_view_mm = patches.NATIVE_PIXELS  # generated patches have no pixel size
 
   def __init__(self, config, *, train_examples: int = 256, eval_examples: int = 64):
     process_index, process_count = process_place()

@@ -22,8 +22,9 @@ a field of `PatchSettings`, and:
 * Edges: `edge='pad'` keeps an annotation window centred and fills what falls outside the image
   with 0 (the film/detector background); `edge='shift'` moves the window inside the image, and the
   recorded centre is the moved window's centre.
-* `size_mm > 0` cuts a window of `size_mm` millimetres (through the pixel spacing) and resamples
-  it (linear) to `size` pixels; otherwise patches are copied, lossless, at native bit depth.
+* `field_of_view_mm > 0` cuts a window of that many millimetres (through the pixel spacing) and
+  resamples it (linear) to `size` pixels; `NATIVE_PIXELS` (0) copies `size` pixels, lossless, at
+  native bit depth, whatever their size (the paper's protocol).
 * Randomness comes from one generator per image, seeded by (seed, image id), so an image's patches
   do not depend on which other images are processed or in which order.
 
@@ -42,13 +43,17 @@ import numpy as np
 from input_pipeline.mammogram import Mammogram
 from input_pipeline.manifest import Finding
 
+# The field of view that means "patches of native pixels, whatever their size": the one value,
+# besides millimetres, that every stage's `field_of_view_mm` takes.
+NATIVE_PIXELS = 0.0
+
 
 @dataclasses.dataclass(frozen=True)
 class PatchSettings:
   """Every number of the extraction (see the module docstring for what each one does)."""
 
   size: int = 112
-  size_mm: float = 0.0
+  field_of_view_mm: float = 0.0  # NATIVE_PIXELS or millimetres
   per_cluster: int = 1
   cluster_jitter: float = 0.25
   positive_offset: str = "cluster"  # 'cluster': centres in the cluster; 'window': anywhere
@@ -136,10 +141,10 @@ def image_rng(seed: int, image_id: str, stream: int = 0) -> np.random.Generator:
 
 
 def window_pixels(mammogram: Mammogram, settings: PatchSettings) -> tuple[int, int]:
-  """Window height and width in image pixels (differs from `size` only with `size_mm`)."""
-  if settings.size_mm <= 0:
+  """Window height and width in image pixels (differs from `size` only in millimetres)."""
+  if settings.field_of_view_mm == NATIVE_PIXELS:
     return settings.size, settings.size
-  return tuple(max(2, round(settings.size_mm / s)) for s in mammogram.pixel_spacing_mm)
+  return tuple(max(2, round(settings.field_of_view_mm / s)) for s in mammogram.pixel_spacing_mm)
 
 
 def cut(
@@ -161,7 +166,7 @@ def resample(window: np.ndarray, size: int) -> np.ndarray:
   """Resamples a window to size x size, kept as uint16 at the same bit depth.
 
   The very resampling whole-mammogram scoring applies to a tile cut at the same millimetres
-  (`jax.image.resize`, linear, antialiased when shrinking; `mcalc_jax.preprocess`), so a
+  (`jax.image.resize`, linear, antialiased when shrinking; `mcalc_jax.model.preprocess`), so a
   network sees training patches and scored tiles alike.
   """
   if window.shape == (size, size):

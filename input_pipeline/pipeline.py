@@ -9,7 +9,7 @@ computes the same global batch and keeps its own slice of `batch_size // process
 
 grain runs the per-batch work (reading, decoding, augmentation) in threads, optionally in worker
 processes, with prefetch. Images leave as float32 pixels / max_value in [0, 1]; blur,
-normalisation and resize run on the device (`mcalc_jax.preprocess`), not here.
+normalisation and resize run on the device (`mcalc_jax.model.preprocess`), not here.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def process_place() -> tuple[int, int]:
 
 class PatchData(Protocol):
   """What the training loop consumes (see docs/design.md)."""
+
+  field_of_view_mm: float  # millimetres a patch covers (`patches.NATIVE_PIXELS`: native pixels)
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict]: ...
 

@@ -34,7 +34,7 @@ def prepare(
   """
   location = config.location
   if sources.get(config.source).generated:
-    location = _synthetic_cohort(config, data_dir)
+    location = _GENERATORS[config.source](config, data_dir)
   builder = tfds_builder.McalcPatches(
     config=tfds_builder.builder_config(config),
     data_dir=data_dir,
@@ -79,6 +79,31 @@ def _synthetic_cohort(config: ml_collections.ConfigDict, data_dir: str) -> str:
       location, num_patients=cohort.num_patients, seed=cohort.seed, options=options
     )
   return location
+
+
+def _inserted_cohort(config: ml_collections.ConfigDict, data_dir: str) -> str:
+  """The inserted cohort's folder: clusters inserted into the background source's images without
+  calcifications (`input_pipeline.insertion`; resumes, and refuses other settings there)."""
+  from input_pipeline import insertion  # noqa: PLC0415  (only this source inserts clusters)
+
+  settings = config.insertion
+  name = f"inserted_{settings.background}_{settings.seed}"
+  location = config.location or os.path.join(data_dir, name)
+  findings = sources.load_findings(settings.background, settings.background_location)
+  options = insertion.InsertionOptions.for_format(
+    settings.format,
+    contrast_scale=settings.contrast_scale,
+    clusters_per_image=tuple(settings.clusters_per_image),
+  )
+  logging.info("inserting clusters into %s's images in %s", settings.background, location)
+  insertion.insert_cohort(
+    findings, location, seed=settings.seed, options=options, limit=settings.limit or None
+  )
+  return location
+
+
+# How each generated source writes its location before the dataset is built.
+_GENERATORS = {"synthetic": _synthetic_cohort, "inserted": _inserted_cohort}
 
 
 def counts_table(builder: tfds.core.DatasetBuilder) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Callable
 
 from input_pipeline import importers
@@ -35,15 +36,53 @@ class DataSource:
 
 
 # Per-source extraction: MIAS clusters are few (18 usable here), so 8 ROIs per cluster; the
-# synthetic and CBIS-DDSM clusters 4; a generic manifest follows the paper (one per annotation).
+# synthetic and CBIS-DDSM clusters 4; inserted clusters, hundreds of them, 2; a generic manifest
+# follows the paper (one per annotation).
 SOURCES: dict[str, DataSource] = {
   "mias": DataSource("mini-MIAS Info.txt findings", importers.import_mias, per_cluster=8),
   "cbis_ddsm": DataSource("CBIS-DDSM case tables", importers.import_cbis_ddsm, per_cluster=4),
   "synthetic": DataSource(
     "the synthetic cohort's manifest", read_manifest_at, per_cluster=4, generated=True
   ),
+  "inserted": DataSource(
+    "clusters inserted into a source's images without calcifications (input_pipeline.insertion)",
+    read_manifest_at,
+    per_cluster=2,
+    generated=True,
+  ),
   "manifest": DataSource("a findings manifest CSV", read_manifest_at, per_cluster=1),
+  "folder": DataSource(
+    "every mammogram of a folder, without findings (backgrounds to insert into)",
+    importers.import_folder,
+    per_cluster=1,
+  ),
 }
+
+
+# Where each public source lies under the shared data folder beside a checkout.
+_SHARED_FOLDERS = {"mias": "mias", "cbis_ddsm": "cbis-ddsm-mg-dicom"}
+
+
+def default_location(source: str) -> str:
+  """The source's folder under $MCALC_SHARED_DATA or the checkout's ../shared/data, if there."""
+  checkout_shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+  root = os.environ.get("MCALC_SHARED_DATA") or checkout_shared
+  path = pathlib.Path(root) / _SHARED_FOLDERS.get(source, "")
+  return str(path) if source in _SHARED_FOLDERS and path.is_dir() else ""
+
+
+def dataset_name(source: str, field_of_view_mm: float = 0.0) -> str:
+  """The patch dataset's builder config name: the source, and its patches' millimetres when they
+  are cut in millimetres (`mias_11p2mm`; `mias` at native pixels)."""
+  return f"{source}_{field_of_view_mm:g}mm".replace(".", "p") if field_of_view_mm > 0 else source
+
+
+def load_findings(source: str, location: str = "") -> list[Finding]:
+  """The findings of `source` at `location` (default: its shared folder)."""
+  location = location or default_location(source)
+  if not location:
+    raise FileNotFoundError(f"data source {source!r} needs a location: no shared folder for it")
+  return get(source).load_findings(location)
 
 
 def get(name: str) -> DataSource:

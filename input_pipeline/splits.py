@@ -23,10 +23,17 @@ def patient_labels(
   findings: Iterable[Finding], abnormalities: Sequence[str] = ("calcification",)
 ) -> dict[str, str]:
   """Patient -> 'malignant' | 'benign' | 'none', from its findings of the given abnormalities."""
+  return worst_labels(
+    (f.patient_id, f.label if f.abnormality in abnormalities else "") for f in findings
+  )
+
+
+def worst_labels(labelled: Iterable[tuple[str, str]]) -> dict[str, str]:
+  """Patient -> the worst of its (patient, label) pairs' labels: malignant > benign > none (any
+  other label). The one rule for findings here and for patches in cross-validation."""
   rank: dict[str, int] = {}
-  for f in findings:
-    worst = _RANK.get(f.label, 0) if f.abnormality in abnormalities else 0
-    rank[f.patient_id] = max(rank.get(f.patient_id, 0), worst)
+  for patient, label in labelled:
+    rank[patient] = max(rank.get(patient, 0), _RANK.get(label, 0))
   return {p: _NAMES[r] for p, r in rank.items()}
 
 

@@ -7,10 +7,20 @@ that matters for microcalcification detection:
 
 * breast outline with a skin line and the thickness fall-off of a compressed breast's edge;
 * fibroglandular texture with the 1/f^beta power spectrum of mammographic backgrounds (beta ~ 3),
-  whose glandular fraction follows the ACR density (A-D in the paper's 18/22/38/22 % proportions);
+  whose glandular fraction follows the ACR density (A-D in the paper's 18/22/38/22 % proportions),
+  organised along ducts that converge on the nipple;
+* the fibrous, speck-sized structure of real mammograms, in mm: Cooper's ligaments and the septa
+  around fat lobules (thin bright curves), blood vessels (tapering tubes), ducts and vessels seen
+  end-on (dots);
 * pectoral muscle on MLO views; CC and MLO of both breasts, chest wall on the left of the matrix
   for L and on the right for R, as stored by real units;
-* quantum (Poisson) noise on detected counts, log transform, 12-bit values, 0.07-0.1 mm pixels;
+* the detector's blur, quantum (Poisson) noise at the dose the AEC sets (`quanta_per_mm2`), log
+  transform, 12-bit values, 0.07-0.1 mm pixels;
+* the unit's processing for presentation (`processing`): thickness equalisation, multiscale band
+  gains (coarse contrast compressed, the finest detail and noise raised) and a tone curve, over
+  the whole image, specks included. This is what makes real for-presentation FFDM grainy: the
+  cohort's fine structure, white top-hat and noise power spectrum lie within 25 % of the NYU
+  FFDM images' (docs/realism.md). 'none' writes the detected log image (half the detail);
 * calcification clusters modelled in 3-D and projected into both views of the breast, so a cluster
   appears in CC and MLO at a consistent position. Benign morphologies (round, punctate, coarse) are
   uniform in size and brightness and scattered; malignant ones (fine pleomorphic, fine linear
@@ -31,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 
 import numpy as np
 import pydicom
@@ -56,19 +67,44 @@ BITS_STORED = 12
 MAX_VALUE = 2**BITS_STORED - 1
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 
-# Effective linear attenuation (1/mm) after the unit's processing: fat, glandular, muscle, calcium.
+# Linear attenuation (1/mm, ~20 keV): fat, glandular, muscle, calcium.
 _MU_FAT = 0.045
 _MU_GLAND = 0.08
 _MU_MUSCLE = 0.085
 _MU_CALCIUM = 2.2
+_MUSCLE_SHARE = 0.5  # of the compressed thickness the pectoral muscle fills (MLO)
 _SKIN_ATTENUATION = 0.25  # extra attenuation of the skin seen tangentially at the outline
 _SKIN_WIDTH_MM = 0.6
-_COUNTS_UNATTENUATED = 6.0e4  # detected quanta per pixel without breast
-_GAIN = 700.0  # digital values per unit of log attenuation
-_OFFSET = 60.0  # value of the unattenuated background
-_EQUALISATION = 0.5  # share of the edge's thickness fall-off the unit's processing restores
-_DETECTOR_BLUR_PX = 0.6  # sigma of the detector's point spread function
+_DETECTOR_BLUR_PX = 0.6  # sigma of the detector's presampling point spread function
 _MLO_ANGLE = math.radians(45.0)
+
+# Tissue. The texture (unit sd) plus the envelope and the ducts is the level the gland's soft
+# threshold turns into a glandular fraction.
+_ENVELOPE_LEVEL = 1.0  # how strongly the gland gathers behind the nipple
+_GLAND_SOFTNESS = 1.2  # width of the soft threshold (a projection rarely is all gland or fat)
+# Curves around fat lobules (`_strands`): (sigma of the lobule field, curve width at half
+# height), mm; lobules span about 4 sigma, `stretch` times longer towards the nipple.
+_DUCT_SCALES = ((5.0, 1.5), (2.5, 0.7))  # ducts and their stroma, raising the level by:
+_DUCT_LEVEL = 1.5
+_DUCT_STRETCH = 3.0
+_SEPTA_SCALES = ((4.0, 0.7), (2.0, 0.35))  # fibrous septa, Cooper's ligaments
+_SEPTA_STRETCH = 1.5
+_FAT_AROUND_GLAND = 0.5  # share of fat in what septa, vessels and ducts displace in gland
+_END_ON_WIDTHS_MM = (0.4, 0.8, 1.4)  # ducts and vessels seen end-on
+_END_ON_LENGTH_MM = (2.0, 8.0)  # how far they run along the beam
+_VESSEL_WANDER = 0.05  # radians of a vessel's heading per sqrt(mm)
+
+# The unit's processing. "none": log values as detected (`_GAIN`, `_OFFSET`); "presentation":
+# multiscale bands, (Gaussian sigma in mm, gain) finest first, the coarse rest's gain, and a tone
+# curve. Fitted to the NYU for-presentation images' noise power spectrum (docs/realism.md).
+PROCESSINGS = ("presentation", "none")
+_EQUALISATION = 0.9  # share of the edge's thickness fall-off the thickness equalisation restores
+_GAIN = 700.0  # digital values per unit of log attenuation ("none")
+_OFFSET = 60.0  # value of the unattenuated background ("none")
+_PRESENTATION_BANDS = ((0.05, 2.0), (0.1, 1.4), (3.0, 1.0), (10.0, 0.7))
+_PRESENTATION_BASE_GAIN = 0.5
+_TONE_GAMMA = 1.5  # power of the tone curve over the breast's 0.5-99.9 %: contrast to dense tissue
+_DISPLAY_LOW, _DISPLAY_HIGH = 300.0, 3900.0  # the tone curve's ends, digital values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +119,17 @@ class SyntheticOptions:
   malignant_fraction: float = 0.5
   monochrome1_fraction: float = 0.1  # images stored inverted, to exercise readers
   beta: float = 3.0
+  quanta_per_mm2: float = 4.0e5  # detected under the breast (the AEC's target), ~70 uGy
+  septa_path_mm: float = 8.0  # fibrous septum seen edge-on (Cooper's ligaments); 0: none
+  vessels: tuple[int, int] = (2, 5)  # blood vessels per view, (0, 0): none
+  end_on_per_cm2: float = 3.0  # ducts and vessels seen end-on, per cm^2 of gland; 0: none
+  processing: str = "presentation"  # or "none": the detected log image, not enhanced
 
   def __post_init__(self):
     if not 0.0 <= self.difficulty <= 1.0:
       raise ValueError(f"difficulty must lie in [0, 1], got {self.difficulty}")
+    if self.processing not in PROCESSINGS:
+      raise ValueError(f"processing must be one of {PROCESSINGS}, got {self.processing!r}")
     if self.pixel_spacing_mm <= 0 or min(self.image_size) < 32:
       raise ValueError(f"bad geometry {self.image_size} at {self.pixel_spacing_mm} mm")
 
@@ -264,7 +307,7 @@ def _sample_clusters(
     else:
       choices = MALIGNANT_MORPHOLOGIES if label == "malignant" else BENIGN_MORPHOLOGIES
       morphology = choices[rng.integers(len(choices))]
-    specks = _sample_specks(morphology, options.size_scale, rng)
+    specks = sample_specks(morphology, options.size_scale, rng)
     taken = [(c.rho, c.phi) for c in clusters]
     rho, phi = _sample_position(geometries, taken, options.image_size, rng)
     clusters.append(Cluster(f"{laterality}{i + 1}", label, morphology, rho, phi, specks))
@@ -287,20 +330,36 @@ def _sample_position(
   raise ValueError(f"no room for a cluster in a {shape} matrix")
 
 
-def _sample_specks(
-  morphology: str, size_scale: float, rng: np.random.Generator
+# Per morphology: (speck count range, cluster spread in mm, speck size in mm, size CV, aspect
+# (width / length) range, calcium density, density CV); fine linear branching follows a duct.
+SPECK_SHAPES = {
+  "round": ((5, 12), 1.6, 0.45, 0.08, (0.85, 1.0), 1.0, 0.05),
+  "punctate": ((6, 16), 1.8, 0.28, 0.08, (0.85, 1.0), 1.0, 0.05),
+  "coarse": ((3, 6), 1.8, 0.8, 0.1, (0.6, 1.0), 1.1, 0.05),
+  "fine_pleomorphic": ((10, 25), 1.0, 0.25, 0.5, (0.25, 1.0), 0.8, 0.3),
+  "amorphous": ((8, 20), 1.2, 0.2, 0.2, (0.7, 1.0), 0.8, 0.15),
+}
+
+
+def sample_specks(
+  morphology: str,
+  size_scale: float,
+  rng: np.random.Generator,
+  *,
+  count: tuple[int, int] | None = None,
+  spread_mm: float | None = None,
 ) -> tuple[Speck, ...]:
-  """Speck geometry for one morphology (sizes before `size_scale`, in mm)."""
+  """Speck geometry for one morphology (sizes before `size_scale`, in mm).
+
+  `count` and `spread_mm` replace the morphology's speck count range and cluster radius (the
+  insertion of clusters into real mammograms sets its own); the ductal morphology keeps its duct.
+  """
   if morphology == "fine_linear_branching":
     specks = _ductal_specks(rng)
   else:
-    count, spread, size, size_cv, aspect, density, density_cv = {
-      "round": ((5, 12), 1.6, 0.45, 0.08, (0.85, 1.0), 1.0, 0.05),
-      "punctate": ((6, 16), 1.8, 0.28, 0.08, (0.85, 1.0), 1.0, 0.05),
-      "coarse": ((3, 6), 1.8, 0.8, 0.1, (0.6, 1.0), 1.1, 0.05),
-      "fine_pleomorphic": ((10, 25), 1.0, 0.25, 0.5, (0.25, 1.0), 0.8, 0.3),
-      "amorphous": ((8, 20), 1.2, 0.2, 0.2, (0.7, 1.0), 0.8, 0.15),
-    }[morphology]
+    default_count, spread, size, size_cv, aspect, density, density_cv = SPECK_SHAPES[morphology]
+    count = count or default_count
+    spread = spread if spread_mm is None else spread_mm
     n = int(rng.integers(count[0], count[1] + 1))
     centres = _cluster_positions(n, spread, rng)
     sizes = size * np.exp(rng.normal(0, size_cv, n))
@@ -435,12 +494,40 @@ def power_law_noise(
   return (field / field.std()).astype(np.float32)
 
 
+class BreastShape(typing.NamedTuple):
+  """Per pixel of one view (chest wall on the left): where the breast is and how thick."""
+
+  rho: np.ndarray  # fraction of the way from the chest-wall centre to the skin
+  mask: np.ndarray
+  edge_mm: np.ndarray  # distance inside the outline
+  thickness: np.ndarray  # fraction of the compressed thickness
+
+
 def render_image(spec: ImageSpec, options: SyntheticOptions | None = None) -> RenderedImage:
-  """Renders one mammogram: attenuation map -> quantum noise -> log -> 12-bit values."""
+  """Renders one mammogram: attenuation map -> detector blur and quanta -> log -> the unit's
+  processing -> 12-bit values."""
   options = options or SyntheticOptions()
   shape, spacing = options.image_size, options.pixel_spacing_mm
   g = spec.geometry
   rng = np.random.default_rng(spec.seed)
+  breast = _breast_shape(g, shape, spacing)
+  attenuation = _tissue_attenuation(spec, options, breast, rng)
+  calcium, annotations = _calcification_layer(spec, options)
+  log_image = _expose(attenuation + calcium, breast.mask, spacing, options.quanta_per_mm2, rng)
+  # The unit's thickness equalisation restores most of the edge's fall-off.
+  log_image += _EQUALISATION * g.thickness_mm * _MU_FAT * (1.0 - breast.thickness) * breast.mask
+  if options.processing == "presentation":
+    pixels = _for_presentation(log_image, breast.mask, spacing)
+  else:
+    pixels = _to_values(_OFFSET + _GAIN * log_image)
+  mask = breast.mask
+  if spec.laterality == "R":  # stored with the chest wall on the right
+    pixels, mask = pixels[:, ::-1].copy(), mask[:, ::-1].copy()
+    annotations = tuple(dataclasses.replace(a, col=shape[1] - 1 - a.col) for a in annotations)
+  return RenderedImage(pixels, annotations, mask)
+
+
+def _breast_shape(g: BreastGeometry, shape: tuple[int, int], spacing: float) -> BreastShape:
   rows = np.arange(shape[0], dtype=np.float32)[:, None]
   cols = np.arange(shape[1], dtype=np.float32)[None, :]
   dy = rows - np.float32(g.center_row * shape[0])
@@ -451,40 +538,197 @@ def render_image(spec: ImageSpec, options: SyntheticOptions | None = None) -> Re
   # A compressed breast's edge is roughly a half-cylinder of the compressed thickness.
   inward = np.clip(edge_mm / np.float32(g.falloff_mm), 0.0, 1.0)
   thickness = np.where(mask, np.sqrt(1.0 - (1.0 - inward) ** 2), 0.0).astype(np.float32)
-
-  field = power_law_noise(shape, spec.beta, rng, corner_frequency=spacing / 30.0)
-  gland = _glandular_map(field, rho, edge_mm, mask, spec.glandular_fraction)
-  path = g.thickness_mm * thickness
-  attenuation = path * (_MU_FAT + (_MU_GLAND - _MU_FAT) * gland)
-  if g.pectoral is not None:
-    level = _pectoral_level(g, rows, cols, shape)
-    muscle = scipy.special.expit(level * (min(shape) * spacing / 1.5))
-    muscle_att = g.thickness_mm * _MU_MUSCLE * (1.0 + 0.15 * np.clip(level, 0, 1) + 0.02 * field)
-    attenuation = attenuation * (1 - muscle) + muscle_att * muscle * mask
-  attenuation += mask * _SKIN_ATTENUATION * np.exp(-edge_mm / _SKIN_WIDTH_MM)
-  attenuation -= _EQUALISATION * g.thickness_mm * _MU_FAT * (1.0 - thickness) * mask
-  calcium, annotations = _calcification_layer(spec, options)
-  attenuation += calcium
-  pixels = _expose(attenuation.astype(np.float32), rng)
-  if spec.laterality == "R":  # stored with the chest wall on the right
-    pixels, mask = pixels[:, ::-1].copy(), mask[:, ::-1].copy()
-    annotations = tuple(dataclasses.replace(a, col=shape[1] - 1 - a.col) for a in annotations)
-  return RenderedImage(pixels, annotations, mask)
+  return BreastShape(rho, mask, edge_mm, thickness)
 
 
-def _glandular_map(
-  field: np.ndarray, rho: np.ndarray, edge_mm: np.ndarray, mask: np.ndarray, fraction: float
+def _tissue_attenuation(
+  spec: ImageSpec, options: SyntheticOptions, breast: BreastShape, rng: np.random.Generator
 ) -> np.ndarray:
+  """Attenuation (log units) of fat, gland with its ducts, septa, vessels, muscle and skin."""
+  shape, spacing = options.image_size, options.pixel_spacing_mm
+  g = spec.geometry
+  field = power_law_noise(shape, spec.beta, rng, corner_frequency=spacing / 30.0)
+  frame = _nipple_frame(g, shape)
+  level = field + _DUCT_LEVEL * _strands(frame, _DUCT_SCALES, _DUCT_STRETCH, spacing, rng)
+  gland = _glandular_map(level, breast, spec.glandular_fraction)
+  attenuation = g.thickness_mm * breast.thickness * (_MU_FAT + (_MU_GLAND - _MU_FAT) * gland)
+  # Septa, vessels and ducts border fat lobules: what they displace is fat, all of it in fatty
+  # tissue and `_FAT_AROUND_GLAND` of it in glandular tissue.
+  fibrous = options.septa_path_mm * _strands(frame, _SEPTA_SCALES, _SEPTA_STRETCH, spacing, rng)
+  fibrous += _vessel_path(g, shape, spacing, options.vessels, rng)
+  fibrous += _end_on_path(gland * breast.mask, spacing, options.end_on_per_cm2, rng)
+  fat_around = 1.0 - (1.0 - _FAT_AROUND_GLAND) * gland
+  attenuation += (_MU_GLAND - _MU_FAT) * fat_around * breast.thickness * fibrous
+  if g.pectoral is not None:
+    attenuation += _muscle_attenuation(g, shape, spacing, field) * breast.mask
+  attenuation += breast.mask * _SKIN_ATTENUATION * np.exp(-breast.edge_mm / _SKIN_WIDTH_MM)
+  return attenuation.astype(np.float32)
+
+
+def _muscle_attenuation(
+  g: BreastGeometry, shape: tuple[int, int], spacing: float, field: np.ndarray
+) -> np.ndarray:
+  """The pectoral muscle's attenuation over the fat it displaces: a wedge seen obliquely, its
+  path growing from its edge into the corner; the rest of the column is breast."""
+  rows = np.arange(shape[0], dtype=np.float32)[:, None]
+  cols = np.arange(shape[1], dtype=np.float32)[None, :]
+  level = _pectoral_level(g, rows, cols, shape)
+  muscle = scipy.special.expit(level * (min(shape) * spacing / 1.5))
+  muscle_mm = g.thickness_mm * _MUSCLE_SHARE * (0.7 + 0.3 * np.clip(level, 0, 1) + 0.05 * field)
+  return (_MU_MUSCLE - _MU_FAT) * muscle * muscle_mm
+
+
+def _glandular_map(level: np.ndarray, breast: BreastShape, fraction: float) -> np.ndarray:
   """Fibroglandular fraction per pixel: texture, concentrated behind the nipple, `fraction` mean.
 
   Glandular tissue sits in a cone behind the nipple, with fat under the skin and in front of
   the chest wall; a soft threshold keeps the texture's spectrum while setting the density.
   """
-  envelope = np.exp(-(((rho - 0.45) / 0.35) ** 2)) * (1.0 - np.exp(-edge_mm / 4.0))
-  level = field + 2.0 * envelope
-  inside = level[mask]
+  envelope = np.exp(-(((breast.rho - 0.45) / 0.35) ** 2)) * (1.0 - np.exp(-breast.edge_mm / 4.0))
+  level = level + _ENVELOPE_LEVEL * envelope
+  inside = level[breast.mask]
   threshold = np.quantile(inside[:: max(1, inside.size // 50_000)], 1.0 - fraction)
-  return scipy.special.expit((level - threshold) / 0.6).astype(np.float32)
+  return scipy.special.expit((level - threshold) / _GLAND_SOFTNESS).astype(np.float32)
+
+
+def _strands(
+  frame: NippleFrame,
+  scales: tuple[tuple[float, float], ...],
+  stretch: float,
+  spacing: float,
+  rng: np.random.Generator,
+) -> np.ndarray:
+  """Thin curves along the lines towards the nipple: 1 on a curve's axis, 0 away from it.
+
+  Fibrous septa (Cooper's ligaments) and ducts with their stroma wrap fat lobules elongated
+  towards the nipple: sheets and tubes that show as curves where they run along the beam and fade
+  where they turn away. So the curves are the zero contours of smooth random fields stretched
+  along those lines (`_radial_field`), one per (sigma_mm, width_mm) of `scales`, `width_mm` wide
+  at half height, and fade where they turn across the lines (a lobule's rounded end); a pixel's
+  distance to a contour is the field over its gradient.
+  """
+  total = np.zeros(frame.along.shape, np.float32)
+  largest = max(sigma_mm for sigma_mm, _ in scales)
+  showing = scipy.special.expit(3.0 * _radial_field(frame, 2 * largest / spacing, stretch, rng))
+  for sigma_mm, width_mm in scales:
+    field = _radial_field(frame, sigma_mm / spacing, stretch, rng)
+    grad_row, grad_col = np.gradient(field)
+    slope = np.hypot(grad_row, grad_col)
+    slope = np.sqrt(slope**2 + (0.3 * slope.mean()) ** 2)  # no blobs where the field is flat
+    aligned = 1.0 - ((grad_row * frame.unit_row + grad_col * frame.unit_col) / slope) ** 2
+    distance_mm = field / slope * np.float32(spacing)
+    profile = np.exp(-4.0 * np.log(2.0) * (distance_mm / width_mm) ** 2)
+    total += showing * aligned**2 * profile
+  return total
+
+
+class NippleFrame(typing.NamedTuple):
+  """Per pixel: distance from a point a quarter of the depth beyond the nipple, the arc (at half
+  the depth) across the lines through that point, both in pixels, and the unit vector along them.
+  Ducts and ligaments run along these lines and converge towards the nipple (not onto a point)."""
+
+  along: np.ndarray
+  across: np.ndarray
+  unit_row: np.ndarray
+  unit_col: np.ndarray
+
+
+def _nipple_frame(g: BreastGeometry, shape: tuple[int, int]) -> NippleFrame:
+  row, col = _polar_to_pixel(g, 1.25, 0.0, shape)
+  dr = np.arange(shape[0], dtype=np.float32)[:, None] - np.float32(row)
+  dc = np.arange(shape[1], dtype=np.float32)[None, :] - np.float32(col)
+  behind = (np.arctan2(dr, dc) - g.tilt) % (2 * np.pi) - np.pi  # 0: towards the chest wall
+  behind = np.clip(behind, -np.pi / 2, np.pi / 2)  # the breast lies wholly behind the point
+  distance = np.maximum(np.hypot(dr, dc), 1.0)
+  reach = 0.5 * g.depth * shape[1]
+  return NippleFrame(distance, (behind * reach).astype(np.float32), dr / distance, dc / distance)
+
+
+def _radial_field(
+  frame: NippleFrame, sigma: float, stretch: float, rng: np.random.Generator
+) -> np.ndarray:
+  """A unit-variance smooth random field (`_smooth_field`) laid along the frame's lines."""
+  along, across = frame.along, frame.across
+  step = max(1.0, sigma / 16.0)  # the field is smooth: a coarse grid is interpolated
+  half = float(np.abs(across).max())
+  size = (int(along.max() / step) + 2, int(2 * half / step) + 2)
+  field = _smooth_field(size, sigma / step, stretch, rng)
+  coords = np.stack([along / step, (across + half) / step])
+  return scipy.ndimage.map_coordinates(field, coords, order=1, mode="nearest")
+
+
+def _smooth_field(
+  shape: tuple[int, int], sigma: float, stretch: float, rng: np.random.Generator
+) -> np.ndarray:
+  """Unit-variance white noise blurred by a Gaussian of `sigma` pixels across the columns and
+  `stretch` times that along them, without structure larger than 4 sigma."""
+  white = rng.standard_normal(shape, dtype=np.float32)
+  fy = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+  fx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
+  blur = np.exp(-2 * np.pi**2 * sigma**2 * (stretch**2 * fy**2 + fx**2))
+  blur *= 1.0 - np.exp(-2 * np.pi**2 * (4 * sigma) ** 2 * (fx**2 + fy**2))
+  field = scipy.fft.irfft2(scipy.fft.rfft2(white) * blur.astype(np.float32), s=shape)
+  return (field / field.std()).astype(np.float32)
+
+
+def _end_on_path(
+  gland: np.ndarray, spacing: float, per_cm2: float, rng: np.random.Generator
+) -> np.ndarray:
+  """Path (mm) through ducts and vessels running along the beam: dots 0.4-1.4 mm wide.
+
+  A tube across the beam projects a line; one along it for a few mm projects a dot as wide as
+  the tube and as bright as that length of tissue: speck-sized structure as bright as faint
+  calcifications. Dots lie where the gland is, `per_cm2` per cm^2 of glandular tissue.
+  """
+  total = np.zeros(gland.shape, np.float32)
+  weights = gland.ravel().astype(np.float64)
+  count = rng.poisson(per_cm2 * (spacing / 10.0) ** 2 * weights.sum())
+  where = rng.choice(weights.size, count, p=weights / weights.sum())
+  widths = rng.integers(0, len(_END_ON_WIDTHS_MM), count)
+  lengths = rng.uniform(*_END_ON_LENGTH_MM, count)
+  for i, width_mm in enumerate(_END_ON_WIDTHS_MM):
+    sigma = width_mm / spacing / 2.355  # from the width at half height
+    dots = np.zeros(gland.size, np.float32)
+    np.add.at(dots, where[widths == i], lengths[widths == i] * 2 * np.pi * sigma**2)
+    dots = dots.reshape(gland.shape)
+    total += scipy.ndimage.gaussian_filter(dots, sigma)
+  return total
+
+
+def _vessel_path(
+  g: BreastGeometry,
+  shape: tuple[int, int],
+  spacing: float,
+  count: tuple[int, int],
+  rng: np.random.Generator,
+) -> np.ndarray:
+  """Path (mm) through blood vessels: tubes 1-3 mm wide from the chest wall towards the nipple.
+
+  Each follows a smooth random walk from the chest wall, heading near the nipple direction, over
+  part of the breast's depth and tapers as it goes; a tube of radius r holds a path of
+  2 sqrt(r^2 - d^2) at distance d from its axis.
+  """
+  axis = np.zeros(shape, bool)
+  radius = np.zeros(shape, np.float32)
+  for _ in range(int(rng.integers(count[0], count[1] + 1))):
+    step = 0.5  # pixels
+    steps = int(rng.uniform(0.4, 0.9) * g.depth * shape[1] / step)
+    wander = rng.normal(0.0, _VESSEL_WANDER * math.sqrt(step * spacing), steps)
+    heading = g.tilt + rng.normal(0.0, 0.3) + np.cumsum(wander)
+    row = (g.center_row + rng.uniform(-0.8, 0.8) * g.half_height) * shape[0]
+    rows = np.rint(row + np.cumsum(step * np.sin(heading))).astype(int)
+    cols = np.rint(np.cumsum(step * np.cos(heading))).astype(int)
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    taper = rng.uniform(0.5, 1.5) * (1.0 - 0.6 * np.linspace(0.0, 1.0, steps))
+    axis[rows[inside], cols[inside]] = True
+    radius[rows[inside], cols[inside]] = taper[inside]
+  if not axis.any():
+    return np.zeros(shape, np.float32)
+  distance, (near_rows, near_cols) = scipy.ndimage.distance_transform_edt(
+    ~axis, return_indices=True
+  )
+  r = radius[near_rows, near_cols]
+  return (2.0 * np.sqrt(np.clip(r**2 - (distance * spacing) ** 2, 0.0, None))).astype(np.float32)
 
 
 def _calcification_layer(
@@ -494,13 +738,13 @@ def _calcification_layer(
   shape, spacing = options.image_size, options.pixel_spacing_mm
   layer = np.zeros(shape, np.float32)
   annotations = []
-  projection = _projection(spec.view)
+  to_image = projection(spec.view)
   for cluster in spec.clusters:
     row, col = _polar_to_pixel(spec.geometry, cluster.rho, cluster.phi, shape)
     extent_mm = 0.0
     for speck in cluster.specks:
-      dcol, drow = projection @ np.asarray(speck.center_mm)
-      axis = projection @ np.asarray(speck.axis)
+      dcol, drow = to_image @ np.asarray(speck.center_mm)
+      axis = to_image @ np.asarray(speck.axis)
       attenuation = _MU_CALCIUM * options.contrast_scale * speck.density
       _add_speck(
         layer, row + drow / spacing, col + dcol / spacing, axis, speck, spacing, attenuation
@@ -510,24 +754,22 @@ def _calcification_layer(
   return layer, tuple(annotations)
 
 
-def _projection(view: str) -> np.ndarray:
+def projection(view: str) -> np.ndarray:
   """Maps (x, y, z) mm in the breast to (column, row) mm in the image of `view`."""
   if view == "CC":
     return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
   return np.array([[1.0, 0.0, 0.0], [0.0, math.sin(_MLO_ANGLE), math.cos(_MLO_ANGLE)]])
 
 
-def _add_speck(
-  layer: np.ndarray,
-  row: float,
-  col: float,
-  axis: np.ndarray,
-  speck: Speck,
-  spacing: float,
-  attenuation: float,
-  supersample: int = 4,
-) -> None:
-  """Adds a speck's projected calcium path (an ellipsoid), anti-aliased and detector-blurred."""
+def speck_path(
+  row: float, col: float, axis: np.ndarray, speck: Speck, spacing: float, supersample: int = 4
+) -> tuple[int, int, np.ndarray]:
+  """A speck's projected calcium path (mm through an ellipsoid) on a sub-pixel grid.
+
+  Returns (r0, c0, path_mm): the grid covers pixels r0.. and c0.. of the image, `supersample`
+  sub-pixels a side per pixel, so a caller can blur before averaging down to pixels.
+  `axis` is the long axis projected into the image, (column, row).
+  """
   half_length = max(speck.length_mm * float(np.hypot(*axis)), speck.width_mm) / 2 / spacing
   half_width = speck.width_mm / 2 / spacing
   margin = int(math.ceil(half_length)) + 3
@@ -540,9 +782,24 @@ def _add_speck(
   along = u * math.cos(angle) + v * math.sin(angle)
   across = -u * math.sin(angle) + v * math.cos(angle)
   inside = 1.0 - (along / half_length) ** 2 - (across / half_width) ** 2
-  path_mm = speck.width_mm * np.sqrt(np.clip(inside, 0.0, None))
+  return r0, c0, speck.width_mm * np.sqrt(np.clip(inside, 0.0, None))
+
+
+def _add_speck(
+  layer: np.ndarray,
+  row: float,
+  col: float,
+  axis: np.ndarray,
+  speck: Speck,
+  spacing: float,
+  attenuation: float,
+  supersample: int = 4,
+) -> None:
+  """Adds a speck's projected calcium path (an ellipsoid), anti-aliased (the detector blurs it
+  with everything else)."""
+  r0, c0, path_mm = speck_path(row, col, axis, speck, spacing, supersample)
+  n = path_mm.shape[0] // supersample
   stamp = path_mm.reshape(n, supersample, n, supersample).mean(axis=(1, 3)) * attenuation
-  stamp = scipy.ndimage.gaussian_filter(stamp, _DETECTOR_BLUR_PX)
   rs, cs = (
     slice(max(r0, 0), min(r0 + n, layer.shape[0])),
     slice(max(c0, 0), min(c0 + n, layer.shape[1])),
@@ -550,12 +807,94 @@ def _add_speck(
   layer[rs, cs] += stamp[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
 
 
-def _expose(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Poisson quanta through the attenuation, log-transformed into 12-bit values."""
-  expected = _COUNTS_UNATTENUATED * np.exp(-attenuation)
-  counts = np.maximum(rng.poisson(expected), 1).astype(np.float32)
-  log_attenuation = np.log(np.float32(_COUNTS_UNATTENUATED) / counts)
-  return np.clip(np.rint(_OFFSET + _GAIN * log_attenuation), 0, MAX_VALUE).astype(np.uint16)
+def _expose(
+  attenuation: np.ndarray,
+  mask: np.ndarray,
+  spacing: float,
+  quanta_per_mm2: float,
+  rng: np.random.Generator,
+) -> np.ndarray:
+  """The detected log image: detector blur, Poisson quanta, log(unattenuated / detected).
+
+  The AEC sets the exposure so that the breast's median pixel receives `quanta_per_mm2`; the
+  blur acts on the x-ray fluence, and the quantum noise after it is white (a direct detector).
+  """
+  transmission = scipy.ndimage.gaussian_filter(np.exp(-attenuation), _DETECTOR_BLUR_PX)
+  target = quanta_per_mm2 * spacing**2
+  unattenuated = np.float32(target / np.median(transmission[mask]))
+  counts = np.maximum(rng.poisson(unattenuated * transmission), 1).astype(np.float32)
+  return np.log(unattenuated / counts)
+
+
+def _to_values(values: np.ndarray) -> np.ndarray:
+  return np.clip(np.rint(values), 0, MAX_VALUE).astype(np.uint16)
+
+
+def _for_presentation(log_image: np.ndarray, mask: np.ndarray, spacing: float) -> np.ndarray:
+  """The unit's processing for presentation: multiscale detail enhancement, then a tone curve.
+
+  The breast's log image splits into bands between Gaussian blurs of `_PRESENTATION_BANDS`' scales
+  (taken inside the breast only, so the skin edge does not bleed into them); each band is scaled
+  by its gain, the coarse rest by `_PRESENTATION_BASE_GAIN` (thickness and density compressed,
+  0.2-3 mm detail raised): what makes real for-presentation FFDM grainy. Specks go through the
+  same processing as the tissue around them. A sigmoid tone curve then maps the breast's 0.5-99.5
+  % range into the display values; the background goes black.
+  """
+  processed = np.zeros_like(log_image)
+  previous = log_image
+  for sigma_mm, gain in _PRESENTATION_BANDS:
+    smooth = _blur_inside(log_image, mask, sigma_mm / spacing)
+    processed += gain * (previous - smooth)
+    previous = smooth
+  processed += _PRESENTATION_BASE_GAIN * previous
+  lo, hi = np.percentile(processed[mask], [0.5, 99.9])
+  tone = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** _TONE_GAMMA
+  values = np.where(mask, _DISPLAY_LOW + (_DISPLAY_HIGH - _DISPLAY_LOW) * tone, 0.0)
+  return _to_values(values)
+
+
+def _blur_inside(image: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+  """Gaussian blur (sigma in pixels) of `image` over `mask` only (normalised convolution).
+
+  Wide blurs run on a block-averaged copy and are interpolated back: the same result at a
+  fraction of the cost.
+  """
+  step = max(1, int(sigma // 4))
+  weights = mask.astype(np.float32)
+  if step == 1:
+    num = scipy.ndimage.gaussian_filter(image * weights, sigma)
+    den = scipy.ndimage.gaussian_filter(weights, sigma)
+  else:
+    num = _coarse_blur(image * weights, step, sigma)
+    den = _coarse_blur(weights, step, sigma)
+  return np.where(mask, num / np.maximum(den, 1e-6), image).astype(np.float32)
+
+
+def _coarse_blur(image: np.ndarray, step: int, sigma: float) -> np.ndarray:
+  """`image` blurred by `sigma` pixels via a copy block-averaged by `step` (edges padded)."""
+  rows, cols = (-(-n // step) * step for n in image.shape)
+  padded = np.pad(image, ((0, rows - image.shape[0]), (0, cols - image.shape[1])), mode="edge")
+  blocks = padded.reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
+  blurred = scipy.ndimage.gaussian_filter(blocks, sigma / step)
+  return (
+    _upsample(image.shape[0], blurred.shape[0], step)
+    @ blurred
+    @ _upsample(image.shape[1], blurred.shape[1], step).T
+  )
+
+
+def _upsample(size: int, blocks: int, step: int) -> np.ndarray:
+  """The (size, blocks) matrix of linear interpolation from block centres to pixels."""
+  position = np.clip((np.arange(size) + 0.5) / step - 0.5, 0, blocks - 1)
+  low = (
+    np.minimum(np.floor(position).astype(int), blocks - 2) if blocks > 1 else np.zeros(size, int)
+  )
+  weight = np.zeros((size, blocks), np.float32)
+  upper = np.clip(position - low, 0.0, 1.0)
+  weight[np.arange(size), low] = 1.0 - upper
+  if blocks > 1:
+    weight[np.arange(size), low + 1] = upper
+  return weight
 
 
 # ---------------------------------------------------------------------------------------------

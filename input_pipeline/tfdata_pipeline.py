@@ -49,6 +49,10 @@ class TfdataPatchData:
     # The grain backend's pure batch functions are its contract; calling them keeps the two equal.
     self._data = data
 
+  @property
+  def field_of_view_mm(self) -> float:
+    return self._data.field_of_view_mm
+
   def num_examples(self, split: str) -> int:
     return self._data.num_examples(split)
 

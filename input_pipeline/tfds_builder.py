@@ -161,12 +161,17 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
     self, split: str, images: Sequence[ImageFindings], num_background: int
   ) -> Iterator[tuple[str, dict]]:
     quotas = self._quotas(images, num_background)
+    skipped, count = [], 0
     for i, im in enumerate(images):
       if i % max(1, len(images) // 10) == 0:
         logging.info("%s %s: image %d of %d", self.builder_config.name, split, i + 1, len(images))
       generated = image_examples(im, quotas[im.image_id], self.builder_config)
       self._record(split, [generated.record])
+      skipped += generated.record.skipped
+      count += len(generated.examples)
       yield from generated.examples
+    if not count:  # TFDS would only assert that no examples were yielded
+      raise EmptySplitError(split, len(images), skipped)
 
   def _beam_examples(
     self, split: str, images: Sequence[ImageFindings], num_background: int
@@ -227,6 +232,16 @@ class McalcPatches(tfds.core.GeneratorBasedBuilder):
       for path, reason in record.skipped:
         logging.warning("skipped %s: %s", path, reason)
         self.info.metadata["skipped"].append({"path": path, "reason": reason})
+
+
+class EmptySplitError(errors.UserError):
+  """A split none of whose images gave a patch (all missing, say): named, with why."""
+
+  def __init__(self, split: str, images: int, skipped: Sequence[tuple[str, str]]):
+    reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    why = f"skipped {reasons}{more}" if skipped else "none was skipped, none had a patch to cut"
+    super().__init__(f"split {split!r} came out empty: no patch from its {images} images ({why})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,9 +483,11 @@ def open_builder(
 
 
 def field_of_view_mm(builder: tfds.core.DatasetBuilder) -> float:
-  """Millimetres a built dataset's patch covers (0: native pixels, or built before it was kept)."""
+  """Millimetres a built dataset's patch covers (`patches.NATIVE_PIXELS` at native pixels)."""
   settings = (builder.info.metadata or {}).get("patch_settings", {})
-  return float(settings.get("size_mm", 0.0))
+  # `size_mm`: datasets built before the name was `field_of_view_mm` everywhere; neither: before
+  # patches were cut in millimetres.
+  return float(settings.get("field_of_view_mm", settings.get("size_mm", patches.NATIVE_PIXELS)))
 
 
 def _listdir(path: str) -> list[str]:

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from mcalc_jax import networks
+from mcalc_jax.model import networks
 from tools.benchmarks import networks as benchmark
 
 

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from input_pipeline import manifest
-from mcalc_jax import archive, bilateral, calibration, discovery, froc
+from mcalc_jax.archives import archive, discovery
+from mcalc_jax.base import calibration
+from mcalc_jax.whole_image import bilateral, froc
 from tests.test_froc import cluster, grid_image
 from tests.test_score_cli import REPO, speck_scorer
 from tests.test_scoring import synthetic_mammogram

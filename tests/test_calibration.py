@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from mcalc_jax import calibration
+from mcalc_jax.base import calibration
 
 
 def fold(rng: np.random.Generator, shift: float, n: int = 200) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,9 @@ import json
 import ml_collections
 import numpy as np
 
-from mcalc_jax import checkpointing, metrics
+from mcalc_jax.base import metrics
 from mcalc_jax.configs import default
+from mcalc_jax.model import checkpointing
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:

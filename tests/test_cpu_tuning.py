@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mcalc_jax import cpu_tuning, inference, networks, parallel
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import cpu_tuning, inference, networks
 
 
 def _config(model: str, **cpu: int) -> ml_collections.ConfigDict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,9 +14,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from input_pipeline.manifest import read_manifest
-from mcalc_jax import archive, bilateral, cv, discovery, report, reranking
-from mcalc_jax.configs import default
+from input_pipeline import prepare
+from input_pipeline.manifest import read_manifest, write_manifest
+from mcalc_jax.archives import discovery
+from mcalc_jax.base import csvlog
+from mcalc_jax.configs import data, default
+from mcalc_jax.experiments import cv, folds, localization
+from mcalc_jax.reports import report
+from mcalc_jax.whole_image import bilateral, reranking
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -50,6 +56,7 @@ def tiny_config(model: str, data_dir: str, **overrides) -> ml_collections.Config
     )
   )
   config.preprocess.input_size = 32
+  config.cv.bootstrap_resamples = 20
   return config
 
 
@@ -59,18 +66,18 @@ def finished(tmp_path_factory):
   folder = tmp_path_factory.mktemp("cv")
   config = tiny_config("resnet18", build_dataset(folder))
   workdir = folder / "run"
-  summary = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
+  summary = cv.cross_validate(config, workdir, FOLDS, seed=0)
   return config, workdir, summary
 
 
 def test_no_patient_is_predicted_by_a_model_that_trained_on_it(finished):
   _, workdir, _ = finished
-  folds = json.loads((workdir / cv.FOLDS_FILE).read_text())["folds"]
-  assert len(folds) == FOLDS
-  for i, fold in enumerate(folds):
+  assignment = json.loads((workdir / folds.FOLDS_FILE).read_text())["folds"]
+  assert len(assignment) == FOLDS
+  for i, fold in enumerate(assignment):
     seen = set(fold["train"]) | set(fold["validation"])
     assert not seen & set(fold["test"])
-    preds = cv.load_predictions(workdir / f"fold_{i}" / cv.PREDICTIONS_FILE)
+    preds = folds.load_predictions(workdir / f"fold_{i}" / folds.PREDICTIONS_FILE)
     assert set(preds["test"]["patient_id"]) <= set(fold["test"])
     assert not set(preds["test"]["patient_id"]) & seen
     assert set(preds["validation"]["patient_id"]) <= set(fold["validation"])
@@ -78,11 +85,11 @@ def test_no_patient_is_predicted_by_a_model_that_trained_on_it(finished):
 
 def test_every_patient_is_predicted_exactly_once(finished):
   _, workdir, summary = finished
-  folds = json.loads((workdir / cv.FOLDS_FILE).read_text())["folds"]
-  assert sorted(p for f in folds for p in f["test"]) == [f"p{p}" for p in range(NUM_PATIENTS)]
+  assignment = json.loads((workdir / folds.FOLDS_FILE).read_text())["folds"]
+  assert sorted(p for f in assignment for p in f["test"]) == [f"p{p}" for p in range(NUM_PATIENTS)]
   predicted_by = {}
   for i in range(FOLDS):
-    preds = cv.load_predictions(workdir / f"fold_{i}" / cv.PREDICTIONS_FILE)
+    preds = folds.load_predictions(workdir / f"fold_{i}" / folds.PREDICTIONS_FILE)
     for patient in set(preds["test"]["patient_id"]):
       assert patient not in predicted_by, (
         f"{patient} predicted by folds {predicted_by[patient]}, {i}"
@@ -105,57 +112,54 @@ def test_pooled_evaluation_is_readable_by_the_report(finished):
 
 def test_rerun_skips_finished_folds(finished):
   config, workdir, summary = finished
-  paths = [workdir / f"fold_{i}" / cv.PREDICTIONS_FILE for i in range(FOLDS)]
+  paths = [workdir / f"fold_{i}" / folds.PREDICTIONS_FILE for i in range(FOLDS)]
   before = [os.stat(p).st_mtime_ns for p in paths]
-  again = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
+  again = cv.cross_validate(config, workdir, FOLDS, seed=0)
   assert [os.stat(p).st_mtime_ns for p in paths] == before
   assert again["per_fold"] == summary["per_fold"]
   with pytest.raises(ValueError, match="other folds"):
-    cv.cross_validate(config, workdir, FOLDS, seed=1, resamples=20)
+    cv.cross_validate(config, workdir, FOLDS, seed=1)
 
 
 def test_lost_fold_predictions_are_redone_from_its_checkpoint(finished):
   config, workdir, summary = finished
-  path = workdir / "fold_1" / cv.PREDICTIONS_FILE
-  before = cv.load_predictions(path)
+  path = workdir / "fold_1" / folds.PREDICTIONS_FILE
+  before = folds.load_predictions(path)
   path.unlink()
-  again = cv.cross_validate(config, workdir, FOLDS, seed=0, resamples=20)
-  after = cv.load_predictions(path)
+  again = cv.cross_validate(config, workdir, FOLDS, seed=0)
+  after = folds.load_predictions(path)
   np.testing.assert_allclose(after["test"]["prob"], before["test"]["prob"], rtol=1e-5)
   assert list(after["test"]["patient_id"]) == list(before["test"]["patient_id"])
   assert again["pooled_counts"] == summary["pooled_counts"]
 
 
-def test_cli_prints_the_summary_of_a_finished_cross_validation(finished):
-  config, workdir, _ = finished
-  command = [
-    sys.executable,
-    "-m",
-    "mcalc_jax.cli.cv",
-    "--config=configs/default.py",
-    f"--workdir={workdir}",
-    f"--folds={FOLDS}",
-    "--cv_seed=0",
-    f"--config.dataset={config.dataset}",
-    f"--config.data_dir={config.data_dir}",
-    "--config.model=resnet18",
-    "--config.patch_size=32",
-  ]
+def test_the_cli_reruns_a_cross_validation_from_its_folder_alone(finished):
+  """WORKDIR/config.json records the experiment, evaluation settings included: `mcalc-cv
+  --workdir=WORKDIR` repeats it; a config that would train something else is refused."""
+  config, workdir, summary = finished
+  recorded = json.loads((workdir / "config.json").read_text())
+  assert recorded["cv"]["bootstrap_resamples"] == 20 and recorded["whole_image"]["rerank"]
+  command = [sys.executable, "-m", "mcalc_jax.cli.cv", f"--workdir={workdir}"]
   result = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
   )
   assert result.returncode == 0, result.stderr[-3000:]
   printed = json.loads(result.stdout[result.stdout.index("{") :])
-  assert printed["folds"] == FOLDS and len(printed["per_fold"]) == FOLDS
-  bad = subprocess.run(
-    [*command, "--config.learning_rat=1"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
-  assert bad.returncode != 0 and "learning_rat" in bad.stderr
+  assert printed == json.loads(json.dumps(summary))
+
+  def refused(*overrides: str) -> str:
+    args = [
+      *command,
+      "--config=configs/default.py",
+      f"--config.dataset={config.dataset}",
+      *overrides,
+    ]
+    bad = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode != 0
+    return bad.stderr
+
+  assert "learning_rat" in refused("--config.learning_rat=1")
+  assert "records another training" in refused()  # AlexNet at 112 pixels, not this ResNet18
 
 
 def test_the_classical_floor_cross_validates_mines_and_localises_every_image_once(tmp_path):
@@ -165,33 +169,27 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   config = tiny_config("tophat", build_dataset(tmp_path), learning_rate=0.01)
   config.preprocess.update(dict(blur_sigma=0.0, normalization="unit"))
   findings = read_manifest(tmp_path / "manifest.csv")
-  localization = cv.Localization(findings, batch_size=16)
-  cv.cross_validate(config, tmp_path / "run", FOLDS, seed=0, resamples=20)
-  summary = cv.cross_validate(  # the same run given a round of mining goes on from its folds
-    config,
-    tmp_path / "run",
-    FOLDS,
-    seed=0,
-    resamples=20,
-    localization=localization,
-    mining_rounds=1,
-    mining_per_image=1,
-  )
+  cv.cross_validate(config, tmp_path / "run", FOLDS, seed=0)
+  config.whole_image.update(source="manifest", location=str(tmp_path / "manifest.csv"))
+  config.whole_image.batch_size = 16
+  config.cv.update(mining_rounds=1, mining_per_image=1)
+  # the same run given whole images and a round of mining goes on from its folds
+  summary = cv.cross_validate(config, tmp_path / "run", FOLDS, seed=0)
 
-  folds = json.loads((tmp_path / "run" / cv.FOLDS_FILE).read_text())["folds"]
+  assignment = json.loads((tmp_path / "run" / folds.FOLDS_FILE).read_text())["folds"]
   scored = {
     row[0]: i
     for i in range(FOLDS)
-    for row in archive.read_log(str(tmp_path / "run" / f"fold_{i}" / cv.IMAGES_DIR / "scores.csv"))[
-      1
-    ]
+    for row in csvlog.read_log(
+      str(tmp_path / "run" / f"fold_{i}" / localization.IMAGES_DIR / "scores.csv")
+    )[1]
   }
-  inputs = discovery.inputs_from_findings(findings, localization.base)
+  inputs = discovery.inputs_from_findings(findings, localization.WholeImagePass(findings).base)
   patient = {f.image_path: f.patient_id for f in findings}
   assert sorted(scored) == sorted(i.key for i in inputs)  # every image, once
   for item in inputs:
-    assert patient[item.path] in folds[scored[item.key]]["test"]
-  for i, fold in enumerate(folds):  # mined from the fold's training patients only
+    assert patient[item.path] in assignment[scored[item.key]]["test"]
+  for i, fold in enumerate(assignment):  # mined from the fold's training patients only
     with np.load(tmp_path / "run" / f"fold_{i}" / "mined_1.npz") as mined:
       assert set(mined["patient_id"]) <= set(fold["train"]) and len(mined["patient_id"])
     assert (tmp_path / "run" / f"fold_{i}" / "round_1" / "config.json").exists()
@@ -209,7 +207,10 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   for name in ("froc_bilateral", "froc_reranked_bilateral"):
     assert (tmp_path / "run" / "eval" / name / "froc.json").exists()
   for i in range(FOLDS):
-    reranking.load(tmp_path / "run" / f"fold_{i}" / cv.RERANKER_FILE)
+    reranking.load(tmp_path / "run" / f"fold_{i}" / localization.RERANKER_FILE)
+  recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert recorded["whole_image"]["source"] == "manifest" and recorded["cv"]["mining_rounds"] == 1
+  assert cv.rerun(tmp_path / "run") == summary  # from the folder alone
 
 
 def test_calibrated_pooling_keeps_every_folds_ranking(finished, tmp_path):
@@ -218,11 +219,78 @@ def test_calibrated_pooling_keeps_every_folds_ranking(finished, tmp_path):
   config, workdir, summary = finished
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
-  calibrated = cv.cross_validate(config, copy, FOLDS, seed=0, resamples=20, calibrate=True)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.cv.calibrate = True
+  calibrated = cv.cross_validate(config, copy, FOLDS, seed=0)
   assert [f["auc"] for f in calibrated["per_fold"]] == [f["auc"] for f in summary["per_fold"]]
   assert len(calibrated["calibration"]) == FOLDS and summary["calibration"] is None
-  raw = cv.load_predictions(copy / "fold_0" / cv.PREDICTIONS_FILE)
+  raw = folds.load_predictions(copy / "fold_0" / folds.PREDICTIONS_FILE)
   np.testing.assert_array_equal(
     raw["test"]["prob"],
-    cv.load_predictions(workdir / "fold_0" / cv.PREDICTIONS_FILE)["test"]["prob"],
+    folds.load_predictions(workdir / "fold_0" / folds.PREDICTIONS_FILE)["test"]["prob"],
   )
+
+
+def test_training_only_patches_never_reach_a_folds_validation_or_test_patients():
+  """Inserted clusters of a cohort patient train only the folds that train on that patient;
+  those of patients outside the cohort (synthetic) train every fold."""
+
+  def patches(patients: list[str], label: int) -> dict[str, np.ndarray]:
+    n = len(patients)
+    return {
+      "image": np.zeros((n, 8, 8, 1), np.uint16),
+      "max_value": np.full(n, 255, np.int32),
+      "task1_label": np.full(n, label, np.int32),
+      "task2_label": np.full(n, -1, np.int32),
+      "patient_id": np.array(patients),
+      "image_id": np.array(patients),
+      "finding_id": np.array([""] * n),
+      "patch_id": np.array([f"{p}/{label}" for p in patients]),
+    }
+
+  cohort = patches(["a", "a", "b", "b", "c", "c"], 0)
+  cohort["task1_label"][::2] = 1
+  inserted = patches(["a", "b", "c", "synthetic_1"], 1)
+  config = tiny_config("tophat", "")
+  fold = {"train": ["a"], "validation": ["b"], "test": ["c"]}
+  data = folds.fold_data(folds.Patches(cohort, {}, 11.2, train_only=inserted), fold, config)
+
+  def patients(split: str) -> list[str]:
+    return sorted(
+      str(p)
+      for batch in data.eval_batches(split)
+      for p, real in zip(batch["patient_id"], batch["mask"], strict=True)
+      if real
+    )
+
+  assert patients(config.train_split) == ["a", "a", "a", "synthetic_1"]  # a's two, + inserted
+  assert patients(config.eval_split) == ["b", "b"] and patients(config.test_split) == ["c", "c"]
+
+
+def test_a_hybrid_dataset_prepares_and_trains_every_fold_beside_the_real_patches(tmp_path):
+  """Clusters inserted into the cohort's own images without calcifications (its MLO views)
+  become a dataset (`mcalc-prepare`'s `source=inserted`) that a cross-validation trains on
+  besides the real patches; the pooled evaluation still holds the real patches alone."""
+  data_dir = build_dataset(tmp_path)
+  backgrounds = [
+    dataclasses.replace(f, image_path=str(tmp_path / f.image_path), pixel_spacing_mm=0.4)
+    for f in read_manifest(tmp_path / "manifest.csv")
+  ]
+  write_manifest(tmp_path / "backgrounds.csv", backgrounds)
+  inserted = data.get_config("source=inserted,background=manifest")
+  inserted.insertion.update(background_location=str(tmp_path / "backgrounds.csv"), limit=6)
+  inserted.patch.update(size=32, per_cluster=1)
+  builder = prepare.prepare(inserted, data_dir)
+  written = read_manifest(os.path.join(data_dir, "inserted_manifest_0", "manifest.csv"))
+  assert {f.note for f in written if f.abnormality == "calcification"} == {"inserted"}
+  assert builder.info.metadata["counts"]["train"]  # inserted clusters cut into patches
+
+  config = tiny_config("tophat", data_dir, learning_rate=0.01)
+  config.preprocess.update(dict(blur_sigma=0.0, normalization="unit"))
+  config.cv.train_also = f"mcalc_patches/{inserted.name}"
+  hybrid = cv.cross_validate(config, tmp_path / "hybrid", FOLDS)
+  real = folds.load_patches(config.dataset, data_dir).arrays
+  assert hybrid["pooled_counts"]["examples"] == len(real["image"])  # every real patch, once
+  assert hybrid["pooled_counts"]["patients"] == NUM_PATIENTS
+  recorded = json.loads((tmp_path / "hybrid" / "config.json").read_text())
+  assert recorded["cv"]["train_also"] == f"mcalc_patches/{inserted.name}"

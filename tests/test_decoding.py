@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from input_pipeline.errors import MammogramError, NoPixelDataError
-from mcalc_jax import decoding, discovery
-from mcalc_jax.tiling import TilePlan
+from mcalc_jax.archives import decoding, discovery
+from mcalc_jax.whole_image.tiling import TilePlan
 
 PLAN = TilePlan(patch_size=112, stride=112, field_of_view_mm=11.2, min_breast_fraction=0.75)
 

@@ -13,7 +13,8 @@ import pytest
 
 from input_pipeline import synthetic
 from input_pipeline.mammogram import read_mammogram
-from mcalc_jax import archive, dicom_results, discovery, scoring, tiling
+from mcalc_jax.archives import archive, dicom_results, discovery
+from mcalc_jax.whole_image import scoring, tiling
 from tests.test_score_cli import rows_of
 from tests.test_scoring import PATCH, speck_probabilities
 
@@ -24,7 +25,10 @@ CLUSTER = (300, 250)  # (row, col) in the stored (original) pixels of the right 
 @pytest.fixture(scope="module")
 def right_breast(tmp_path_factory) -> pathlib.Path:
   """A synthetic R CC DICOM (stored chest wall right: read flipped) with one bright cluster."""
-  options = synthetic.SyntheticOptions(image_size=(600, 450), monochrome1_fraction=0.0)
+  # the unprocessed look: a stamped cluster then outshines every speck of the tissue
+  options = synthetic.SyntheticOptions(
+    image_size=(600, 450), monochrome1_fraction=0.0, processing="none"
+  )
   spec = next(s for s in synthetic.sample_cohort(2, seed=3, options=options) if s.laterality == "R")
   pixels = synthetic.render_image(spec, options).pixels.copy()
   rng = np.random.default_rng(0)
@@ -51,7 +55,7 @@ def written(right_breast, tmp_path_factory) -> tuple[tiling.ImageScores, list[py
   return scores, [pydicom.dcmread(p) for p in writer.paths("key")]
 
 
-def test_the_map_is_the_average_map_on_the_original_grid():
+def test_the_map_is_the_average_map_on_the_original_grid_and_overlays_sample_it():
   geometry = tiling.TileGeometry(
     tile_rows=tiling.tile_origins(700, PATCH, 48),
     tile_cols=tiling.tile_origins(500, PATCH, 48),
@@ -64,8 +68,10 @@ def test_the_map_is_the_average_map_on_the_original_grid():
   grid = np.random.default_rng(1).random(geometry.grid_shape).astype(np.float32)
   grid[grid < 0.3] = np.nan
 
-  expected = np.nan_to_num(np.fliplr(tiling.average_map(grid, geometry)))
+  full = tiling.average_map(grid, geometry)
+  expected = np.nan_to_num(np.fliplr(full))
   np.testing.assert_allclose(dicom_results.probability_map(grid, geometry), expected, atol=1e-6)
+  np.testing.assert_array_equal(tiling.average_map(grid, geometry, 3), full[::3, ::3])
 
 
 def test_segmentation_holds_both_maps_and_references_the_source(written, right_breast):

@@ -16,7 +16,8 @@ import requests
 from pydicom.uid import generate_uid
 
 from input_pipeline import synthetic
-from mcalc_jax import archive, dicom_results, dicomweb, discovery, scoring
+from mcalc_jax.archives import archive, dicom_results, dicomweb, discovery
+from mcalc_jax.whole_image import scoring
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401 (fixture)
 from tests.test_dicom_results import text_items
 from tests.test_score_cli import checkpoint, finish, mcalc_score, rows_of  # noqa: F401 (fixture)

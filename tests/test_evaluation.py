@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mcalc_jax import evaluation, metrics
+from mcalc_jax.base import metrics
+from mcalc_jax.reports import evaluation
 
 
 def synthetic_predictions(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from input_pipeline.manifest import Finding
-from mcalc_jax import froc
-from mcalc_jax.tiling import ImageScores, TileGeometry
+from mcalc_jax.archives import scored
+from mcalc_jax.whole_image import froc
+from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
 
 NAN = np.nan
 
@@ -81,7 +84,7 @@ def test_clusters_are_matched_in_the_original_orientation():
 
 def test_evaluation_writes_json_csv_and_plot_with_bootstrap_intervals(two_images, tmp_path):
   evaluation = froc.evaluate(two_images, resamples=50)
-  froc.write_outputs(tmp_path, evaluation)
+  scored.write_froc(tmp_path, evaluation)
   saved = json.loads((tmp_path / "froc.json").read_text())
   assert saved["counts"] == {
     "images": 2,
@@ -106,3 +109,15 @@ def test_only_trusted_calcification_findings_are_clusters():
     Finding("P", "x.png", "m1", "mass", "malignant", col=30, row=40, radius=9),
   ]
   assert [c.finding_id for c in froc.clusters_of(findings)] == ["c1"]
+
+
+def test_clusters_csv_keeps_ids_with_commas_quotes_and_newlines_whole(two_images, tmp_path):
+  odd = 'left, upper "A"\nsecond line'
+  first = two_images[0]
+  clusters = (dataclasses.replace(first.clusters[0], finding_id=odd), first.clusters[1])
+  images = [dataclasses.replace(first, clusters=clusters), two_images[1]]
+  scored.write_froc(tmp_path, froc.evaluate(images, resamples=5))
+
+  with open(tmp_path / "clusters.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["finding_id"] for r in rows] == [odd, "unscored"]

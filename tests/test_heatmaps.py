@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from mcalc_jax import heatmaps, scoring, tiling
+from mcalc_jax.whole_image import heatmaps, scoring, tiling
 from tests.test_scoring import CLUSTERS, PATCH, speck_probabilities, synthetic_mammogram
 
 
@@ -79,3 +81,42 @@ def test_overlay_is_a_png_in_the_original_orientation(tmp_path, flipped_scores):
   assert (rgb[..., 0] - rgb[..., 2] > 100).any()  # red (hot) and blue (cold) both appear
   assert (rgb[..., 2] - rgb[..., 0] > 100).any()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_thin_image_gets_an_overlay_of_bounded_size_and_absurd_circles_are_skipped(tmp_path):
+  strip = synthetic_mammogram((16, 4096), clusters=[])
+  scores = scoring.Scorer(speck_probabilities, patch_size=PATCH, min_breast_fraction=0).score(strip)
+  far_and_huge = [tiling.Circle(8, 100, 1e15), tiling.Circle(-1e12, 5, 10)]
+  heatmaps.write_overlay(tmp_path / "thin.png", strip.pixels, scores, annotations=far_and_huge)
+
+  with Image.open(tmp_path / "thin.png") as png:
+    assert max(png.size) < 2500 and min(png.size) > 200  # not 500,000 x 1,000 pixels
+
+
+def damaged(path, scores) -> dict:
+  """Ways a score grid file is damaged or foreign, each written at `path` + its name."""
+  heatmaps.write_scores(path, scores)
+  whole = path.read_bytes()
+  with np.load(path) as z:
+    arrays = dict(z)
+  return {
+    "cut.npz": whole[: len(whole) // 2],
+    "text.npz": b"not an npz at all",
+    "pickle.npz": pickle.dumps(arrays),
+    "no_task1.npz": {k: v for k, v in arrays.items() if k != "task1"},
+    "shape.npz": arrays | {"tile_rows": arrays["tile_rows"][:-1]},
+    "object.npz": arrays | {"task1": np.array([None], object)},
+  }
+
+
+@pytest.mark.parametrize("name", ["cut", "text", "pickle", "no_task1", "shape", "object"])
+def test_a_damaged_score_grid_names_its_file(tmp_path, flipped_scores, name):
+  content = damaged(tmp_path / "good.npz", flipped_scores[1])[f"{name}.npz"]
+  path = tmp_path / f"{name}.npz"
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    np.savez(path, **content)
+
+  with pytest.raises(heatmaps.ScoresFileError, match=rf"^{path}: "):
+    heatmaps.read_scores(path)

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mcalc_jax import checkpointing, inference, parallel, train
+from mcalc_jax.base import parallel
+from mcalc_jax.model import checkpointing, inference, train
 from tests.test_checkpointing import small_config as _config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import pickle
 
@@ -14,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
+  DeflatedExplicitVRLittleEndian,
   DigitalMammographyXRayImageStorageForPresentation,
   ExplicitVRLittleEndian,
   HTJ2KLossless,
@@ -23,9 +25,9 @@ from pydicom.uid import (
   generate_uid,
 )
 
-from input_pipeline import errors
+from input_pipeline import errors, mammogram
 from input_pipeline.breast import breast_side
-from input_pipeline.mammogram import ReadOptions, read_mammogram, read_mask
+from input_pipeline.mammogram import ReadOptions, SizeLimits, read_mammogram, read_mask
 
 CBIS_SHAPES = {
   "Mass-Test_P_00820_LEFT_CC.dcm": (4736, 2624),
@@ -409,3 +411,78 @@ def test_roi_mask_follows_its_mammogram_not_its_own_content(tmp_path):
   small = write_dicom(tmp_path / "crop.dcm", roi[:10, :10], Modality="OT")
   with pytest.raises(errors.UnreadableImageError, match="shape"):
     read_mask(small, like=mammogram)
+
+
+# --- adversarial files: bounded cost, named reasons ---------------------------------------------
+
+
+def deflated_bomb(path) -> pathlib.Path:
+  """A Deflated DICOM of a few kilobytes whose data set inflates to 70 MiB of zero pixels."""
+  write_dicom(path, phantom(), Rows=6000, Columns=6000)
+  ds = pydicom.dcmread(path)
+  ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+  ds.PixelData = bytes(6000 * 6000 * 2)
+  ds.save_as(path)
+  return path
+
+
+LIMITS = ReadOptions(limits=SizeLimits(max_pixels=100_000, max_aspect_ratio=8))
+
+
+@pytest.mark.parametrize(
+  "write, claim",
+  [
+    (lambda p: write_dicom(p / "big.dcm", phantom(), Rows=4000, Columns=3000), "4000 x 3000"),
+    (lambda p: write_dicom(p / "thin.dcm", phantom(), Rows=16, Columns=192), "thinner than"),
+    (lambda p: deflated_bomb(p / "bomb.dcm"), "inflates to more than"),
+    (lambda p: Image.fromarray(np.ones((2, 300), np.uint8)).save(p / "a.png"), "2 x 300"),
+    (lambda p: (p / "b.pgm").write_bytes(b"P5\n3000 4000\n255\n" + bytes(10)), "4000 x 3000"),
+  ],
+)
+def test_a_header_claiming_too_much_is_refused_before_decoding(tmp_path, monkeypatch, write, claim):
+  write(tmp_path)
+  [path] = tmp_path.iterdir()
+  monkeypatch.setattr(mammogram, "pixel_array", lambda ds: pytest.fail("decoded"))
+
+  with pytest.raises(errors.ImageTooLargeError, match=claim):
+    read_mammogram(path, LIMITS)
+
+
+def set_raw(path: pathlib.Path, placeholder: bytes, value: bytes) -> pathlib.Path:
+  """`path` with a tag value replaced by bytes pydicom would refuse to write."""
+  path.write_bytes(path.read_bytes().replace(placeholder, value))
+  return path
+
+
+@pytest.mark.parametrize(
+  "tags, raw, reason",
+  [
+    (dict(RescaleSlope="9.99"), b"nan ", "RescaleSlope is not finite"),
+    (dict(RescaleSlope="9.99"), b"-inf", "RescaleSlope is not finite"),
+    (dict(RescaleIntercept="9.99"), b"lots", "RescaleIntercept is not a number"),
+    (dict(NumberOfFrames="99"), b"x ", "NumberOfFrames is not an integer"),
+  ],
+)
+def test_a_malformed_tag_is_named(tmp_path, tags, raw, reason):
+  path = write_dicom(tmp_path / "odd.dcm", phantom(), **tags)
+  set_raw(path, b"9.99" if len(raw) == 4 else b"99", raw)
+
+  with pytest.raises(errors.UnreadableImageError, match=reason):
+    read_mammogram(path)
+
+
+def test_a_modality_lut_shorter_than_its_descriptor_is_named(tmp_path):
+  lut = Dataset()
+  lut.LUTDescriptor, lut.ModalityLUTType = [4096, 0, 12], "US"
+  lut.LUTData = np.arange(3, dtype="<u2").tobytes()
+  path = write_dicom(tmp_path / "lut.dcm", phantom(), ModalityLUTSequence=[lut])
+
+  with pytest.raises(errors.UnreadableImageError, match="ModalityLUTSequence cannot be applied"):
+    read_mammogram(path)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+  os.mkfifo(tmp_path / "pipe.dcm")
+
+  with pytest.raises(errors.UnreadableImageError, match=r"not a regular file \(a FIFO\)"):
+    read_mammogram(tmp_path / "pipe.dcm")

@@ -82,3 +82,33 @@ def test_parse_finding_validates_rows_from_any_source():
   finding = parse_finding({"patient_id": " 3 ", "image_path": "x.dcm", "radius": "4"}, "here")
 
   assert finding == Finding(patient_id="3", image_path="x.dcm", radius=4.0)
+
+
+def test_spreadsheet_exports_read_as_the_schema(tmp_path):
+  excel = "\ufeffPatient ID;Image Path;Radius\r\n7;a.png;9\r\n".encode()  # BOM, semicolons, CRLF
+  (tmp_path / "excel.csv").write_bytes(excel)
+
+  [finding] = read_manifest(tmp_path / "excel.csv")
+  assert (finding.patient_id, finding.radius) == ("7", 9.0)
+  assert finding.image_path == str(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    (b"patient_id,image_path,pixel_spacing_mm\n7,a.png,1000\n", r"m\.csv:2: .*1000, outside"),
+    (b"patient_id,image_path,pixel_spacing_mm\n7,a.png,-0.2\n", r"m\.csv:2: .*-0.2, outside"),
+    (b"patient_id,image_path,col,row,radius\n7,a.png,1,2,1e15\n", r"m\.csv:2: .*'radius'"),
+    ("patient_id,image_path\n7,caf\xe9.png\n".encode("latin-1"), r"m\.csv:2: not UTF-8"),
+    (b"patient_id,image_path\n7," + b"x" * 200_000 + b"\n", r"m\.csv:2: not CSV"),
+    (
+      b"patient|image\n7|a.png\n",
+      r"m\.csv:1: missing columns .* \(the header is \['patient\|image'\]",
+    ),
+  ],
+)
+def test_values_outside_physics_and_unreadable_text_name_the_line(tmp_path, content, message):
+  (tmp_path / "m.csv").write_bytes(content)
+
+  with pytest.raises(ManifestError, match=message):
+    read_manifest(tmp_path / "m.csv")

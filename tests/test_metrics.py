@@ -9,7 +9,7 @@ import pytest
 from sklearn import calibration as skcal
 from sklearn import metrics as skm
 
-from mcalc_jax import metrics
+from mcalc_jax.base import metrics
 
 
 def _random_predictions(seed: int, n: int = 500, decimals: int = 2):

@@ -8,7 +8,8 @@ from PIL import Image
 from input_pipeline import patches
 from input_pipeline.mammogram import read_mammogram
 from input_pipeline.manifest import Finding
-from mcalc_jax import mining, scoring
+from mcalc_jax.experiments import mining
+from mcalc_jax.whole_image import scoring
 from tests.test_scoring import CLUSTERS, PATCH, speck_probabilities, synthetic_mammogram
 
 EXTRA_SPECKS = (600, 300)  # a third speck cluster nobody annotated: a false alarm to mine

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mcalc_jax import models, networks
+from mcalc_jax.model import models, networks
 
 # torchvision's counts (3 input channels, 1000 classes) minus the first conv's two extra input
 # channels and minus the 998 extra head outputs. BatchNorm scale and bias count (torch

@@ -200,7 +200,7 @@ def test_two_processes_cross_validate_like_one(tmp_path):
 
 LATE_AT_THE_BARRIER = """
 import sys, time, jax
-from mcalc_jax import parallel
+from mcalc_jax.base import parallel
 flags = dict(arg[2:].split("=") for arg in sys.argv[1:])
 jax.distributed.initialize(flags["coordinator_address"], 2, int(flags["process_id"]))
 jax.devices()
@@ -209,5 +209,6 @@ parallel.barrier("late")
 """
 
 
+@pytest.mark.slow  # it waits 35 s on purpose
 def test_a_process_may_reach_the_barrier_long_after_the_others():
   two_processes(lambda cluster: [sys.executable, "-c", LATE_AT_THE_BARRIER, *cluster])

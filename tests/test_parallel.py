@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mcalc_jax import parallel
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
 
 # Tolerances of the 8-device vs 1-device comparison after one Adam step (lr 1e-4). Loss and
@@ -109,7 +109,7 @@ def test_eight_device_step_equals_one_device_step():
 
 def _one_step(mesh, batch):
   """ResNet18 (BatchNorm makes the global-batch statistics matter) at 32x32, one train step."""
-  from mcalc_jax import train  # noqa: PLC0415
+  from mcalc_jax.model import train  # noqa: PLC0415
 
   config = default.get_config()
   config.model, config.patch_size, config.preprocess.input_size = "resnet18", 32, 32

@@ -135,7 +135,7 @@ def test_pad_keeps_the_window_centred_and_shift_moves_it_inside():
 
 def test_size_in_millimetres_is_resampled_to_the_patch_size():
   mg = make_mammogram()  # 0.1 mm pixels: 6.4 mm is a 64-pixel window
-  settings = dataclasses.replace(SETTINGS, size_mm=6.4)
+  settings = dataclasses.replace(SETTINGS, field_of_view_mm=6.4)
   assert patches.window_pixels(mg, settings) == (64, 64)
   (p, *_) = patches.positive_patches(mg, FINDINGS[:1], "img", settings)
   assert p.image.shape == (32, 32) and p.image.dtype == np.uint16

@@ -12,8 +12,10 @@ from flax import nnx
 
 from input_pipeline import patches
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import inference, networks, parallel, scoring
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import inference, networks
+from mcalc_jax.whole_image import scoring
 from tests.test_scoring import CLUSTERS, synthetic_mammogram
 
 FOV_MM = 11.2  # the run's field of view: 112 px at 0.1 mm, 56 px at 0.2 mm

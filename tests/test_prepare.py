@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from input_pipeline import importers, prepare, tfds_builder
+from input_pipeline import importers, manifest, prepare, tfds_builder
 from mcalc_jax.configs import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,3 +97,13 @@ def test_prepare_generates_and_builds_the_synthetic_cohort(tmp_path):
   assert table.splitlines()[0].split()[:4] == ["split", "background", "benign", "malignant"]
   assert builder.info.metadata["skipped"] == []
   assert "tensorflow" not in sys.modules
+
+
+def test_a_split_whose_images_are_all_missing_is_named_with_why(tmp_path):
+  missing = [manifest.Finding(f"p{n}", f"scans/{n}.png") for n in range(5)]
+  manifest.write_manifest(tmp_path / "manifest.csv", missing)
+  config = data.get_config("source=manifest")
+  config.location = str(tmp_path / "manifest.csv")
+
+  with pytest.raises(tfds_builder.EmptySplitError, match=r"split '\w+' came out empty: .*no such"):
+    prepare.prepare(config, str(tmp_path / "tfds"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from mcalc_jax.preprocess import PreprocessOptions, gaussian_blur, gaussian_kernel, preprocess
+from mcalc_jax.model.preprocess import PreprocessOptions, gaussian_blur, gaussian_kernel, preprocess
 
 
 def _patches(n: int = 3, size: int = 32) -> np.ndarray:

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mcalc_jax import evaluation, report
+from mcalc_jax.reports import evaluation, report
+from mcalc_jax.whole_image import froc, tiling
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -181,3 +182,43 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
     "Top-hat floor + tile reranker (classical)",
     "Top-hat floor + tile reranker (classical) + other breast (0.5)",
   ]
+
+
+def test_a_whole_image_metric_added_to_the_froc_registry_reaches_the_report(runs, monkeypatch):
+  """One entry in `froc.METRICS` is all a new operating point needs: froc computes it and the
+  report prints its column."""
+  monkeypatch.setitem(
+    froc.METRICS, froc.sensitivity_name(4.0), froc._sensitivity(4.0, "at 4 FP/image")
+  )
+  geometry = tiling.TileGeometry(
+    np.array([0, 10]), np.array([0]), 10, 10, (20, 10), (20, 10), flipped=False
+  )
+  cluster = froc.Cluster("c", "benign", row=15.0, col=5.0, radius=2.0)
+  images = [
+    froc.ScoredImage(
+      f"i{n}",
+      f"p{n}",
+      f"p{n}/L",
+      tiling.ImageScores(geometry, np.array([[0.9], [0.1 * n]]), None, 0.5, 0.0),
+      (cluster,),
+    )
+    for n in range(4)
+  ]
+  evaluation = froc.evaluate(images, resamples=20)
+  assert evaluation["metrics"]["sensitivity_at_4_fp"] == 1.0  # every cluster, below 4 FP/image
+  summary = {
+    "folds": 2,
+    "task": 1,
+    "network": "tophat",
+    "per_fold": [{"auc": 0.7, "patients": 2}, {"auc": 0.9, "patients": 2}],
+    "spread": {m: {"mean": 0.8, "std": 0.1, "folds_defined": 2} for m in ("auc", "accuracy")},
+    "whole_image": {k: evaluation[k] for k in ("metrics", "ci", "counts")},
+  }
+  pathlib.Path("runs/t1_alexnet/cv_summary.json").write_text(json.dumps(summary))
+  text = report.markdown_report([report.load_evaluation(r) for r in runs])
+  header = next(
+    line for line in text.splitlines() if line.startswith("| Run | Task | Network | Clu")
+  )
+  assert header.split(" | ")[-2] == "at 4 FP/image"
+  rows = [line for line in text.splitlines() if line.startswith("| runs/t1_alexnet | 1 | Top")]
+  assert rows[-1].split(" | ")[-2].startswith("1.00 (")  # the whole-image row

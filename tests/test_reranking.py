@@ -1,13 +1,15 @@
-"""mcalc_jax.reranking: tile features, the balanced logistic regression, refitting out of fold."""
+"""mcalc_jax.whole_image.reranking: tile features, the balanced logistic regression, refitting out of fold."""
 
 import dataclasses
+import json
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from mcalc_jax import froc, reranking
-from mcalc_jax.tiling import ImageScores, TileGeometry
+from mcalc_jax.whole_image import froc, reranking
+from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
 
 
 def scores_of(pixels: np.ndarray, tile: int, spacing_mm: float = 0.2) -> ImageScores:
@@ -105,3 +107,26 @@ def test_a_straight_edge_across_the_tile_stands_out_from_a_curved_boundary_and_s
   features = reranking.tile_features(pixels, scores_of(pixels, 40), ("straight_edge",))[0, :, 0]
   np.testing.assert_allclose(features[0], 0.3)  # the full step: bands of 0.4 mm = 2 px
   assert features[1] < 0.5 * features[0] and features[2] < 0.05 * features[0]
+
+
+@pytest.mark.parametrize(
+  "edit, message",
+  [
+    (lambda d: "{ not json", "not a tile reranker's JSON"),
+    (lambda d: {k: v for k, v in d.items() if k != "weights"}, "no 'weights'"),
+    (lambda d: d | {"weights": [float("nan"), 1.0]}, "not finite"),
+    (lambda d: d | {"std": [1.0, 0.0]}, "std is not positive"),
+    (lambda d: d | {"mean": [0.0]}, "one number for each of 2 features"),
+    (lambda d: d | {"features": ["specks_0.03", "shoe_size"]}, "unknown tile features"),
+  ],
+)
+def test_a_damaged_reranker_json_names_its_file_and_what_is_wrong(tmp_path, edit, message):
+  model = reranking.TileReranker(
+    ("specks_0.03", "tile_max"), np.ones(2), 0.0, np.zeros(2), np.ones(2), 11.2
+  )
+  edited = edit(json.loads(model.to_json()))
+  path = tmp_path / "reranker.json"
+  path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+
+  with pytest.raises(reranking.RerankerError, match=rf"^{path}: .*{message}"):
+    reranking.load(path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import scoring, tiling
+from mcalc_jax.whole_image import scoring, tiling
 
 PATCH = 112
 MAX_VALUE = 4095
@@ -214,7 +214,7 @@ def run_on_eight_devices(script: str) -> dict:
 def test_batches_are_sharded_over_every_device():
   result = run_on_eight_devices("""
     import json, jax, numpy as np
-    from mcalc_jax import scoring
+    from mcalc_jax.whole_image import scoring
     from tests.test_scoring import synthetic_mammogram, speck_probabilities, PATCH
     seen = []
     def probabilities(images):
@@ -237,10 +237,13 @@ def test_a_classifier_replicated_on_every_device_scores_on_a_subset():
     import json, jax, numpy as np
     from flax import nnx
     from mcalc_jax.configs import default
-    from mcalc_jax import inference, networks, parallel, scoring
+    from mcalc_jax.base import parallel
+    from mcalc_jax.model import inference, networks
+    from mcalc_jax.whole_image import scoring
     from tests.test_scoring import synthetic_mammogram
     config = default.get_config()
     config.model, config.patch_size, config.preprocess.input_size = "resnet18", 112, 32
+    config.field_of_view_mm = 0.0  # native pixels
     graphdef, params, batch_stats = nnx.split(
         networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
     mesh = parallel.make_mesh()

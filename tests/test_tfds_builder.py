@@ -11,8 +11,8 @@ from PIL import Image
 
 from input_pipeline import pipeline, tfds_builder
 from input_pipeline.manifest import Finding, write_manifest
-from mcalc_jax import train
 from mcalc_jax.configs import data, default
+from mcalc_jax.model import train
 
 NUM_PATIENTS = 10
 

@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from mcalc_jax import networks
+from mcalc_jax.model import networks
 
 torch = pytest.importorskip("torch")
 torch_reference = pytest.importorskip("tools.benchmarks.torch_reference")
@@ -50,7 +50,7 @@ def test_preprocessing_matches_the_jax_path():
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from mcalc_jax.preprocess import PreprocessOptions, preprocess  # noqa: PLC0415
+  from mcalc_jax.model.preprocess import PreprocessOptions, preprocess  # noqa: PLC0415
 
   images = np.random.default_rng(0).uniform(0, 1, (4, 112, 112, 1)).astype(np.float32)
   expected = preprocess(jnp.asarray(images), PreprocessOptions(blur_sigma=1.0))

@@ -19,8 +19,9 @@ import sklearn.metrics
 from PIL import Image
 
 from input_pipeline import noise
-from mcalc_jax import checkpointing, inference, parallel, train
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import checkpointing, inference, train
 
 PATCH = 112
 

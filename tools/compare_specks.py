@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcalc_jax import cv, morphology  # noqa: E402
+from mcalc_jax.experiments import folds
+from mcalc_jax.model import morphology  # noqa: E402
 
 _SPECK_MM = 0.4
 _COUNT_THRESHOLD = 8 / 255
@@ -35,7 +36,7 @@ _COLUMNS = ("top-hat max (0.4 mm)", "pixels > 8/255", "median local std")
 
 def patches(dataset: str, data_dir: str, pixels: int) -> tuple[np.ndarray, np.ndarray, float]:
   """[N, pixels, pixels, 1] intensities in [0, 1], Task 1 labels, and the patch's millimetres."""
-  arrays, _, fov_mm = cv.load_patches(dataset, data_dir)
+  arrays, _, fov_mm = folds.load_patches(dataset, data_dir)
   images = arrays["image"].astype(np.float32) / arrays["max_value"][:, None, None, None]
   shape = (len(images), pixels, pixels, 1)
   return (

@@ -4,7 +4,7 @@
       [--data_config=configs/data.py:source=mias] [--count=24] [--reranked]
 
 Reads every fold's out-of-fold grids (`RUN/fold_*/images/*.npz`) and the cohort's findings,
-takes the detections that hit no cluster (`mcalc_jax.froc`'s rule), highest first, and writes
+takes the detections that hit no cluster (`mcalc_jax.whole_image.froc`'s rule), highest first, and writes
 their tiles (each stretched to its own range, in the canonical orientation, shown at one size) as
 rows of 8; below
 them, one tile holding each annotated cluster. With --reranked, the grids are first rescored by
@@ -25,8 +25,10 @@ from PIL import Image
 
 from input_pipeline import sources
 from input_pipeline.mammogram import read_mammogram, spacing_options
-from mcalc_jax import cv, discovery, froc, heatmaps, reranking
+from mcalc_jax.archives import discovery
 from mcalc_jax.configs import data
+from mcalc_jax.experiments import localization
+from mcalc_jax.whole_image import froc, heatmaps, reranking
 
 _COLUMNS = 8
 _CELL = 168  # pixels per tile on the sheet (nearest-neighbour)
@@ -38,7 +40,7 @@ def scored_images(
   """The run's out-of-fold scored images (`grid_paths`: `grid_paths(RUN)`) with their findings,
   and the inputs by key."""
   config = data.get_config(data_config.split(":", 1)[1] if ":" in data_config else None)
-  findings = sources.get(config.source).load_findings(config.location)
+  findings = sources.load_findings(config.source, config.location)
   base = os.path.commonpath([f.image_path for f in findings])
   inputs = {i.key: i for i in discovery.inputs_from_findings(findings, base)}
   grids = {key: heatmaps.read_scores(path) for key, path in grid_paths.items()}
@@ -48,7 +50,7 @@ def scored_images(
 
 def grid_paths(run: str) -> dict[str, str]:
   """Each out-of-fold grid's path (RUN/fold_<i>/images/KEY.npz), by image key."""
-  paths = glob.glob(os.path.join(run, "fold_*", cv.IMAGES_DIR, "*.npz"))
+  paths = glob.glob(os.path.join(run, "fold_*", localization.IMAGES_DIR, "*.npz"))
   return {os.path.basename(path)[: -len(".npz")]: path for path in paths}
 
 
@@ -57,7 +59,9 @@ def reranked(
 ) -> list[froc.ScoredImage]:
   """The images rescored by the reranker of the fold that scored them."""
   fold_dirs = {key: os.path.dirname(os.path.dirname(p)) for key, p in grid_paths.items()}
-  models = {d: reranking.load(os.path.join(d, cv.RERANKER_FILE)) for d in set(fold_dirs.values())}
+  models = {
+    d: reranking.load(os.path.join(d, localization.RERANKER_FILE)) for d in set(fold_dirs.values())
+  }
   out = []
   for image in images:
     mammogram, _ = inputs[image.key].read()

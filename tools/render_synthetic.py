@@ -1,6 +1,7 @@
 """Writes a contact sheet of a small synthetic cohort, for judging its realism by eye.
 
   python tools/render_synthetic.py --out=/tmp/synthetic_sheet.png --patients=4 --difficulty=0.5
+  python tools/render_synthetic.py --out=/tmp/detected_sheet.png --processing=none
 
 Top rows: every view of each patient (annotated clusters circled, red malignant, green benign),
 read back from the DICOM files the way a viewer shows them. Bottom row: 112x112 crops around
@@ -75,9 +76,15 @@ def main() -> None:
   parser.add_argument("--patients", type=int, default=4)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--difficulty", type=float, default=0.5)
+  parser.add_argument(
+    "--processing",
+    choices=synthetic.PROCESSINGS,
+    default="presentation",
+    help="the unit's processing for presentation, or none (the detected log image)",
+  )
   parser.add_argument("--cohort_dir", default="", help="keep the cohort here (default: a temp dir)")
   args = parser.parse_args()
-  options = synthetic.SyntheticOptions(difficulty=args.difficulty)
+  options = synthetic.SyntheticOptions(difficulty=args.difficulty, processing=args.processing)
   cohort_dir = args.cohort_dir or tempfile.mkdtemp(prefix="synthetic_")
   os.makedirs(cohort_dir, exist_ok=True)
   path = synthetic.generate_cohort(

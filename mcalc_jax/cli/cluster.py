@@ -14,7 +14,7 @@ import sys
 import ml_collections
 from absl import flags
 
-from mcalc_jax import parallel, runtime
+from mcalc_jax.base import parallel, runtime
 
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", "", "HOST:PORT of process 0 (default: detected under SLURM / Open MPI)."

@@ -3,21 +3,34 @@
 `--config=configs/NAME.py[:ARGS]` names a file of a checkout; where no such file exists (a job
 run outside the checkout, from an installed wheel), the installed copy `mcalc_jax.configs.NAME`
 is used, so every job runs from any folder.
+
+A user's mistake (`USER_ERRORS`: a bad input, manifest, output folder or setting, an unreadable
+mammogram, a full disk) ends a job with one line, `mcalc-JOB: PATH: REASON`, and exit status 1;
+`--traceback` prints the traceback as well. Anything else is a bug, and shows its traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from input_pipeline.errors import MammogramError, UserError
+
 _CONFIGS_PREFIX = "configs/"
 _CONFIG_FILE_ERROR = "Error whilst parsing config file"
 _CONFIG_FLAGS = ("--config", "--data_config")
+USER_ERRORS = (UserError, MammogramError, OSError)
+
+_TRACEBACK = flags.DEFINE_bool(
+  "traceback", False, "On a user error (a bad input, output or setting), print its traceback too."
+)
 
 
 def define_config_flag(
@@ -28,13 +41,6 @@ def define_config_flag(
   if required:
     flags.mark_flag_as_required(name)
   return holder
-
-
-def load_findings(data_config) -> list:
-  """The findings of the source a data config (configs/data.py) names, at its location."""
-  from input_pipeline import sources  # noqa: PLC0415  (only jobs that localise need it)
-
-  return sources.get(data_config.source).load_findings(data_config.location)
 
 
 def packaged_config(spec: str) -> str:
@@ -87,8 +93,34 @@ def no_extra_arguments(argv: Sequence[str]) -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """Console-script entry point: absl app with JAX's flags and one-line flag errors."""
+  """Console-script entry point: absl app with JAX's flags, one-line flag and user errors."""
   import jax  # noqa: PLC0415  (after the job module is imported: its flags come first)
 
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  app.run(_one_line_errors(main), flags_parser=parse_flags)
+
+
+def _one_line_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """`main` with its user errors ended as `mcalc-JOB: PATH: REASON` (the job from its module)."""
+  module = sys.modules[main.__module__]  # __main__ under python -m: its spec has the name
+  job = "mcalc-" + (module.__spec__.name if module.__spec__ else module.__name__).split(".")[-1]
+
+  @functools.wraps(main)
+  def guarded(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if _TRACEBACK.value:
+        traceback.print_exc()
+      sys.exit(f"{job}: {one_line(e)}")
+
+  return guarded
+
+
+def one_line(error: BaseException) -> str:
+  """A user error's message on one line; an OSError's as `PATH: REASON` (or `PATH -> PATH2`)."""
+  message = str(error)
+  if isinstance(error, OSError) and not isinstance(error, MammogramError) and error.strerror:
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    message = ": ".join([" -> ".join(paths), error.strerror] if paths else [error.strerror])
+  return " ".join(message.split()) or type(error).__name__

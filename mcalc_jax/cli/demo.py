@@ -2,7 +2,7 @@
 
   mcalc-demo --workdir=runs/demo [--patients=40 --epochs=8 --model=specknet]
 
-What it runs: `mcalc_jax.demo`.
+What it runs: `mcalc_jax.experiments.demo`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import os
 
 from absl import flags, logging
 
-from mcalc_jax import demo, networks, runtime
+from mcalc_jax.base import runtime
 from mcalc_jax.cli import common
+from mcalc_jax.experiments import demo
+from mcalc_jax.model import networks
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is written.")
 _PATIENTS = flags.DEFINE_integer("patients", 40, "Synthetic patients (4 mammograms each).")

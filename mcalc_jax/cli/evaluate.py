@@ -11,8 +11,9 @@ import json
 
 from absl import app, flags, logging
 
-from mcalc_jax import evaluation, metrics
+from mcalc_jax.base import metrics
 from mcalc_jax.cli import cluster, common
+from mcalc_jax.reports import evaluation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints).", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (threshold from validation).")

@@ -5,9 +5,10 @@
 
 Cluster-level FROC (sensitivity at 0.5, 1 and 2 false-positive regions per image), image- and
 breast-level AUC, each cluster's rank among its image's regions, with patient-bootstrap CIs;
-the hit rule and the outputs: `mcalc_jax.froc`. With --bilateral_weight each image is read
-against the same view of the other breast (`mcalc_jax.bilateral`; the manifest's patient,
-laterality and view columns pair them).
+the hit rule and the outputs: `mcalc_jax.whole_image.froc`. With --bilateral_weight each image is read
+against the same view of the other breast (`mcalc_jax.whole_image.bilateral`; the manifest's patient,
+laterality and view columns pair them). The outputs key patients by a salted hash of the
+manifest's patient_id unless --keep_identifiers (`mcalc_jax.archives.scored.pseudonymised`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 
 from absl import flags
 
-from mcalc_jax import froc
+from mcalc_jax.archives import scored
 from mcalc_jax.cli import common
 
 _SCORES = flags.DEFINE_string("scores", None, "Output folder of mcalc-score.", required=True)
@@ -29,17 +30,21 @@ _BILATERAL = flags.DEFINE_float(
   0.0,
   "Take this times the other breast's peak logit off each image's logits (0: each image alone).",
 )
+_KEEP_IDENTIFIERS = flags.DEFINE_bool(
+  "keep_identifiers", False, "Write the manifest's patient ids (not their salted hashes)."
+)
 
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  result = froc.evaluate_scored_folder(
+  result = scored.evaluate_scored_folder(
     _SCORES.value,
     _MANIFEST.value,
     _OUTPUT.value or None,
     resamples=_RESAMPLES.value,
     seed=_SEED.value,
     bilateral_weight=_BILATERAL.value,
+    keep_identifiers=_KEEP_IDENTIFIERS.value,
   )
   print(json.dumps({"counts": result["counts"], "metrics": result["metrics"]}, indent=2))
 

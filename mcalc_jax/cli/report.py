@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from mcalc_jax import report
 from mcalc_jax.cli import common
+from mcalc_jax.reports import report
 
 _OUTPUT = flags.DEFINE_string("output", "table2", "Output path without extension (.md and .csv).")
 _SPLIT = flags.DEFINE_string("split", "test", "Evaluated split to tabulate (WORKDIR/eval/<split>).")

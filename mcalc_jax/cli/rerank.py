@@ -4,19 +4,19 @@
   mcalc-rerank --scores=SCORES --manifest=MANIFEST.csv --output=reranker.json
   mcalc-score --workdir=RUN --input=NEW_ARCHIVE --output=OUT --reranker=reranker.json
 
-The reranker (`mcalc_jax.reranking`) is a class-balanced logistic regression on classical
+The reranker (`mcalc_jax.whole_image.reranking`) is a class-balanced logistic regression on classical
 features of every scored tile, positives the tiles that hit a cluster of the manifest: the
 whole-image decision fitted on the tiles that are scored, as `mcalc-cv` does per fold.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
-from mcalc_jax import reranking
+from mcalc_jax.archives import scored
+from mcalc_jax.base import files
 from mcalc_jax.cli import common
+from mcalc_jax.whole_image import reranking
 
 _SCORES = flags.DEFINE_string("scores", None, "Output folder of mcalc-score.", required=True)
 _MANIFEST = flags.DEFINE_string(
@@ -33,10 +33,8 @@ _FEATURES = flags.DEFINE_list(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  try:
-    model = reranking.fit_scored_folder(_SCORES.value, _MANIFEST.value, tuple(_FEATURES.value))
-  except (ValueError, FileNotFoundError) as e:  # no clusters, unknown features, no grids
-    sys.exit(f"mcalc-rerank: {e}")
+  files.check_writable(_OUTPUT.value)  # before minutes of fitting, not after
+  model = scored.fit_scored_folder(_SCORES.value, _MANIFEST.value, tuple(_FEATURES.value))
   reranking.save(_OUTPUT.value, model)
   print(f"tile reranker on {', '.join(model.features)} written to {_OUTPUT.value}")
 

@@ -3,20 +3,23 @@
   mcalc-score --workdir=runs/task1 --input=ARCHIVE_DIR|MANIFEST.csv --output=SCORES_DIR
       [--task2_workdir=runs/task2] [--stride=112] [--batch_size=256] [--task1_threshold=0.5]
       [--keep_identifiers] [--num_workers=-1] [--nooverlays] [--reranker=CV_RUN/reranker.json]
+      [--max_megapixels=100] [--max_aspect_ratio=20]
   mcalc-score --workdir=runs/task1 --dicomweb_url=http://pacs/dicom-web --output=SCORES_DIR
       [--dicomweb_study_dates=20240101-20240131 | --dicomweb_studies=UID,UID]
       [--dicom_results [--stow_url=http://pacs/dicom-web]]
 
-What is read and written, and how a rerun resumes: `mcalc_jax.archive`; DICOMweb:
-`mcalc_jax.dicomweb`; DICOM results: `mcalc_jax.dicom_results` (docs/dicom.md).
+What is read and written, and how a rerun resumes: `mcalc_jax.archives.archive`; DICOMweb:
+`mcalc_jax.archives.dicomweb`; DICOM results: `mcalc_jax.archives.dicom_results` (docs/dicom.md).
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from mcalc_jax import archive, scoring
+from input_pipeline.mammogram import DEFAULT_LIMITS, SizeLimits
+from mcalc_jax.archives import archive
 from mcalc_jax.cli import cluster, common
+from mcalc_jax.whole_image import scoring
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Training run directory of the Task 1 classifier.", required=True
@@ -73,6 +76,17 @@ _RERANKER = flags.DEFINE_string(
   "",
   "A tile reranker (an mcalc-cv run's reranker.json) that rescores each image's Task 1 tiles.",
 )
+_MAX_MEGAPIXELS = flags.DEFINE_float(
+  "max_megapixels",
+  DEFAULT_LIMITS.max_pixels / 1e6,
+  "Images whose header claims more pixels are error rows, never decoded (a real mammogram has "
+  "at most about 35).",
+)
+_MAX_ASPECT_RATIO = flags.DEFINE_float(
+  "max_aspect_ratio",
+  DEFAULT_LIMITS.max_aspect_ratio,
+  "Images thinner than this (longer side / shorter side) are error rows, never decoded.",
+)
 _STOW_URL = flags.DEFINE_string(
   "stow_url", "", "DICOMweb base URL to send the DICOM results to (STOW-RS)."
 )
@@ -88,10 +102,12 @@ def main(argv: list[str]) -> None:
       output=_OUTPUT.value,
       task2_workdir=_TASK2_WORKDIR.value,
       checkpoint=_CHECKPOINT.value,
-      stride=_STRIDE.value,
-      batch_size=_BATCH_SIZE.value,
-      task1_threshold=_TASK1_THRESHOLD.value,
-      min_breast_fraction=_MIN_BREAST_FRACTION.value,
+      tiles=scoring.TileSettings(
+        stride=_STRIDE.value,
+        min_breast_fraction=_MIN_BREAST_FRACTION.value,
+        batch_size=_BATCH_SIZE.value,
+        task1_threshold=_TASK1_THRESHOLD.value,
+      ),
       keep_identifiers=_KEEP_IDENTIFIERS.value,
       num_workers=_NUM_WORKERS.value,
       overlays=_OVERLAYS.value,
@@ -103,6 +119,7 @@ def main(argv: list[str]) -> None:
       dicom_results=_DICOM_RESULTS.value,
       stow_url=_STOW_URL.value,
       reranker=_RERANKER.value,
+      limits=SizeLimits(round(_MAX_MEGAPIXELS.value * 1e6), _MAX_ASPECT_RATIO.value),
     )
   )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from mcalc_jax import evaluation, train
 from mcalc_jax.cli import cluster, common
+from mcalc_jax.model import train
+from mcalc_jax.reports import evaluation
 
 _CONFIG = common.define_config_flag("Training config (configs/default.py:task=T,model=NET).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and events.")

@@ -1,5 +1,5 @@
 """How many images per convolution and per inference pass make a CPU fastest: the sweeps behind
-`mcalc_jax.cpu_tuning.CPU_CONV_CHUNK` and each network's `cpu_inference_chunk`.
+`mcalc_jax.model.cpu_tuning.CPU_CONV_CHUNK` and each network's `cpu_inference_chunk`.
 
   python -m tools.benchmarks.cpu_chunks                       # both sweeps, all networks
   python -m tools.benchmarks.cpu_chunks --sweep=inference --models=resnet18 --chunks=0,16,32
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcalc_jax import inference
-from mcalc_jax.preprocess import PreprocessOptions
+from mcalc_jax.model import inference
+from mcalc_jax.model.preprocess import PreprocessOptions
 from tools.benchmarks import networks as benchmark
 from tools.benchmarks import scoring as benchmark_scoring
 

@@ -33,7 +33,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from mcalc_jax import archive, discovery, scoring
+from mcalc_jax.archives import archive, discovery
+from mcalc_jax.whole_image import scoring
 from tools.benchmarks.scoring import SHAPE, random_classifier, synthetic_mammogram
 
 

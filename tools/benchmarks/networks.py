@@ -15,7 +15,7 @@ skew all of them alike, and the load average is recorded):
     blur and z-score, softmax, host probabilities), best of
     channels_last eager and, with --torch_compile, torch.compile), same thread count, on the
     same device (a GPU when JAX has one; --dtype=bfloat16 runs PyTorch under autocast);
-  - seconds per 4000x3000 12-bit mammogram for the whole-image scorer (`mcalc_jax.scoring`),
+  - seconds per 4000x3000 12-bit mammogram for the whole-image scorer (`mcalc_jax.whole_image.scoring`),
     per stride, with the background skipped and with every tile, next to PyTorch scoring
     every tile;
   - ratios JAX / PyTorch and each side's share of the matmul ceiling, taking a training sample as
@@ -43,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcalc_jax import parallel, train
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import train
 from tools.benchmarks import scoring as benchmark_scoring
 
 MODELS = ("alexnet", "resnet18", "resnet34")

@@ -7,7 +7,7 @@ A 4000x3000 12-bit synthetic mammogram is scored tile by tile over its whole are
 background skipping, so every method scores the same tiles) with randomly initialised networks
 (timing needs no trained weights). Reported per model and stride: seconds per mammogram and
 tiles/s for
-  - mcalc_jax.scoring.Scorer: tiles cut on the devices, fixed batches, `--images` mammograms
+  - mcalc_jax.whole_image.scoring.Scorer: tiles cut on the devices, fixed batches, `--images` mammograms
     streamed (compilation excluded, on a small warm-up image);
   - a naive loop: one tile cut on the host and scored per call (`Classifier.probabilities`),
     timed on `--naive_tiles` tiles and extrapolated;
@@ -28,9 +28,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from input_pipeline import patches
 from input_pipeline.mammogram import Mammogram
-from mcalc_jax import inference, networks, parallel, scoring
+from mcalc_jax.base import parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import inference, networks
+from mcalc_jax.whole_image import scoring
 
 SHAPE = (4000, 3000)
 _PATCH = 112
@@ -68,6 +71,7 @@ def random_classifier(
   config.model, config.dtype = model, dtype
   config.update(overrides or {})
   config.patch_size = _PATCH
+  config.field_of_view_mm = patches.NATIVE_PIXELS  # the paper's native-pixel patches
   graphdef, params, batch_stats = nnx.split(
     networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
   )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-# Parameter counts of mcalc_jax.models with 1 input channel and 2 classes.
+# Parameter counts of mcalc_jax.model.models with 1 input channel and 2 classes.
 EXPECTED_PARAMS = {"alexnet": 56_996_546, "resnet18": 11_171_266, "resnet34": 21_279_426}
 
 

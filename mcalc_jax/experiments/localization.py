@@ -1,0 +1,172 @@
+"""A cross-validation's whole-image pass: each fold scores its test patients' mammograms, out of
+fold; a tile reranker is refitted per fold; every result is read once more against the other
+breast; each is evaluated pooled (`mcalc_jax.whole_image.froc`).
+
+  WORKDIR/fold_<i>/images/               the fold's test images scored (mcalc_jax.archives layout)
+  WORKDIR/fold_<i>/reranker.json         the fold's tile reranker, fitted on the other folds' images
+  WORKDIR/reranker.json                  one fitted on every image (`mcalc-score --reranker`)
+  WORKDIR/eval/froc/                     the pooled whole-image evaluation: every image localised
+                                         once, by the model that never saw its patient
+  WORKDIR/eval/froc_reranked/            ... after the tile reranker
+  WORKDIR/eval/froc*_bilateral/          ... each image read against the other breast's
+
+Its settings are the config's `whole_image` group (configs/default.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from input_pipeline import sources
+from input_pipeline.manifest import Finding
+from mcalc_jax.archives import archive, discovery, scored
+from mcalc_jax.base import calibration
+from mcalc_jax.model import inference
+from mcalc_jax.whole_image import bilateral, froc, heatmaps, reranking, scoring
+from mcalc_jax.whole_image.tiling import ImageScores
+
+IMAGES_DIR = "images"
+RERANKER_FILE = "reranker.json"
+RERANK_MODES = ("", "classical", "stacked")
+_SUMMARISED = ("metrics", "ci", "counts")  # what cv_summary.json keeps of an evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeImagePass:
+  """The cohort's findings (every image, absolute paths) and how its images are scored, reranked
+  and read against the other breast."""
+
+  findings: Sequence[Finding]
+  tiles: scoring.TileSettings = scoring.TileSettings()
+  overlays: bool = False
+  rerank: str = "classical"  # "" none, "classical" tile features, "stacked" and the network's logit
+  rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
+  bilateral_weight: float = bilateral.DEFAULT_WEIGHT  # 0: no bilateral reading
+
+  def __post_init__(self):
+    if self.rerank not in RERANK_MODES:
+      raise ValueError(f"rerank must be one of {RERANK_MODES}, not {self.rerank!r}")
+    bilateral.check_weight(self.bilateral_weight)
+    reranking.check_features(self.rerank_features)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> WholeImagePass | None:
+    """The pass `config.whole_image` describes, its source's findings loaded; None without one."""
+    group = config.whole_image
+    if not group.source:
+      return None
+    return cls(
+      sources.load_findings(group.source, group.location),
+      tiles=scoring.TileSettings.from_config(group),
+      overlays=group.overlays,
+      rerank=group.rerank,
+      rerank_features=tuple(filter(None, group.rerank_features.split(","))),
+      bilateral_weight=group.bilateral_weight,
+    )
+
+  def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
+    """A whole-image scorer of the run's best model."""
+    return self.tiles.scorer(inference.load_classifier(run_dir, "best"))
+
+  @property
+  def base(self) -> str:
+    """The images' common folder: image keys are their paths relative to it."""
+    paths = sorted({f.image_path for f in self.findings})
+    return os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+
+
+def localize_folds(
+  workdir: pathlib.Path,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  whole: WholeImagePass,
+  run_dirs: Sequence[pathlib.Path],
+  seed: int,
+  resamples: int,
+  maps: Sequence[calibration.Platt] | None = None,
+) -> dict[str, Any]:
+  """Scores each fold's test images with its final model (`run_dirs`, resumable), evaluates them
+  pooled, each fold's Task 1 grids mapped by its calibration (`maps`, one per fold)."""
+  grids: dict[str, ImageScores] = {}
+  inputs = discovery.inputs_from_findings(whole.findings, whole.base)
+  patient = {f.image_path: f.patient_id for f in whole.findings}
+  for i, fold in enumerate(assignment):
+    test = set(fold["test"])
+    mine = [item for item in inputs if patient[item.path] in test]
+    out = workdir / f"fold_{i}" / IMAGES_DIR
+    archive.score_archive(whole.scorer(run_dirs[i]), mine, os.fspath(out), overlays=whole.overlays)
+    grids |= {
+      item.key: _calibrated_grid(heatmaps.read_scores(out / f"{item.key}.npz"), maps, i)
+      for item in mine
+      if (out / f"{item.key}.npz").exists()
+    }
+  keys = {item.path: item.key for item in inputs}
+  images = froc.scored_images(whole.findings, keys, grids)
+  result = _evaluated(images, workdir / "eval" / "froc", whole, seed, resamples)
+  if whole.rerank:
+    by_key = {item.key: item for item in inputs}
+    result["reranked"] = rerank_folds(workdir, assignment, whole, images, by_key, seed, resamples)
+  return result
+
+
+def rerank_folds(
+  workdir: pathlib.Path,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  whole: WholeImagePass,
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, discovery.Input],
+  seed: int,
+  resamples: int,
+) -> dict[str, Any]:
+  """Each fold's tile reranker, fitted on the out-of-fold grids of the other folds' images
+  (WORKDIR/fold_<i>/reranker.json), applied to its own test images; their pooled evaluation goes
+  to WORKDIR/eval/froc_reranked. Stacked, the training tiles' logits come from the other folds'
+  models, as a test tile's comes from its own fold's. WORKDIR/reranker.json, fitted on every
+  image, is the one `mcalc-score --reranker` applies to new images."""
+  names = whole.rerank_features
+  if whole.rerank == "stacked":
+    names = (*names, reranking.NETWORK_FEATURE)
+  features = reranking.image_features(images, inputs, names)
+  fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
+  reranked, models = reranking.refit_folds(images, features, fold_of, names)
+  for k, model in models.items():
+    reranking.save(workdir / f"fold_{k}" / RERANKER_FILE, model)
+  reranking.save(workdir / RERANKER_FILE, reranking.fit_images(images, features, names))
+  title = f"tile reranker ({whole.rerank}), refitted per fold"
+  out = workdir / "eval" / "froc_reranked"
+  result = _evaluated(reranked, out, whole, seed, resamples, title)
+  return {"mode": whole.rerank, "features": list(names), **result}
+
+
+def _evaluated(
+  images: Sequence[froc.ScoredImage],
+  out_dir: pathlib.Path,
+  whole: WholeImagePass,
+  seed: int,
+  resamples: int,
+  title: str = "",
+) -> dict[str, Any]:
+  """The pooled whole-image evaluation of `images` into `out_dir`, and with a bilateral weight
+  once more, each image read against the other breast's, into `out_dir`_bilateral."""
+  evaluation = froc.evaluate(images, resamples=resamples, seed=seed)
+  scored.write_froc(out_dir, evaluation, title=title)
+  result = {k: evaluation[k] for k in _SUMMARISED}
+  weight = whole.bilateral_weight
+  if weight:
+    compared = froc.against_other_breast(images, weight)
+    evaluation = froc.evaluate(compared, resamples=resamples, seed=seed)
+    title = f"{title or 'network'}, against the other breast (weight {weight:g})"
+    scored.write_froc(out_dir.with_name(out_dir.name + "_bilateral"), evaluation, title=title)
+    result["bilateral"] = {"weight": weight, **{k: evaluation[k] for k in _SUMMARISED}}
+  return result
+
+
+def _calibrated_grid(
+  scores: ImageScores, maps: Sequence[calibration.Platt] | None, fold: int
+) -> ImageScores:
+  return dataclasses.replace(scores, task1=maps[fold].apply(scores.task1)) if maps else scores

@@ -1,0 +1,276 @@
+"""Calcification marks, the way CAD reports them, and their evaluation by mark-level FROC.
+
+An image's speck map (`mcalc_jax.whole_image.specks`) gives specks, `ClusterRule` groups them
+(`mcalc_jax.whole_image.clusters`), and each cluster becomes one `Mark`: where it is in the
+ORIGINAL image's pixels and the probability that it is a true calcification cluster (Task 1).
+That probability comes from the cluster classifier: the tile reranker's class-balanced logistic
+regression (`reranking.fit`) on the cluster's features, Platt-scaled on a validation part where
+one is given, so that a 0.7 means about 70% of such marks are on a cluster.
+
+Marks are judged as CAD is: `evaluate_marks` matches each image's marks to its annotated clusters
+by `hits` and returns `froc.evaluate_results`' dict (mark FROC, image AUC from the top mark, ranks,
+patient-bootstrap CIs). Per image, marks are taken from the highest score down: one that hits a
+cluster not yet found finds it at its score, one that hits only found clusters is ignored, one
+that hits none is a false mark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import special
+
+from mcalc_jax.base import calibration
+from mcalc_jax.whole_image import clusters, froc, reranking
+from mcalc_jax.whole_image.specks import SPECK_RULE, SpeckMap, SpeckRule, find_specks
+
+HIT_DISTANCE_MM = 5.0  # how near a point annotation (no radius) a mark's centre must lie
+DEFAULT_FEATURES = tuple(clusters.FEATURES)
+
+
+def hit_rule(hit_distance_mm: float = HIT_DISTANCE_MM) -> str:
+  """The hit rule in words, as froc.json states it."""
+  return (
+    "a mark (one cluster of specks) hits an annotated cluster when the mark's centre (the mean of "
+    "its specks' centres) lies inside the annotated circle (centre and radius), or, for a point "
+    f"annotation without a radius, within {hit_distance_mm:g} mm of the point"
+  )
+
+
+HIT_RULE = hit_rule()
+
+
+@dataclasses.dataclass(frozen=True)
+class Mark:
+  """One CAD mark: a cluster of specks, in the ORIGINAL image's pixels."""
+
+  key: str  # the image's
+  cluster_id: int  # the cluster's index among the image's marks
+  row: float  # centre: the mean of the specks' centres
+  col: float
+  box: tuple[float, float, float, float]  # (top, left, bottom, right) of the specks' centres
+  specks: int
+  task1: float  # P(a true calcification cluster), calibrated; NaN without a classifier
+  task2: float  # P(malignant); NaN: no Task 2 classifier yet
+  features: Mapping[str, float]  # `clusters.describe` of the cluster
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkedImage:
+  """One image's marks with what is known about it (`froc.ScoredImage` for marks)."""
+
+  key: str
+  patient_id: str
+  breast: str  # patient and laterality: the unit of the breast-level AUC
+  marks: tuple[Mark, ...]
+  clusters: tuple[froc.Cluster, ...]  # annotated, in ORIGINAL pixels
+  pixel_mm: float  # the image's pixel side: point annotations' hit distance in pixels
+
+
+def check_features(names: Sequence[str]) -> None:
+  """Raises RerankerError naming the features `clusters.FEATURES` does not register."""
+  unknown = sorted(set(names) - set(clusters.FEATURES))
+  if unknown:
+    raise reranking.RerankerError(
+      f"unknown cluster features {unknown}; known: {', '.join(clusters.FEATURES)}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterClassifier:
+  """Task 1 for a cluster: the balanced logistic regression on its features, then Platt."""
+
+  model: reranking.TileReranker
+  platt: calibration.Platt = calibration.Platt()
+
+  def probabilities(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """float64 [n]: P(a true cluster) of each mark's `features`."""
+    x = np.array([[f[name] for name in self.model.features] for f in features], np.float64)
+    raw = special.expit(self.model.logits(x.reshape(len(features), -1)))
+    return self.platt.apply(raw).astype(np.float64)
+
+  def to_json(self) -> str:
+    return json.dumps(
+      {
+        "logistic": json.loads(self.model.to_json()),
+        "platt": dataclasses.asdict(self.platt),
+      },
+      indent=2,
+    )
+
+  @classmethod
+  def from_json(cls, text: str) -> ClusterClassifier:
+    """The classifier `to_json` wrote; RerankerError says what is wrong otherwise."""
+    try:
+      d = json.loads(text)
+      model = reranking.TileReranker.from_json(json.dumps(d["logistic"]), check_features)
+      platt = calibration.Platt(float(d["platt"]["slope"]), float(d["platt"]["intercept"]))
+    except KeyError as e:
+      raise reranking.RerankerError(f"not a cluster classifier's JSON: no {e.args[0]!r}") from e
+    except (ValueError, TypeError) as e:
+      raise reranking.RerankerError(f"not a cluster classifier's JSON ({e})") from e
+    return cls(model, platt)
+
+
+def load(path: str | os.PathLike) -> ClusterClassifier:
+  """A saved classifier (`reranking.save` writes one); RerankerError names the file."""
+  return reranking.load(path, ClusterClassifier)
+
+
+def mark_image(
+  speck_map: SpeckMap,
+  key: str,
+  *,
+  speck_rule: SpeckRule = SPECK_RULE,
+  rule: clusters.ClusterRule = clusters.CLUSTER_RULE,
+  classifier: ClusterClassifier | None = None,
+) -> list[Mark]:
+  """The marks of one image from its speck map: its specks' clusters, each with its features and
+  (given a classifier) its Task 1 probability."""
+  found = clusters.group(find_specks(speck_map, speck_rule), rule)
+  marks = [_mark(key, k, cluster, speck_map) for k, cluster in enumerate(found)]
+  return marks if classifier is None else classified(marks, classifier)
+
+
+def _mark(key: str, cluster_id: int, cluster: clusters.SpeckCluster, speck_map: SpeckMap) -> Mark:
+  """One cluster as a mark, its centre and box mapped back to the original image's pixels."""
+  top, left, bottom, right = cluster.box
+  row, col = speck_map.to_original(*cluster.centre)
+  sides = sorted(speck_map.to_original(top, c)[1] for c in (left, right))
+  return Mark(
+    key=key,
+    cluster_id=cluster_id,
+    row=row,
+    col=col,
+    box=(top, sides[0], bottom, sides[1]),
+    specks=len(cluster.specks),
+    task1=np.nan,
+    task2=np.nan,
+    features=clusters.describe(cluster),
+  )
+
+
+def classified(marks: Sequence[Mark], classifier: ClusterClassifier) -> list[Mark]:
+  """`marks` with the classifier's Task 1 probabilities."""
+  if not marks:
+    return []
+  p = classifier.probabilities([m.features for m in marks])
+  return [dataclasses.replace(m, task1=float(v)) for m, v in zip(marks, p, strict=True)]
+
+
+def hits(mark: Mark, cluster: froc.Cluster, pixel_mm: float, hit_distance_mm: float) -> bool:
+  """The hit rule (`hit_rule`): both in the original image's pixels of `pixel_mm`."""
+  distance = float(np.hypot(mark.row - cluster.row, mark.col - cluster.col))
+  if cluster.radius > 0:
+    return distance <= cluster.radius
+  return distance * pixel_mm <= hit_distance_mm
+
+
+def clusters_hit(mark: Mark, image: MarkedImage, hit_distance_mm: float) -> list[int]:
+  """The indices of the image's clusters that `mark` hits."""
+  return [k for k, c in enumerate(image.clusters) if hits(mark, c, image.pixel_mm, hit_distance_mm)]
+
+
+def labels(image: MarkedImage, hit_distance_mm: float = HIT_DISTANCE_MM) -> np.ndarray:
+  """bool [marks]: the marks that hit one of the image's clusters (Task 1's positives)."""
+  return np.array([bool(clusters_hit(m, image, hit_distance_mm)) for m in image.marks], bool)
+
+
+def _examples(
+  images: Sequence[MarkedImage], names: Sequence[str], hit_distance_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """(x [marks, features], y [marks]) of every mark of `images`."""
+  x = [[m.features[n] for n in names] for image in images for m in image.marks]
+  y = [labels(image, hit_distance_mm) for image in images]
+  return np.array(x, np.float64).reshape(-1, len(names)), np.concatenate([np.zeros(0, bool), *y])
+
+
+def fit_classifier(
+  train: Sequence[MarkedImage],
+  validation: Sequence[MarkedImage] = (),
+  features: Sequence[str] = DEFAULT_FEATURES,
+  *,
+  c: float = 1.0,
+  hit_distance_mm: float = HIT_DISTANCE_MM,
+) -> ClusterClassifier:
+  """A cluster classifier fitted on the marks of `train` (positives: those that hit a cluster);
+  Platt-calibrated on the marks of `validation` when it has both kinds, else uncalibrated."""
+  check_features(features)
+  x, y = _examples(train, features, hit_distance_mm)
+  if not len(y):
+    raise ValueError("no marks to fit a cluster classifier on")
+  model = ClusterClassifier(reranking.fit(x, y, features, c))
+  xv, yv = _examples(validation, features, hit_distance_mm)
+  if not len(yv):
+    return model
+  prob = special.expit(model.model.logits(xv))
+  return dataclasses.replace(model, platt=calibration.fit_platt(yv, prob))
+
+
+def task1(mark: Mark) -> float:
+  """A mark's Task 1 probability: the score marks are judged by unless told otherwise."""
+  return mark.task1
+
+
+def evaluate_image(
+  image: MarkedImage,
+  hit_distance_mm: float = HIT_DISTANCE_MM,
+  score: Callable[[Mark], float] = task1,
+) -> froc.ImageResult:
+  """One image's marks matched to its clusters (module docstring); a cluster's rank is 1 + the
+  number of marks scoring above the best mark on it (None: no mark hits it)."""
+  scored = sorted(((score(m), m) for m in image.marks), key=lambda sm: -sm[0])
+  if any(not (np.isfinite(s) and s >= 0) for s, _ in scored):
+    raise ValueError(
+      f"{image.key}: a mark's score is not a finite number >= 0 (a probability or a "
+      "count: fit a classifier, or pass score=)"
+    )
+  found: dict[int, float] = {}
+  false_marks = []
+  for s, mark in scored:
+    hit = clusters_hit(mark, image, hit_distance_mm)
+    if not hit:
+      false_marks.append(s)
+    for k in hit:
+      found.setdefault(k, s)
+  above = np.array([s for s, _ in scored])
+  return froc.ImageResult(
+    key=image.key,
+    patient_id=image.patient_id,
+    breast=image.breast,
+    max_score=float(above[0]) if above.size else 0.0,  # no mark: below every image with one
+    false_positives=np.asarray(false_marks, np.float64),
+    cluster_scores=tuple(found.get(k, -np.inf) for k in range(len(image.clusters))),
+    cluster_ranks=tuple(
+      1 + int(np.sum(above > found[k])) if k in found else None for k in range(len(image.clusters))
+    ),
+    clusters=image.clusters,
+  )
+
+
+def evaluate_marks(
+  images: Sequence[MarkedImage],
+  *,
+  hit_distance_mm: float = HIT_DISTANCE_MM,
+  score: Callable[[Mark], float] = task1,
+  resamples: int = 1000,
+  seed: int = 0,
+) -> dict:
+  """Mark-level FROC of `images` (froc.json's content, `froc.evaluate_results`), with the marks
+  per image and per normal image (no annotated cluster) among its counts."""
+  normal = [len(im.marks) for im in images if not im.clusters]
+  return froc.evaluate_results(
+    [evaluate_image(image, hit_distance_mm, score) for image in images],
+    hit_rule(hit_distance_mm),
+    resamples=resamples,
+    seed=seed,
+    counts={
+      "marks_per_image": float(np.mean([len(im.marks) for im in images])) if images else 0.0,
+      "marks_per_normal_image": float(np.mean(normal)) if normal else 0.0,
+    },
+    described={"hit_distance_mm": hit_distance_mm},
+  )

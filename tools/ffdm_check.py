@@ -1,0 +1,127 @@
+"""How a Task 1 run reads real full-field digital mammograms it never saw: the FFDM check.
+
+  python -m tools.ffdm_check --run=RUN [--reranker=CV_RUN/reranker.json] [--out=ffdm.json]
+
+Scores the eight NYU FFDM images of ../shared/data/nyu-ffdm-png (16-bit PNG, no pixel spacing:
+the reader's assumed 0.07 mm) with the run, tile by tile as `mcalc-score` does, and reports per
+image the share of breast tiles at or above the operating threshold and above 0.9. For NYU exam 0
+(`gmic_exam0/`, evaluation only: never trained or fitted on) it also reports, in each left view
+(no known finding), the tiles at or above the threshold, and in each right view the rank of the
+benign calcification cluster's tile (ties counted against it: 1 + the tiles scoring at least as
+high). The cluster's position is our own annotation, by eye on the 12-bit images (`EXAM0_CLUSTERS`),
+as no coordinates come with the data; it serves this evaluation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from input_pipeline import sources
+from input_pipeline.mammogram import read_mammogram
+from mcalc_jax.model import inference
+from mcalc_jax.whole_image import froc, reranking, scoring
+
+THRESHOLD = 0.5  # mcalc-score's until runs carry one chosen on validation
+# (row, col, radius) in original pixels of exam 0's right-breast cluster, annotated by eye.
+EXAM0_CLUSTERS = {
+  "gmic_exam0/0_R-CC.png": (1440.0, 360.0, 45.0),
+  "gmic_exam0/0_R-MLO.png": (1818.0, 452.0, 25.0),
+}
+IMAGES = (
+  "breast_cancer_classifier/1_L_CC.png",
+  "breast_cancer_classifier/1_R_CC.png",
+  "breast_cancer_classifier/2_L_CC.png",
+  "breast_cancer_classifier/2_R_CC.png",
+  "gmic_exam0/0_L-CC.png",
+  "gmic_exam0/0_L-MLO.png",
+  "gmic_exam0/0_R-CC.png",
+  "gmic_exam0/0_R-MLO.png",
+)
+
+
+def nyu_folder() -> pathlib.Path:
+  """../shared/data/nyu-ffdm-png beside the checkout (or under $MCALC_SHARED_DATA)."""
+  mias = sources.default_location("mias")
+  if not mias:
+    raise FileNotFoundError("../shared/data is absent: the FFDM check needs nyu-ffdm-png")
+  return pathlib.Path(mias).parent / "nyu-ffdm-png"
+
+
+def image_report(
+  name: str, scores, reranker: reranking.TileReranker | None, pixels: np.ndarray
+) -> dict:
+  """One image's shares of hot tiles and, for exam 0, its left-view count or cluster rank."""
+  if reranker is not None:
+    scores = reranking.rerank_image(pixels, scores, reranker)
+  grid = scores.task1
+  values = grid[~np.isnan(grid)]
+  report = {
+    "image": name,
+    "breast_tiles": int(values.size),
+    "share_at_threshold": float(np.mean(values >= THRESHOLD)) if values.size else None,
+    "share_above_0.9": float(np.mean(values > 0.9)) if values.size else None,
+  }
+  if name.startswith("gmic_exam0/0_L"):
+    report["tiles_at_threshold"] = int(np.sum(values >= THRESHOLD))
+  if name in EXAM0_CLUSTERS:
+    row, col, radius = EXAM0_CLUSTERS[name]
+    cluster = froc.Cluster("exam0_right", "benign", row, col, radius)
+    holding = [grid[i, j] for i, j in froc.tiles_holding(grid, scores.geometry, cluster)]
+    best = max(holding) if holding else -np.inf
+    report["cluster_rank"] = int(np.sum(values >= best)) if holding else None
+  return report
+
+
+def check(run: str, reranker_path: str = "") -> dict:
+  """The FFDM check of `run` (and a reranker): per image, and exam 0's two targets."""
+  classifier = inference.load_classifier(run, "best")
+  scorer = scoring.TileSettings().scorer(classifier)
+  reranker = reranking.load(reranker_path) if reranker_path else None
+  folder = nyu_folder()
+  images = []
+  for name in IMAGES:
+    mammogram = read_mammogram(folder / name)
+    pixels = mammogram.pixels / mammogram.max_value
+    images.append(image_report(name, scorer.score(mammogram), reranker, pixels))
+  left = [im["tiles_at_threshold"] for im in images if "tiles_at_threshold" in im]
+  ranks = [im["cluster_rank"] for im in images if "cluster_rank" in im]
+  return {
+    "run": os.fspath(run),
+    "reranker": reranker_path,
+    "threshold": THRESHOLD,
+    "images": images,
+    "exam0_left_tiles_at_threshold": left,
+    "exam0_right_cluster_ranks": ranks,
+    "targets_met": {
+      "left_views_at_most_1_tile": all(n <= 1 for n in left),
+      "right_cluster_among_3_hottest": all(r is not None and r <= 3 for r in ranks),
+    },
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--run", required=True, help="a Task 1 training run (its workdir)")
+  parser.add_argument("--reranker", default="", help="a tile reranker JSON to apply")
+  parser.add_argument("--out", default="", help="write the report as JSON here too")
+  args = parser.parse_args()
+  report = check(args.run, args.reranker)
+  text = json.dumps(report, indent=2)
+  if args.out:
+    pathlib.Path(args.out).write_text(text)
+  for image in report["images"]:
+    extra = {k: v for k, v in image.items() if k in ("tiles_at_threshold", "cluster_rank")}
+    print(
+      f"{image['image']:38s} tiles {image['breast_tiles']:4d}  >= {THRESHOLD}: "
+      f"{image['share_at_threshold']:.2f}  > 0.9: {image['share_above_0.9']:.2f}  {extra or ''}"
+    )
+  print(json.dumps(report["targets_met"]))
+
+
+if __name__ == "__main__":
+  main()
