@@ -533,6 +533,6 @@ def _dicom_results(options: ScoreOptions, task1: inference.Classifier, stride: i
 def _optional(module: str):
   """A module of the `dicom` extra, or one line saying how to install it."""
   try:
-    return importlib.import_module(f"mcalc_jax.{module}")
+    return importlib.import_module(f"mcalc_jax.archives.{module}")
   except ImportError as e:
     raise ImportError(f"{e}: DICOMweb and DICOM results need pip install 'mcalc_jax[dicom]'") from e
