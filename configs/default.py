@@ -25,7 +25,7 @@ import ml_collections
 from input_pipeline import sources
 from mcalc_jax.configs import common
 from mcalc_jax.model import networks
-from mcalc_jax.whole_image import bilateral, reranking, scoring
+from mcalc_jax.whole_image import bilateral, clusters, marks, reranking, scoring, specks
 
 RECIPES = ("mcalc", "paper")
 FIELD_OF_VIEW_MM = 11.2  # the mcalc recipe's patch side (the paper's FFDM patches: 8-11 mm)
@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # validation or test: inserted or synthetic clusters. A patient of the cross-validated cohort
   # trains only in the folds that train on it.
   config.cv.train_also = ""
+  # How they train: "mix" with the fold's real patches, or "pretrain": a run on them alone
+  # (early-stopped on the fold's real validation part), then fine-tuned on the real patches.
+  config.cv.train_also_as = "mix"
 
   # Whole images of a cross-validation: each fold scores its test patients' mammograms, out of
   # fold (FROC, image AUC, cluster ranks), then reranks and reads them against the other breast.
@@ -117,6 +120,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # > 0: each evaluation once more with every image read against the other breast's
   # (mcalc_jax.whole_image.bilateral); 0: not.
   config.whole_image.bilateral_weight = bilateral.DEFAULT_WEIGHT
+
+  # CAD marks of the whole images (mcalc_jax.experiments.marking): specks found by the classical
+  # speck map, grouped into clusters, each a mark scored by a cluster classifier out of fold.
+  config.marks = ml_collections.ConfigDict()
+  config.marks.enabled = True  # with config.whole_image.source
+  config.marks.speck_threshold = specks.SPECK_RULE.threshold  # top-hat over its local level
+  for field in dataclasses.fields(clusters.ClusterRule):  # link_mm, min_specks, region_mm
+    config.marks[field.name] = getattr(clusters.CLUSTER_RULE, field.name)
+  config.marks.features = ",".join(marks.FEATURES)  # the cluster classifier's
+  config.marks.hit_distance_mm = marks.HIT_DISTANCE_MM  # to a point annotation without a radius
+  config.marks.false_marks_per_image = 0.5  # the operating point, chosen out of fold
+  # An inserted cohort's folder (input_pipeline.insertion, clusters in the cohort's own images):
+  # specks from a detector trained per fold on its training patients' inserted specks
+  # (mcalc_jax.model.speck_detector) instead of the classical map; its threshold a probability.
+  config.marks.detector_cohort = ""
+  config.marks.detector_threshold = 0.85
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation

@@ -194,7 +194,7 @@ def label_of(morphology: str, rng: np.random.Generator, malignant_fraction: floa
 # ---------------------------------------------------------------------------------------------
 # Measured speck contrast of real film (mini-MIAS).
 
-# Produced by `python -m input_pipeline.insertion measure --mias=/work/shared/data/mias`
+# Produced by `python -m input_pipeline.insertion measure --mias=../shared/data/mias`
 # (`summarise_contrasts(measure_mias_speck_contrasts(...))`); tests/test_insertion.py recomputes
 # them. 0.4-mm white top-hat peaks at 0.2 mm as fractions of the breast's 5-95 % range: a
 # log-normal fitted to the specks above each image's floor (truncated maximum likelihood), so it

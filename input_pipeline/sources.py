@@ -35,6 +35,9 @@ class DataSource:
   generated: bool = False  # the location is written by `input_pipeline.prepare` when absent
 
 
+# Sources whose images are digitised film; a run trained on clusters inserted into one
+# (`inserted_mias_0_11p2mm`) learned from its film too (`mcalc_jax.archives.domain`).
+FILM_SOURCES = ("mias", "cbis_ddsm")
 # Per-source extraction: MIAS clusters are few (18 usable here), so 8 ROIs per cluster; the
 # synthetic and CBIS-DDSM clusters 4; inserted clusters, hundreds of them, 2; a generic manifest
 # follows the paper (one per annotation).

@@ -253,9 +253,10 @@ def test_training_only_patches_never_reach_a_folds_validation_or_test_patients()
   inserted = patches(["a", "b", "c", "synthetic_1"], 1)
   config = tiny_config("tophat", "")
   fold = {"train": ["a"], "validation": ["b"], "test": ["c"]}
-  data = folds.fold_data(folds.Patches(cohort, {}, 11.2, train_only=inserted), fold, config)
+  hybrid = folds.Patches(cohort, {}, 11.2, train_only=inserted)
 
-  def patients(split: str) -> list[str]:
+  def patients(split: str, train_only: str = "mix") -> list[str]:
+    data = folds.fold_data(hybrid, fold, config, train_only=train_only)
     return sorted(
       str(p)
       for batch in data.eval_batches(split)
@@ -265,6 +266,10 @@ def test_training_only_patches_never_reach_a_folds_validation_or_test_patients()
 
   assert patients(config.train_split) == ["a", "a", "a", "synthetic_1"]  # a's two, + inserted
   assert patients(config.eval_split) == ["b", "b"] and patients(config.test_split) == ["c", "c"]
+  # pretraining on the inserted alone, then fine-tuning on the real alone; both stop on real b
+  assert patients(config.train_split, "pretrain") == ["a", "synthetic_1"]
+  assert patients(config.train_split, "") == ["a", "a"]
+  assert patients(config.eval_split, "pretrain") == ["b", "b"]
 
 
 def test_a_hybrid_dataset_prepares_and_trains_every_fold_beside_the_real_patches(tmp_path):
@@ -294,3 +299,13 @@ def test_a_hybrid_dataset_prepares_and_trains_every_fold_beside_the_real_patches
   assert hybrid["pooled_counts"]["patients"] == NUM_PATIENTS
   recorded = json.loads((tmp_path / "hybrid" / "config.json").read_text())
   assert recorded["cv"]["train_also"] == f"mcalc_patches/{inserted.name}"
+
+  # the other arm: each fold pretrains on the inserted clusters, then fine-tunes on real patches
+  config.cv.train_also_as = "pretrain"
+  tuned = cv.cross_validate(config, tmp_path / "pretrained", FOLDS)
+  assert tuned["pooled_counts"] == hybrid["pooled_counts"]
+  for i in range(FOLDS):
+    fold_dir = tmp_path / "pretrained" / f"fold_{i}"
+    fine_tuned = json.loads((fold_dir / "config.json").read_text())
+    assert fine_tuned["init_from"] == str(fold_dir / cv.PRETRAINING_DIR)
+    assert (fold_dir / cv.PRETRAINING_DIR / "config.json").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.importers import import_mias
-from input_pipeline.mammogram import Orientation, read_mammogram, spacing_options
+from input_pipeline.mammogram import Mammogram, Orientation, read_mammogram, spacing_options
 from mcalc_jax.base import calibration
 from mcalc_jax.whole_image import clusters, froc, marks, reranking, specks
 
@@ -86,6 +86,23 @@ def test_a_marks_centre_and_box_map_back_to_the_original_pixels_of_a_flipped_ima
   assert (mark.row, mark.col) == pytest.approx(np.mean(specks_at, 0))
   assert mark.box == pytest.approx((100, 300, 115, 315))
   assert mark.specks == 3 and np.isnan(mark.task1) and np.isnan(mark.task2)
+
+
+def test_a_fine_mammogram_is_marked_at_the_rules_millimetres_and_mapped_back_to_its_pixels():
+  """A 0.1-mm right-breast image is brought down to 0.2 mm for its speck map; its mark's centre
+  lands on its specks in the original 0.1-mm pixels."""
+  rng = np.random.default_rng(0)
+  original = 2000 + 8 * rng.normal(size=(600, 800))
+  specks_at = [(200, 600), (200, 630), (230, 600)]  # original pixels, 3 mm apart
+  for row, col in specks_at:
+    original[row - 2 : row + 2, col - 2 : col + 2] += 400  # 0.4-mm specks
+  pixels = np.fliplr(original).astype(np.uint16)
+  mammogram = Mammogram(pixels, 4095, 12, (0.1, 0.1), False, "R", "CC", True, (600, 800), "")
+  speck_map = specks.mammogram_speck_map(mammogram)
+  assert speck_map.pixel_mm == pytest.approx(0.2) and speck_map.image_pixel_mm == 0.1
+  found = marks.mark_image(speck_map, "im")
+  (mark,) = [m for m in found if m.specks == 3]
+  assert (mark.row, mark.col) == pytest.approx(np.mean(specks_at, 0) - 0.5, abs=1.0)
 
 
 def mark(row: float, col: float, p: float) -> marks.Mark:

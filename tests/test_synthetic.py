@@ -246,7 +246,7 @@ def test_read_mammogram_puts_the_chest_wall_left_and_maps_clusters_back(cohort):
 
 # The NYU for-presentation FFDM (breast_cancer_classifier, 4 CC views, 0.07-mm pixels): medians
 # over the images from
-#   python -m tools.realism stats --set nyu=/work/shared/data/nyu-ffdm-png/breast_cancer_classifier \
+#   python -m tools.realism stats --set nyu=../shared/data/nyu-ffdm-png/breast_cancer_classifier \
 #       --spacing nyu=0.07 --json nyu.json
 # (their NPS, range^2 mm^2, at these frequencies, mm^-1, from the json's curves). Stored, not
 # recomputed: the four 8.5-Mpixel images take longer than this file's tests together.

@@ -1,6 +1,7 @@
 """How a Task 1 run reads real full-field digital mammograms it never saw: the FFDM check.
 
   python -m tools.ffdm_check --run=RUN [--reranker=CV_RUN/reranker.json] [--out=ffdm.json]
+      [--mark_classifier=CV_RUN/mark_classifier.json]
 
 Scores the eight NYU FFDM images of ../shared/data/nyu-ffdm-png (16-bit PNG, no pixel spacing:
 the reader's assumed 0.07 mm) with the run, tile by tile as `mcalc-score` does, and reports per
@@ -9,7 +10,10 @@ image the share of breast tiles at or above the operating threshold and above 0.
 (no known finding), the tiles at or above the threshold, and in each right view the rank of the
 benign calcification cluster's tile (ties counted against it: 1 + the tiles scoring at least as
 high). The cluster's position is our own annotation, by eye on the 12-bit images (`EXAM0_CLUSTERS`),
-as no coordinates come with the data; it serves this evaluation only.
+as no coordinates come with the data; it serves this evaluation only. With a mark classifier (an
+`mcalc-cv` run's), the CAD marks too: per image the marks and those reported at the classifier's
+operating point; in each left view the reported (false) marks, in each right view whether a
+reported mark hits the cluster and the rank of the best mark on it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from input_pipeline import sources
 from input_pipeline.mammogram import read_mammogram
 from mcalc_jax.model import inference
-from mcalc_jax.whole_image import froc, reranking, scoring
+from mcalc_jax.whole_image import froc, marks, reranking, scoring
 
 THRESHOLD = 0.5  # mcalc-score's until runs carry one chosen on validation
 # (row, col, radius) in original pixels of exam 0's right-breast cluster, annotated by eye.
@@ -54,8 +58,9 @@ def nyu_folder() -> pathlib.Path:
 
 def image_report(
   name: str, scores, reranker: reranking.TileReranker | None, pixels: np.ndarray
-) -> dict:
-  """One image's shares of hot tiles and, for exam 0, its left-view count or cluster rank."""
+) -> tuple[dict, object]:
+  """One image's shares of hot tiles and, for exam 0, its left-view count or cluster rank; and
+  the (reranked) scores."""
   if reranker is not None:
     scores = reranking.rerank_image(pixels, scores, reranker)
   grid = scores.task1
@@ -74,23 +79,49 @@ def image_report(
     holding = [grid[i, j] for i, j in froc.tiles_holding(grid, scores.geometry, cluster)]
     best = max(holding) if holding else -np.inf
     report["cluster_rank"] = int(np.sum(values >= best)) if holding else None
+  return report, scores
+
+
+def marks_report(name: str, found: list[marks.Mark], classifier: marks.ClusterClassifier) -> dict:
+  """One image's CAD marks: how many, how many reported, and exam 0's two targets."""
+  shown = marks.reported(found, classifier)
+  report = {"marks": len(found), "marks_reported": len(shown)}
+  if name in EXAM0_CLUSTERS:
+    row, col, radius = EXAM0_CLUSTERS[name]
+    cluster = froc.Cluster("exam0_right", "benign", row, col, radius)
+    on = [m.task1 for m in found if marks.hits(m, cluster, 0.07, marks.HIT_DISTANCE_MM)]
+    report["cluster_marked"] = bool(on) and max(on) >= classifier.operating_point.threshold
+    report["cluster_mark_rank"] = 1 + sum(m.task1 > max(on) for m in found) if on else None
   return report
 
 
-def check(run: str, reranker_path: str = "") -> dict:
-  """The FFDM check of `run` (and a reranker): per image, and exam 0's two targets."""
+def check(run: str, reranker_path: str = "", mark_classifier: str = "") -> dict:
+  """The FFDM check of `run` (and a reranker, and CAD marks): per image, and exam 0's targets."""
   classifier = inference.load_classifier(run, "best")
   scorer = scoring.TileSettings().scorer(classifier)
   reranker = reranking.load(reranker_path) if reranker_path else None
+  marker = marks.load(mark_classifier) if mark_classifier else None
   folder = nyu_folder()
   images = []
   for name in IMAGES:
     mammogram = read_mammogram(folder / name)
     pixels = mammogram.pixels / mammogram.max_value
-    images.append(image_report(name, scorer.score(mammogram), reranker, pixels))
+    report, scores = image_report(name, scorer.score(mammogram), reranker, pixels)
+    if marker is not None:
+      found = marks.mark_mammogram(mammogram, name, marker, scores)
+      report |= marks_report(name, found, marker)
+    images.append(report)
   left = [im["tiles_at_threshold"] for im in images if "tiles_at_threshold" in im]
   ranks = [im["cluster_rank"] for im in images if "cluster_rank" in im]
-  return {
+  found = {"mark_classifier": mark_classifier}
+  if marker is not None:
+    false = [im["marks_reported"] for im in images if "tiles_at_threshold" in im]
+    marked = [im["cluster_marked"] for im in images if "cluster_marked" in im]
+    found["marks_targets_met"] = {
+      "left_views_at_most_1_false_mark": all(n <= 1 for n in false),
+      "right_cluster_marked_in_both_views": all(marked),
+    }
+  return found | {
     "run": os.fspath(run),
     "reranker": reranker_path,
     "threshold": THRESHOLD,
@@ -109,18 +140,20 @@ def main() -> None:
   parser.add_argument("--run", required=True, help="a Task 1 training run (its workdir)")
   parser.add_argument("--reranker", default="", help="a tile reranker JSON to apply")
   parser.add_argument("--out", default="", help="write the report as JSON here too")
+  parser.add_argument("--mark_classifier", default="", help="CAD marks by this classifier's JSON")
   args = parser.parse_args()
-  report = check(args.run, args.reranker)
+  report = check(args.run, args.reranker, args.mark_classifier)
   text = json.dumps(report, indent=2)
   if args.out:
     pathlib.Path(args.out).write_text(text)
   for image in report["images"]:
-    extra = {k: v for k, v in image.items() if k in ("tiles_at_threshold", "cluster_rank")}
+    shown = ("tiles_at_threshold", "cluster_rank", "marks_reported", "cluster_marked")
+    extra = {k: v for k, v in image.items() if k in shown}
     print(
       f"{image['image']:38s} tiles {image['breast_tiles']:4d}  >= {THRESHOLD}: "
       f"{image['share_at_threshold']:.2f}  > 0.9: {image['share_above_0.9']:.2f}  {extra or ''}"
     )
-  print(json.dumps(report["targets_met"]))
+  print(json.dumps(report["targets_met"]), json.dumps(report.get("marks_targets_met", {})))
 
 
 if __name__ == "__main__":

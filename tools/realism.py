@@ -1,12 +1,12 @@
 """How real do inserted (or synthetic) calcifications and their backgrounds look? Statistics,
 a side-by-side figure and a discriminator.
 
-  python -m tools.realism stats --set mias=/work/shared/data/mias \
-      --set nyu=/work/shared/data/nyu-ffdm-png/breast_cancer_classifier --spacing nyu=0.07 \
+  python -m tools.realism stats --set mias=../shared/data/mias \
+      --set nyu=../shared/data/nyu-ffdm-png/breast_cancer_classifier --spacing nyu=0.07 \
       --set inserted=/tmp/realism/inserted_mias --json /tmp/realism/realism.json
-  python -m tools.realism figure --mias=/work/shared/data/mias \
+  python -m tools.realism figure --mias=../shared/data/mias \
       --inserted=/tmp/realism/inserted_mias --out /tmp/realism/realism_clusters.png
-  python -m tools.realism discriminate --mias=/work/shared/data/mias \
+  python -m tools.realism discriminate --mias=../shared/data/mias \
       --inserted=/tmp/realism/inserted_mias --json /tmp/realism/discriminator.json
 
 (inserted cohorts come from `python -m input_pipeline.insertion insert`.)

@@ -12,10 +12,13 @@ progress line and the last log line say whether the run waited on decoding or on
 Output, per image KEY (the first 16 hex digits of the sha1 of its path relative to the input
 folder, or to the manifest's folder; never patient tags):
   KEY.npz      the probability grids and the geometry that maps them to pixels (mcalc_jax.whole_image.heatmaps)
-  KEY.png      the overlay (unless --nooverlays)
+  KEY.png      the overlay (unless --nooverlays), with the reported CAD marks
 and per folder:
-  scores.csv   one row per scored image: SCORE_COLUMNS
+  scores.csv   one row per scored image: SCORE_COLUMNS (`in_domain`: `domain.TrainingDomain`)
   errors.csv   one row per image that could not be read or scored: ERROR_COLUMNS
+  marks.csv    with --mark_classifier, one row per CAD mark of every scored image, reported or
+               not (`mcalc_jax.whole_image.marks`; FROC needs them all): MARK_COLUMNS, centre
+               and box in ORIGINAL pixels; its operating threshold is in settings.json
   settings.json       what produced the images (`mcalc_jax.archives.output_folder`): a resume
                       with other models, tiling, thresholds or reranker refuses in one line
   journal.csv         where each image was in the process (`mcalc_jax.archives.journal`)
@@ -26,15 +29,17 @@ the only outputs that carry patient and study data), sent back by STOW-RS with -
 
 Every file is written atomically and a CSV row only after the image's files, each row in one
 fsynced write; a rerun drops a torn last row, skips images already in scores.csv or errors.csv
-and rescores the rest. An image that killed the process gets an error row instead of killing
-every rerun (the journal: at most two reruns); an image too large to decode safely is an error
-row before its pixels are read (`input_pipeline.mammogram.SizeLimits`, --max_megapixels).
+and rescores the rest. An image's marks rows come before its scores row, and a rerun first drops
+the marks rows of images without one, so every scored image has its marks once. An image that
+killed the process gets an error row instead of killing every rerun (the journal: at most two
+reruns); an image too large to decode safely is an error row before its pixels are read
+(`input_pipeline.mammogram.SizeLimits`, --max_megapixels).
 With several processes (jax.distributed), process i takes the images with
 index i modulo the process count and appends to its shards scores.i-of-n.csv / errors.i-of-n.csv
-(journal.i-of-n.csv, mcalc-score.i.lock);
-when every process is done, process 0 merges the shards into scores.csv / errors.csv (one row per
-image, in input order). Shards stay, so after a kill of any process a rerun resumes, with any
-process count, and merges again (the merge is idempotent).
+(marks.i-of-n.csv, journal.i-of-n.csv, mcalc-score.i.lock);
+when every process is done, process 0 merges the shards into scores.csv / errors.csv / marks.csv
+(one row per image or mark, in input order). Shards stay, so after a kill of any process a rerun
+resumes, with any process count, and merges again (the merge is idempotent).
 """
 
 from __future__ import annotations
@@ -57,13 +62,13 @@ from tqdm import tqdm
 
 from input_pipeline.errors import MammogramError, UserError
 from input_pipeline.mammogram import DEFAULT_LIMITS, SizeLimits
-from mcalc_jax.archives import decoding, journal, output_folder
+from mcalc_jax.archives import decoding, domain, journal, output_folder
 from mcalc_jax.archives.decoding import DecodedImage
 from mcalc_jax.archives.discovery import InputLike, find_inputs
 from mcalc_jax.archives.journal import Journal
 from mcalc_jax.base import csvlog, files, parallel
 from mcalc_jax.model import checkpointing, inference
-from mcalc_jax.whole_image import heatmaps, reranking, scoring, tiling
+from mcalc_jax.whole_image import heatmaps, marks, reranking, scoring, tiling
 
 if TYPE_CHECKING:  # optional extra `dicom`: imported by score_job only when asked for
   from mcalc_jax.archives.dicom_results import DicomResults
@@ -86,32 +91,80 @@ SCORE_COLUMNS = (
   "pixel_spacing_mm",
   "spacing_assumed",
   "tile_mm",
+  "marks_reported",  # at or above the mark classifier's operating point; '' without one
+  "in_domain",  # yes | no | unknown (`domain.TrainingDomain.check`)
+  "domain_reason",  # why not, or what is unknown
 )
 ERROR_COLUMNS = ("key", "error", "reason")
+# marks.csv: `mark` (KEY:CLUSTER_ID) keys the log; centre and box (of the specks' centres) in
+# ORIGINAL pixels; task2 NaN until a Task 2 mark classifier exists; reported: 1 at or above
+# the classifier's operating threshold.
+MARK_COLUMNS = (
+  "mark",
+  "key",
+  "cluster_id",
+  "row",
+  "col",
+  "top",
+  "left",
+  "bottom",
+  "right",
+  "specks",
+  "task1",
+  "task2",
+  "reported",
+)
 _WRITES_IN_FLIGHT = 4  # images held by the writer thread at most
 
 
-def finished_keys(output: str) -> set[str]:
-  """Keys in any process's scores or errors log: images that a rerun skips."""
+def finished_keys(output: str, names: Sequence[str] = ("scores", "errors")) -> set[str]:
+  """Keys in any process's scores or errors log (`names`): images that a rerun skips."""
   keys = set()
-  for path in glob.glob(os.path.join(output, "scores*.csv")) + glob.glob(
-    os.path.join(output, "errors*.csv")
-  ):
-    keys.update(row[0] for row in csvlog.read_log(path)[1])
+  for name in names:
+    for path in glob.glob(os.path.join(output, f"{name}*.csv")):
+      keys.update(row[0] for row in csvlog.read_log(path)[1])
   return keys
 
 
 def merge_logs(output: str, keys: Sequence[str]) -> None:
-  """scores.csv and errors.csv with their rows and every shard's: one row per key, in `keys` order.
+  """scores.csv, errors.csv and marks.csv with their rows and every shard's: one row per key (per
+  mark), in `keys` order.
 
   Rows of keys not in `keys` (inputs since removed) follow in the order found; shards are kept.
   """
   order = {key: i for i, key in enumerate(keys)}
-  for name in ("scores", "errors"):
+  for name in ("scores", "errors", "marks"):
     shards = sorted(glob.glob(os.path.join(output, f"{name}.*-of-*.csv")))
     if shards:
       merged = os.path.join(output, f"{name}.csv")
-      csvlog.merge([merged, *shards], merged, order)
+      merge = _merge_marks if name == "marks" else csvlog.merge
+      merge([merged, *shards], merged, order)
+
+
+def _merge_marks(paths: Sequence[str], into: str, order: Mapping[str, int]) -> None:
+  """`csvlog.merge` for marks logs, whose rows are ordered by their image's key, then cluster."""
+  header, rows = None, {}
+  for path in paths:
+    columns, body, _ = csvlog.read_log(path)
+    header = header or columns
+    for row in body:
+      rows.setdefault(row[0], row)
+  if header is not None:
+    ranked = sorted(rows.values(), key=lambda r: (order.get(r[1], len(order)), int(r[2])))
+    csvlog.write_log(into, header, ranked)
+
+
+def _drop_unscored_marks(output: str) -> None:
+  """Rewrites this process's marks log without the rows of images that have no scores row (a
+  run killed between an image's marks and its row): the rerun marks them again, once."""
+  path = os.path.join(output, _own("marks"))
+  header, rows, clean = csvlog.read_log(path)
+  if header is None:
+    return
+  scored = finished_keys(output, ("scores",))
+  kept = [row for row in rows if row[1] in scored]
+  if len(kept) < len(rows) or not clean:
+    csvlog.write_log(path, header, kept)
 
 
 class CrashedRunError(MammogramError):
@@ -125,8 +178,17 @@ def _own(name: str) -> str:
   return f"{name}.{jax.process_index()}-of-{jax.process_count()}.csv"
 
 
+@dataclasses.dataclass(frozen=True)
+class MarkOptions:
+  """What each scored image gets beside its grids: CAD marks by `classifier` (none: no marks),
+  and its `in_domain` verdict against the run's `domain` (None: not known)."""
+
+  classifier: marks.ClusterClassifier | None = None
+  domain: domain.TrainingDomain | None = None
+
+
 class _Outputs:
-  """Writes each image's files and then its CSV row, on one background thread, in order."""
+  """Writes each image's files and then its CSV rows, on one background thread, in order."""
 
   def __init__(
     self,
@@ -134,8 +196,9 @@ class _Outputs:
     keep_identifiers: bool,
     overlays: bool,
     progress: tqdm,
-    marks: Journal,
+    stages: Journal,
     results: DicomResults | None = None,
+    marking: MarkOptions = MarkOptions(),
   ):
     identity = ("path",) if keep_identifiers else ()
     self.scores = csvlog.CsvLog(
@@ -144,13 +207,17 @@ class _Outputs:
     self.errors = csvlog.CsvLog(
       os.path.join(output, _own("errors")), ERROR_COLUMNS[:1] + identity + ERROR_COLUMNS[1:]
     )
+    self.marks = None
+    if marking.classifier is not None:
+      self.marks = csvlog.CsvLog(os.path.join(output, _own("marks")), MARK_COLUMNS)
     self._output, self._keep, self._overlays, self._progress = (
       output,
       keep_identifiers,
       overlays,
       progress,
     )
-    self._marks, self._results = marks, results
+    self._stages, self._results, self._marking = stages, results, marking
+    self._warned = False  # about an image outside the training domain, once a run
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
     self._pending: collections.deque = collections.deque()
 
@@ -170,6 +237,8 @@ class _Outputs:
     self._pool.shutdown()
     self.scores.close()
     self.errors.close()
+    if self.marks is not None:
+      self.marks.close()
 
   def _submit(self, fn: Callable, *args) -> None:
     self._pending.append(self._pool.submit(fn, *args))
@@ -177,11 +246,15 @@ class _Outputs:
       self._pending.popleft().result()  # re-raises a failed write (disk full, ...) here
 
   def _write_scores(self, decoded: DecodedImage, scores: tiling.ImageScores) -> None:
-    with self._marks.working(decoded.input.key, journal.WRITING):
+    with self._stages.working(decoded.input.key, journal.WRITING):
       self._write_image(decoded, scores)
 
   def _write_image(self, decoded: DecodedImage, scores: tiling.ImageScores) -> None:
+    """The image's files, then its marks rows, then its scores row (which makes it done)."""
     item = decoded.input
+    classifier = self._marking.classifier
+    found = _marks_of(decoded, scores, classifier) if classifier is not None else []
+    shown = marks.reported(found, classifier) if classifier is not None else []
     heatmaps.write_scores(os.path.join(self._output, f"{item.key}.npz"), scores)
     if self._overlays:
       heatmaps.write_overlay(
@@ -190,15 +263,36 @@ class _Outputs:
         scores,
         annotations=item.annotations,
         title=item.relative_path if self._keep else item.key,
+        marks=shown,
       )
     if self._results is not None:
       try:
-        self._results.write(item.key, decoded.header, scores)
+        self._results.write(item.key, decoded.header, scores, shown)
       except Exception as e:  # noqa: BLE001 (a result the PACS did not take is that image's error)
         self._write_error(item, e)
         return
-    self.scores.append([item.key, *self._identity(item), *_score_row(decoded, scores)])
+    for mark in found:
+      self.marks.append(_mark_row(mark, classifier))
+    reported = len(shown) if classifier is not None else ""
+    row = [*_score_row(decoded, scores), reported, *self._domain(decoded)]
+    self.scores.append([item.key, *self._identity(item), *row])
     self._progress.update()
+
+  def _domain(self, decoded: DecodedImage) -> tuple[str, str]:
+    """The image's `in_domain` columns; the first image outside the domain is logged, once."""
+    domain = self._marking.domain
+    if domain is None:
+      return "unknown", "the training run is not known to this scoring"
+    verdict, reason = domain.check(decoded.mammogram, decoded.header)
+    if verdict == "no" and not self._warned:
+      self._warned = True
+      logging.warning(
+        "Some images lie outside what the model was trained on (the first, %s: %s); their "
+        "scores are less trustworthy: see the in_domain column of scores.csv.",
+        decoded.input.key,
+        reason,
+      )
+    return verdict, reason
 
   def _write_error(self, item: InputLike, error: Exception) -> None:
     reason = str(error)
@@ -211,6 +305,33 @@ class _Outputs:
 
   def _identity(self, item: InputLike) -> list[str]:
     return [item.relative_path] if self._keep else []
+
+
+def _marks_of(
+  decoded: DecodedImage, scores: tiling.ImageScores, classifier: marks.ClusterClassifier
+) -> list[marks.Mark]:
+  """Every CAD mark of a decoded image (its pixels unpadded), on its (reranked) grids."""
+  rows, cols = scores.geometry.image_shape
+  mammogram = dataclasses.replace(decoded.mammogram, pixels=decoded.mammogram.pixels[:rows, :cols])
+  return marks.mark_mammogram(mammogram, decoded.input.key, classifier, scores)
+
+
+def _mark_row(mark: marks.Mark, classifier: marks.ClusterClassifier) -> list[object]:
+  """One MARK_COLUMNS row (pixels to 0.1, probabilities to 1e-6)."""
+  pixels = [f"{v:.1f}" for v in (mark.row, mark.col, *mark.box)]
+  reported = int(mark.task1 >= classifier.operating_point.threshold)
+  task2 = "nan" if math.isnan(mark.task2) else f"{mark.task2:.6f}"
+  key = f"{mark.key}:{mark.cluster_id}"
+  return [
+    key,
+    mark.key,
+    mark.cluster_id,
+    *pixels,
+    mark.specks,
+    f"{mark.task1:.6f}",
+    task2,
+    reported,
+  ]
 
 
 def _score_row(decoded: DecodedImage, scores: tiling.ImageScores) -> list[object]:
@@ -249,7 +370,8 @@ def _remove_stale_temporaries(
   """Removes what a killed run of this process may have left half-written (its share's files:
   no live process writes them while this one holds the folder)."""
   names = [f"{i.key}.{ext}" for i in inputs for ext in ("npz", "png")]
-  names += [_own("scores"), _own("errors"), "scores.csv", "errors.csv"]
+  names += [_own(name) for name in ("scores", "errors", "marks")]
+  names += ["scores.csv", "errors.csv", "marks.csv"]
   paths = [os.path.join(output, name) for name in names]
   if results is not None:
     paths += [path for i in inputs for path in results.paths(i.key)]
@@ -263,15 +385,17 @@ def _remove_stale_temporaries(
 
 @dataclasses.dataclass
 class _Pipeline:
-  """One process's images decoded, scored, reranked and handed to the writer, journaled."""
+  """One process's images decoded, scored, reranked and handed to the writer, journaled.
+
+  Every DICOM's header is read with it: what it says of the acquisition
+  (`domain.TrainingDomain`), and the DICOM results' patient and study modules."""
 
   scorer: scoring.Scorer
   outputs: _Outputs
-  marks: Journal
+  stages: Journal
   progress: tqdm
   clock: decoding.DecodeClock
   workers: int
-  with_header: bool
   reranker: reranking.TileReranker | None
 
   def run(self, items: Sequence[InputLike]) -> None:
@@ -280,9 +404,9 @@ class _Pipeline:
       items,
       self.scorer.plan,
       workers=self.workers,
-      with_header=self.with_header,
+      with_header=True,
       clock=self.clock,
-      journal=self.marks,
+      journal=self.stages,
     )
 
     def readable() -> Iterator[tuple[DecodedImage, tiling.PreparedImage]]:
@@ -291,7 +415,7 @@ class _Pipeline:
         if isinstance(result, Exception):
           self.outputs.failed(item, result)
         else:
-          self.marks.mark(item.key, journal.SCORING)
+          self.stages.mark(item.key, journal.SCORING)
           yield result, result.prepared
 
     try:
@@ -299,18 +423,18 @@ class _Pipeline:
         if self.reranker is not None:
           image = decoded.prepared
           scores = reranking.rerank_image(image.pixels / image.max_value, scores, self.reranker)
-        self.marks.mark(decoded.input.key, journal.WAITING)
+        self.stages.mark(decoded.input.key, journal.WAITING)
         self.outputs.scored(decoded, scores)
     finally:
       decoded_images.close()
 
   def run_alone(self, items: Sequence[InputLike]) -> None:
     """Scores each of `items` with nothing else in flight, journaled as alone."""
-    self.marks.alone = True
+    self.stages.alone = True
     for item in items:
       self.run([item])
       self.outputs.drain()
-    self.marks.alone = False
+    self.stages.alone = False
 
 
 def score_archive(
@@ -324,21 +448,24 @@ def score_archive(
   results: DicomResults | None = None,
   reranker: reranking.TileReranker | None = None,
   settings: Mapping[str, object] | None = None,
+  marking: MarkOptions = MarkOptions(),
 ) -> decoding.DecodeClock:
   """Scores this process's share of `inputs` that no earlier run finished, into `output`.
 
   `num_workers` processes decode ahead (`mcalc_jax.archives.decoding`; 0: one thread, -1: as many as
   `decoding.auto_workers` gives this backend). `results`, if given, also writes (and sends) each
   DICOM image's DICOM results. `reranker` replaces each Task 1 grid by its tile reranker's
-  (`mcalc_jax.whole_image.reranking`) before anything is written. With several processes, all wait for the
-  last one and process 0 merges their logs (`merge_logs`). Returns how long the scoring waited for decoded images (`decoding.DecodeClock`).
+  (`mcalc_jax.whole_image.reranking`) before anything is written. `marking` adds each image's CAD
+  marks (marks.csv; on the reranked grids) and its `in_domain` verdict. With several processes,
+  all wait for the last one and process 0 merges their logs (`merge_logs`). Returns how long the
+  scoring waited for decoded images (`decoding.DecodeClock`).
 
   The process holds `output` meanwhile, and its settings record must be this run's (the
-  scorer's tiling and threshold, the reranker, whether DICOM results are written, and
-  `settings`: the models' identity); an image a process died with twice, alone, is an error row
-  (`mcalc_jax.archives.journal`). Raises `output_folder.OutputFolderError` otherwise.
+  scorer's tiling and threshold, the reranker, the mark classifier and its threshold, whether
+  DICOM results are written, and `settings`: the models' identity); an image a process died
+  with twice, alone, is an error row (`mcalc_jax.archives.journal`). Raises `output_folder.OutputFolderError` otherwise.
   """
-  record = _settings(scorer, reranker, results) | dict(settings or {})
+  record = _settings(scorer, reranker, results, marking.classifier) | dict(settings or {})
   with output_folder.claimed(output, record, jax.process_index()):
     clock = _score_share(
       scorer,
@@ -349,6 +476,7 @@ def score_archive(
       workers=decoding.auto_workers(jax.default_backend()) if num_workers < 0 else num_workers,
       results=results,
       reranker=reranker,
+      marking=marking,
     )
     parallel.barrier("mcalc-score: every share scored")
     if parallel.is_writer():
@@ -366,10 +494,12 @@ def _score_share(
   workers: int,
   results: DicomResults | None,
   reranker: reranking.TileReranker | None,
+  marking: MarkOptions,
 ) -> decoding.DecodeClock:
   """This process's share: the images that killed a run twice failed, the suspects of the last
   death retried alone, then the rest."""
   _remove_stale_temporaries(output, share, results)
+  _drop_unscored_marks(output)
   done = finished_keys(output)
   todo = [i for i in share if i.key not in done]
   journals = glob.glob(os.path.join(output, "journal*.csv"))
@@ -381,24 +511,22 @@ def _score_share(
     len(suspects),
   )
   clock = decoding.DecodeClock(max(workers, 1))
-  marks = Journal(os.path.join(output, _own("journal")))
+  stages = Journal(os.path.join(output, _own("journal")))
   with tqdm(total=len(todo), unit="image", desc="mcalc-score") as progress:
-    outputs = _Outputs(output, keep_identifiers, overlays, progress, marks, results)
-    pipeline = _Pipeline(
-      scorer, outputs, marks, progress, clock, workers, results is not None, reranker
-    )
+    outputs = _Outputs(output, keep_identifiers, overlays, progress, stages, results, marking)
+    pipeline = _Pipeline(scorer, outputs, stages, progress, clock, workers, reranker)
     try:
       for item in todo:
         stage, alone = suspects.get(item.key, ("", False))
         if alone:
           outputs.failed(item, _stopped(item, stage))
       outputs.drain()
-      marks.clear()  # the last run's marks are read: from here on, this run's
+      stages.clear()  # the last run's marks are read: from here on, this run's
       pipeline.run_alone([i for i in todo if i.key in suspects and not suspects[i.key][1]])
       pipeline.run([i for i in todo if i.key not in suspects])
     finally:
       outputs.close()
-      marks.close()
+      stages.close()
   if todo:
     logging.info("%s", clock.verdict())
   return clock
@@ -413,11 +541,16 @@ def _stopped(item: InputLike, stage: str) -> CrashedRunError:
 
 
 def _settings(
-  scorer: scoring.Scorer, reranker: reranking.TileReranker | None, results: DicomResults | None
+  scorer: scoring.Scorer,
+  reranker: reranking.TileReranker | None,
+  results: DicomResults | None,
+  classifier: marks.ClusterClassifier | None,
 ) -> dict[str, object]:
-  """What the outputs of a scorer depend on, for the folder's settings record."""
+  """What the outputs of a scorer depend on, for the folder's settings record (the mark
+  classifier's entries only with one, so folders scored before marks existed still resume)."""
   plan = scorer.plan
-  return {
+  found = {} if classifier is None else _classifier_settings(classifier)
+  return found | {
     "tile_pixels": plan.patch_size,
     "stride_pixels": plan.stride,
     "field_of_view_mm": plan.field_of_view_mm,
@@ -425,6 +558,16 @@ def _settings(
     "task1_threshold": scorer.task1_threshold,
     "reranker_sha256": _sha256(reranker.to_json()) if reranker is not None else "",
     "dicom_results": results is not None,
+  }
+
+
+def _classifier_settings(classifier: marks.ClusterClassifier) -> dict[str, object]:
+  """The mark classifier and the operating point its `reported` marks are above."""
+  threshold, chosen_for = dataclasses.astuple(classifier.operating_point)
+  return {
+    "mark_classifier_sha256": _sha256(classifier.to_json()),  # the file `reranking.save` wrote
+    "mark_threshold": threshold,
+    "mark_false_marks_per_image": None if math.isnan(chosen_for) else chosen_for,
   }
 
 
@@ -454,6 +597,7 @@ class ScoreOptions:
   stow_url: str = ""  # DICOMweb server to STOW-RS the DICOM results to
   reranker: str = ""  # a tile reranker's JSON (an mcalc-cv run's reranker.json); "": none
   limits: SizeLimits = DEFAULT_LIMITS  # images larger or thinner are error rows, not decoded
+  mark_classifier: str = ""  # a cluster classifier's JSON (`marks.load`): CAD marks; "": none
 
 
 def score_job(options: ScoreOptions) -> None:
@@ -470,6 +614,7 @@ def score_job(options: ScoreOptions) -> None:
   reranker = reranking.load(options.reranker) if options.reranker else None
   if reranker is not None:  # before any image: the run's tiles are the reranker's or none are
     reranker.check_field_of_view(scorer.plan.field_of_view_mm, options.reranker)
+  classifier = marks.load(options.mark_classifier) if options.mark_classifier else None
   score_archive(
     scorer,
     inputs,
@@ -477,19 +622,25 @@ def score_job(options: ScoreOptions) -> None:
     keep_identifiers=options.keep_identifiers,
     overlays=options.overlays,
     num_workers=options.num_workers,
-    results=_dicom_results(options, task1, scorer.stride) if options.dicom_results else None,
+    results=_dicom_results(options, task1, scorer.stride, classifier)
+    if options.dicom_results
+    else None,
     reranker=reranker,
     settings=_models(options),
+    marking=MarkOptions(classifier, domain.TrainingDomain.of_config(task1.config)),
   )
 
 
 def _models(options: ScoreOptions) -> dict[str, str]:
-  """The runs' identity for the folder's settings record: where each is, and its config."""
+  """The runs' identity for the folder's settings record: where each is, and its config; and
+  where the mark classifier is, if any."""
   found = {"checkpoint": options.checkpoint}
   for name, workdir in (("task1", options.workdir), ("task2", options.task2_workdir)):
     config = os.path.join(workdir, checkpointing.CONFIG_FILE)
     found[f"{name}_run"] = os.path.realpath(workdir) if workdir else ""
     found[f"{name}_config_sha256"] = _sha256(pathlib.Path(config).read_bytes()) if workdir else ""
+  if options.mark_classifier:
+    found["mark_classifier"] = os.path.realpath(options.mark_classifier)
   return found
 
 
@@ -514,8 +665,14 @@ def _inputs(options: ScoreOptions) -> Sequence[InputLike]:
   )
 
 
-def _dicom_results(options: ScoreOptions, task1: inference.Classifier, stride: int) -> DicomResults:
-  """The DICOM results writer of this job: its model identity, and STOW-RS if asked."""
+def _dicom_results(
+  options: ScoreOptions,
+  task1: inference.Classifier,
+  stride: int,
+  classifier: marks.ClusterClassifier | None,
+) -> DicomResults:
+  """The DICOM results writer of this job: its model identity (the mark classifier's sha256 as
+  settings.json has it), and STOW-RS if asked."""
   dicom_results = _optional("dicom_results")
   identity = dicom_results.ModelIdentity.of_runs(
     task1.config,
@@ -523,6 +680,7 @@ def _dicom_results(options: ScoreOptions, task1: inference.Classifier, stride: i
     options.task2_workdir,
     checkpoint=options.checkpoint,
     stride=stride,
+    mark_classifier=_sha256(classifier.to_json())[:16] if classifier is not None else "",
   )
   store = None
   if options.stow_url:

@@ -12,10 +12,12 @@ they are written only when asked for: `mcalc-score --dicom_results`):
                Parametric Map, and it is what the viewers that show maps over a mammogram read
                (docs/dicom.md).
   KEY.sr.dcm   a Comprehensive SR, TID 1500 measurement report: the image-level score (highest
-               tile P(calcification), and P(malignant) at that tile) and the top tiles as
+               tile P(calcification), and P(malignant) at that tile), the top tiles as
                regions (SCOORD closed polylines in the source's pixels) with their
-               probabilities; the model (network, package version, run) in the algorithm
-               identification and the device observer.
+               probabilities, and each reported CAD mark (`mcalc_jax.whole_image.marks`) as a
+               region (a SCOORD POINT at its centre) with its Task 1 probability; the model
+               (network, package version, run, mark classifier) in the algorithm identification
+               and the device observer.
 Instance UIDs derive from the source SOP Instance UID and the model identity, so a rerun
 writes (and a PACS receives) the same instances again rather than duplicates.
 Needs the `dicom` extra (highdicom).
@@ -38,6 +40,7 @@ from pydicom.uid import RLELossless, generate_uid
 
 from mcalc_jax.base import files
 from mcalc_jax.whole_image import tiling
+from mcalc_jax.whole_image.marks import Mark
 from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
 
 MANUFACTURER = "mcalc_jax"
@@ -60,6 +63,7 @@ class ModelIdentity:
   version: str = ""
   checkpoint: str = "best"
   stride: int = 0
+  mark_classifier: str = ""  # a prefix of the cluster classifier's sha256; "": no marks
 
   @classmethod
   def of_runs(
@@ -70,6 +74,7 @@ class ModelIdentity:
     *,
     checkpoint: str = "best",
     stride: int = 0,
+    mark_classifier: str = "",
   ) -> ModelIdentity:
     """The identity of a scoring job from its Task 1 run's config and its workdirs."""
     return cls(
@@ -79,6 +84,7 @@ class ModelIdentity:
       version=importlib.metadata.version("mcalc_jax"),
       checkpoint=checkpoint,
       stride=stride,
+      mark_classifier=mark_classifier,
     )
 
   @property
@@ -87,7 +93,8 @@ class ModelIdentity:
 
   def parameters(self) -> dict[str, str]:
     found = {"run": self.run, "checkpoint": self.checkpoint, "stride": str(self.stride)}
-    return found | ({"task2_run": self.task2_run} if self.task2_run else {})
+    found |= {"task2_run": self.task2_run} if self.task2_run else {}
+    return found | ({"mark_classifier": self.mark_classifier} if self.mark_classifier else {})
 
   def uid(self, source_uid: str, kind: str) -> str:
     """A UID of its own for result `kind` of `source_uid`, the same every rerun."""
@@ -181,8 +188,10 @@ def report(
   identity: ModelIdentity,
   *,
   regions: int = TOP_REGIONS,
+  marks: Sequence[Mark] = (),
 ) -> hd.sr.ComprehensiveSR:
-  """The TID 1500 measurement report of one image (see the module docstring)."""
+  """The TID 1500 measurement report of one image (see the module docstring); `marks` are the
+  reported ones."""
   algorithm = hd.sr.AlgorithmIdentification(
     name=identity.name,
     version=identity.version,
@@ -203,6 +212,7 @@ def report(
     _region_group(source, scores, identity, algorithm, n, cell)
     for n, cell in enumerate(top_tiles(scores, regions), 1)
   ]
+  groups += [_mark_group(source, identity, algorithm, mark) for mark in marks]
   content = hd.sr.MeasurementReport(
     observation_context=hd.sr.ObservationContext(observer_device_context=device),
     procedure_reported=codes.SCT.Mammography,
@@ -282,6 +292,39 @@ def _region_group(
   )
 
 
+def _mark_group(
+  source: pydicom.Dataset,
+  identity: ModelIdentity,
+  algorithm: hd.sr.AlgorithmIdentification,
+  mark: Mark,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+  """One reported mark: its centre on the source's pixels and its Task 1 probability."""
+  region = hd.sr.ImageRegion(
+    graphic_type=hd.sr.GraphicTypeValues.POINT,
+    graphic_data=mark_point(mark),
+    source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+  )
+  name = f"mark {mark.cluster_id}"
+  probability = hd.sr.Measurement(
+    name=_TASK1, value=mark.task1, unit=_NO_UNITS, algorithm_id=algorithm
+  )
+  return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    tracking_identifier=hd.sr.TrackingIdentifier(
+      uid=identity.uid(source.SOPInstanceUID, name), identifier=name
+    ),
+    referenced_region=region,
+    finding_type=_FINDING,
+    algorithm_id=algorithm,
+    measurements=[probability],
+  )
+
+
+def mark_point(mark: Mark) -> np.ndarray:
+  """A mark's centre as one SCOORD (column, row) point: image coordinates put the centre of
+  pixel (r, c), where a mark's row and col count, at (c + 0.5, r + 0.5)."""
+  return np.array([[mark.col + 0.5, mark.row + 0.5]], dtype=np.float32)
+
+
 def tile_outline(geometry: TileGeometry, i: int, j: int) -> np.ndarray:
   """The closed outline of tile (i, j) as SCOORD (column, row) points in the ORIGINAL image.
 
@@ -345,14 +388,21 @@ class DicomResults:
     """The files written for image `key`."""
     return [os.path.join(self.folder, f"{key}.{kind}.dcm") for kind in ("seg", "sr")]
 
-  def write(self, key: str, source: pydicom.Dataset | None, scores: ImageScores) -> None:
-    """Writes (and stores) the results of one image; images without a DICOM header get none."""
+  def write(
+    self,
+    key: str,
+    source: pydicom.Dataset | None,
+    scores: ImageScores,
+    marks: Sequence[Mark] = (),
+  ) -> None:
+    """Writes (and stores) the results of one image, its reported `marks` in the SR; images
+    without a DICOM header get none."""
     if source is None:
       return
     source = with_type2_attributes(source)
     results = [
       segmentation(source, scores, self.identity),
-      report(source, scores, self.identity, regions=self._regions),
+      report(source, scores, self.identity, regions=self._regions, marks=marks),
     ]
     for path, dataset in zip(self.paths(key), results, strict=True):
       with files.atomic_write(path) as f:

@@ -7,6 +7,8 @@ maths is `mcalc_jax.whole_image.froc`), and `write_froc` writes an evaluation as
   froc.csv      the curve: threshold, sensitivity, false positives per image
   clusters.csv  one row per annotated cluster: where it was found and its rank
   froc.png      the curve with the registry's operating points
+and, where `mcalc-score --mark_classifier` left a marks.csv, the same four files of the CAD marks'
+FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ beside them.
 Every CSV is written by the csv module (an id with a comma or a newline stays one cell), and no
 output carries the manifest's patient ids unless asked (`keep_identifiers`): each patient is
 keyed by a salted hash. A folder's grids are checked as they are read (a damaged npz names its
@@ -15,11 +17,13 @@ file) and must share one tiling.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import pathlib
 from collections.abc import Sequence
@@ -31,10 +35,12 @@ from input_pipeline import manifest
 from input_pipeline.errors import UserError
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.archives import discovery
-from mcalc_jax.base import files, plots
-from mcalc_jax.whole_image import froc, heatmaps, reranking, tiling
+from mcalc_jax.base import csvlog, files, plots
+from mcalc_jax.whole_image import froc, heatmaps, marks, reranking, tiling
 
 CLUSTER_COLUMNS = ("image", "patient_id", "finding_id", "label", "found_at_score", "rank")
+MARKS_FILE = "marks.csv"  # what `mcalc-score --mark_classifier` writes (archive.MARK_COLUMNS)
+MARKS_FOLDER = "froc_marks"  # the marks' FROC, inside the tiles' FROC folder
 
 
 class ScoredFolderError(UserError):
@@ -180,6 +186,83 @@ def evaluate_scored_folder(
   if not keep_identifiers:
     evaluation = pseudonymised(evaluation, manifest_path)
   write_froc(output, evaluation)
+  return evaluation
+
+
+def read_marks(path: str | os.PathLike) -> dict[str, list[marks.Mark]]:
+  """Each image's marks (by score key) from an `mcalc-score` marks.csv, without features."""
+  header, rows, _ = csvlog.read_log(os.fspath(path))
+  found: dict[str, list[marks.Mark]] = collections.defaultdict(list)
+  for values in rows:
+    row = dict(zip(header or (), values, strict=True))
+    found[row["key"]].append(
+      marks.Mark(
+        key=row["key"],
+        cluster_id=int(row["cluster_id"]),
+        row=float(row["row"]),
+        col=float(row["col"]),
+        box=tuple(float(row[k]) for k in ("top", "left", "bottom", "right")),
+        specks=int(row["specks"]),
+        task1=float(row["task1"]),
+        task2=float(row["task2"]),
+        features={},
+      )
+    )
+  return found
+
+
+def marked_images(
+  scores_dir: str | os.PathLike, images: Sequence[froc.ScoredImage]
+) -> list[marks.MarkedImage]:
+  """The scored `images` with their marks from SCORES_DIR/marks.csv: those with a row in
+  scores.csv (every one of which was marked, however many marks it got)."""
+  found = read_marks(os.path.join(scores_dir, MARKS_FILE))
+  _, rows, _ = csvlog.read_log(os.path.join(scores_dir, "scores.csv"))
+  done = {row[0] for row in rows}
+  return [
+    marks.MarkedImage(
+      key=image.key,
+      patient_id=image.patient_id,
+      breast=image.breast,
+      marks=tuple(found.get(image.key, ())),
+      clusters=image.clusters,
+      # unknown (grids written before pixel sizes were): no mark hits a point annotation
+      pixel_mm=image.scores.geometry.pixel_spacing_mm or math.nan,
+    )
+    for image in images
+    if image.key in done
+  ]
+
+
+def evaluate_marked_folder(
+  scores_dir: str | os.PathLike,
+  manifest_path: str | os.PathLike,
+  output: str | os.PathLike | None = None,
+  *,
+  resamples: int = 1000,
+  seed: int = 0,
+  keep_identifiers: bool = False,
+) -> dict | None:
+  """`mcalc-froc`'s mark-level FROC: the CAD marks `mcalc-score --mark_classifier` wrote into
+  `scores_dir` against the manifest's clusters (`marks.evaluate_marks`; every mark counts, the
+  reported ones and the rest). None where the folder holds no marks.csv.
+
+  Writes froc.json, froc.csv, clusters.csv and froc.png into OUTPUT/froc_marks (OUTPUT: the
+  tiles' FROC folder, default SCORES_DIR/froc), patients keyed as `evaluate_scored_folder` keys
+  them; returns what it wrote.
+  """
+  if not os.path.exists(os.path.join(scores_dir, MARKS_FILE)):
+    return None
+  output = os.path.join(os.fspath(output or os.path.join(scores_dir, "froc")), MARKS_FOLDER)
+  os.makedirs(output, exist_ok=True)
+  files.check_writable(os.path.join(output, "froc.json"))  # before the bootstrap, not after
+  images, _ = read_scored_folder(scores_dir, manifest_path)
+  marked = marked_images(scores_dir, images)
+  evaluation = marks.evaluate_marks(marked, resamples=resamples, seed=seed)
+  if not keep_identifiers:
+    evaluation = pseudonymised(evaluation, manifest_path)
+  counts = evaluation["counts"]
+  write_froc(output, evaluation, f"CAD marks: {counts['clusters']} clusters, {len(marked)} images")
   return evaluation
 
 

@@ -17,15 +17,18 @@ from mcalc_jax.base import files
 
 
 class CsvLog:
-  """An open log: `append` writes one row; opening repairs a torn or repeated tail first."""
+  """An open log: `append` writes one row; opening repairs a torn or repeated tail first, and
+  upgrades a log an earlier version wrote with fewer columns (its rows get empty new cells)."""
 
   def __init__(self, path: str, columns: tuple[str, ...]):
     header, rows, clean = read_log(path)
     if header is not None and tuple(header) != columns:
-      raise UserError(
-        f"{path} has columns {header}, this run writes {list(columns)}: "
-        "use another --output (or the same --keep_identifiers as before)"
-      )
+      if tuple(header) != columns[: len(header)]:
+        raise UserError(
+          f"{path} has columns {header}, this run writes {list(columns)}: "
+          "use another --output (or the same --keep_identifiers as before)"
+        )
+      rows, clean = [[*row, *[""] * (len(columns) - len(header))] for row in rows], False
     if header is None or not clean:
       write_log(path, columns, rows)
     self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -72,17 +75,18 @@ def write_log(path: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -
 
 def merge(paths: Sequence[str], into: str, order: Mapping[str, int]) -> None:
   """Writes the union of the logs at `paths` (the first log with a key wins) to `into`, rows in
-  `order` of their keys (keys not in it follow in the order found)."""
-  header, rows = None, {}
-  for path in paths:
-    columns, body, _ = read_log(path)
-    if columns is None:
-      continue
-    if header is not None and columns != header:
+  `order` of their keys (keys not in it follow in the order found); logs an earlier version wrote
+  with fewer columns get empty new cells."""
+  logs = [(path, *read_log(path)[:2]) for path in paths]
+  logs = [(path, columns, body) for path, columns, body in logs if columns is not None]
+  if not logs:
+    return
+  header = max((columns for _, columns, _ in logs), key=len)
+  rows = {}
+  for path, columns, body in logs:
+    if columns != header[: len(columns)]:
       raise UserError(f"{path} has columns {columns}, other logs {header}: cannot merge them")
-    header = columns
     for row in body:
-      rows.setdefault(row[0], row)
-  if header is not None:
-    ranked = sorted(rows.values(), key=lambda row: order.get(row[0], len(order)))
-    write_log(into, header, ranked)
+      rows.setdefault(row[0], [*row, *[""] * (len(header) - len(columns))])
+  ranked = sorted(rows.values(), key=lambda row: order.get(row[0], len(order)))
+  write_log(into, header, ranked)

@@ -9,7 +9,9 @@ Trains one model per fold in WORKDIR/fold_<i>, pools the out-of-fold predictions
 predicted once, by a model that never saw it) into WORKDIR/eval/test and prints the per-fold AUC
 and accuracy with their spread. With `config.whole_image.source` (a data source of
 configs/data.py), each fold's model also scores its test patients' whole mammograms, pooled into
-WORKDIR/eval/froc*, with the tile reranker and the other breast's reading (`config.whole_image`).
+WORKDIR/eval/froc*, with the tile reranker and the other breast's reading (`config.whole_image`),
+and its CAD marks classified out of fold (`config.marks`; WORKDIR/mark_classifier.json is the
+classifier `mcalc-score --mark_classifier` applies to new images).
 Everything that changes the result is a config field, recorded in WORKDIR/config.json; the flags
 say where and how to run. Rerunning resumes where it stopped.
 """

@@ -3,12 +3,14 @@
   mcalc-score --workdir=runs/task1 --input=ARCHIVE_DIR|MANIFEST.csv --output=SCORES_DIR
       [--task2_workdir=runs/task2] [--stride=112] [--batch_size=256] [--task1_threshold=0.5]
       [--keep_identifiers] [--num_workers=-1] [--nooverlays] [--reranker=CV_RUN/reranker.json]
-      [--max_megapixels=100] [--max_aspect_ratio=20]
+      [--max_megapixels=100] [--max_aspect_ratio=20] [--mark_classifier=CLASSIFIER.json]
   mcalc-score --workdir=runs/task1 --dicomweb_url=http://pacs/dicom-web --output=SCORES_DIR
       [--dicomweb_study_dates=20240101-20240131 | --dicomweb_studies=UID,UID]
       [--dicom_results [--stow_url=http://pacs/dicom-web]]
 
-What is read and written, and how a rerun resumes: `mcalc_jax.archives.archive`; DICOMweb:
+With --mark_classifier, every image's CAD marks go to OUTPUT/marks.csv and the reported ones onto
+its overlay and into its SR (`mcalc_jax.whole_image.marks`). What is read and written (the
+in_domain column included), and how a rerun resumes: `mcalc_jax.archives.archive`; DICOMweb:
 `mcalc_jax.archives.dicomweb`; DICOM results: `mcalc_jax.archives.dicom_results` (docs/dicom.md).
 """
 
@@ -76,6 +78,12 @@ _RERANKER = flags.DEFINE_string(
   "",
   "A tile reranker (an mcalc-cv run's reranker.json) that rescores each image's Task 1 tiles.",
 )
+_MARK_CLASSIFIER = flags.DEFINE_string(
+  "mark_classifier",
+  "",
+  "A cluster classifier's JSON (marks.fit_classifier, saved by reranking.save): CAD marks per "
+  "image into OUTPUT/marks.csv, the reported ones onto the overlays and into the SRs.",
+)
 _MAX_MEGAPIXELS = flags.DEFINE_float(
   "max_megapixels",
   DEFAULT_LIMITS.max_pixels / 1e6,
@@ -119,6 +127,7 @@ def main(argv: list[str]) -> None:
       dicom_results=_DICOM_RESULTS.value,
       stow_url=_STOW_URL.value,
       reranker=_RERANKER.value,
+      mark_classifier=_MARK_CLASSIFIER.value,
       limits=SizeLimits(round(_MAX_MEGAPIXELS.value * 1e6), _MAX_ASPECT_RATIO.value),
     )
   )

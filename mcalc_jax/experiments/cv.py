@@ -37,10 +37,12 @@ from mcalc_jax.model import checkpointing, train
 from mcalc_jax.reports import evaluation
 
 SUMMARY_FILE = "cv_summary.json"
+PRETRAINING_DIR = "pretraining"  # a fold's run on the training-only patches alone
 # What a rerun may change: where and how it runs, and how its folds are evaluated.
 _NOT_TRAINING = {
   "cv",
   "whole_image",
+  "marks",
   "data_dir",
   "num_workers",
   "prefetch",
@@ -93,6 +95,8 @@ def rerun(workdir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check(config: ml_collections.ConfigDict, whole: localization.WholeImagePass | None) -> None:
+  if config.cv.train_also_as not in folds.TRAINING_ONLY:
+    raise ValueError(f"cv.train_also_as must be one of {folds.TRAINING_ONLY}")
   if config.cv.mining_rounds and whole is None:
     raise ValueError("hard-negative mining scores whole images: set config.whole_image.source")
   if jax.process_count() > 1 and whole is not None:
@@ -133,14 +137,28 @@ def _fold(
   final = mining.round_dir(fold_dir, config.cv.mining_rounds)
 
   def trained() -> tuple[pathlib.Path, Any]:
-    data = folds.fold_data(cohort, fold, config)
-    train.train_and_evaluate(config, fold_dir, data=data)
+    data = folds.fold_data(cohort, fold, config, train_only=config.cv.train_also_as)
+    if config.cv.train_also_as == "pretrain":  # then fine-tuned on the fold's real patches alone
+      train.train_and_evaluate(config, fold_dir / PRETRAINING_DIR, data=data)
+      data = folds.fold_data(cohort, fold, config, train_only="")
+    train.train_and_evaluate(_fine_tuning(config, fold_dir), fold_dir, data=data)
     if not config.cv.mining_rounds:
       return fold_dir, data
     return mining.train_rounds(config, fold_dir, fold, cohort, whole.findings, whole.scorer)
 
   done = (final / checkpointing.CONFIG_FILE).exists()
   return final, folds.run_fold(config, fold_dir, trained, done)
+
+
+def _fine_tuning(
+  config: ml_collections.ConfigDict, fold_dir: pathlib.Path
+) -> ml_collections.ConfigDict:
+  """The fold's config, starting from its pretraining run's best checkpoint where it has one."""
+  if config.cv.train_also_as != "pretrain":
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.init_from = os.fspath(fold_dir / PRETRAINING_DIR)
+  return config
 
 
 def _pooled(

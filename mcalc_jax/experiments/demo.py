@@ -4,7 +4,8 @@ Generates synthetic DICOM mammograms with a findings manifest, builds the TFDS p
 trains Task 1 (calcification vs background) and Task 2 (benign vs malignant), evaluates both on
 the test split, writes the Table-2-style report, fits the tile reranker on the whole mammograms
 of the training and validation patients, and scores a few test mammograms into heatmaps with the
-archive-scoring job users run on their archives, by the network alone and reranked. Every stage
+archive-scoring job users run on their archives, by the network alone and reranked with CAD marks
+(their cluster classifier fitted on the validation patients' mammograms). Every stage
 calls its own job's library code, so the demo exercises the product, not a copy of it.
 """
 
@@ -20,6 +21,7 @@ from input_pipeline import manifest, prepare
 from mcalc_jax.archives import archive, scored
 from mcalc_jax.configs import data as configs_data
 from mcalc_jax.configs import default as configs_default
+from mcalc_jax.experiments import marking
 from mcalc_jax.model import train
 from mcalc_jax.reports import evaluation, report
 from mcalc_jax.whole_image import froc, reranking
@@ -96,10 +98,31 @@ def fit_reranker(builder, workdir: str, task1_run: str) -> tuple[str, int]:
   return path, count
 
 
+def fit_mark_classifier(builder, workdir: str, task1_run: str, reranker: str) -> str:
+  """Scores the validation patients' mammograms (the network never trained on them) with the
+  tile reranker and fits the CAD marks' cluster classifier on their marks; returns its path."""
+  inputs, _ = split_mammograms(
+    builder, os.path.join(workdir, "cohort"), ("validation",), "marks_inputs.csv"
+  )
+  scores = os.path.join(workdir, "marks_fit")
+  archive.score_job(
+    archive.ScoreOptions(
+      workdir=task1_run, input=inputs, output=scores, overlays=False, reranker=reranker
+    )
+  )
+  images, readable = scored.read_scored_folder(scores, inputs)
+  classifier = marking.fit_on(pathlib.Path(scores), marking.Marking(), images, readable)
+  path = os.path.join(workdir, marking.CLASSIFIER_FILE)
+  reranking.save(path, classifier)
+  return path
+
+
 def localisation(inputs: str, heatmaps: str) -> dict:
   """Whole-image evaluation of the scored test mammograms, and how often the hottest tile of an
-  image with clusters lies on one of them (its best cluster ranks first)."""
+  image with clusters lies on one of them (its best cluster ranks first); with CAD marks, their
+  mark FROC too (`found["marks"]`)."""
   result = scored.evaluate_scored_folder(heatmaps, inputs, resamples=200)
+  result["marks"] = scored.evaluate_marked_folder(heatmaps, inputs, resamples=200)
   best: dict[str, int] = {}
   for c in result["clusters"]:
     rank = c["rank"] if c["rank"] is not None else 10**9
@@ -118,12 +141,17 @@ class Localised:
 
 
 def score_test_mammograms(
-  run_dirs: list[str], inputs: str, output: str, reranker: str = ""
+  run_dirs: list[str], inputs: str, output: str, reranker: str = "", mark_classifier: str = ""
 ) -> dict:
   """`mcalc-score` of the test mammograms (Task 2 where Task 1 fires), then their FROC."""
   archive.score_job(
     archive.ScoreOptions(
-      workdir=run_dirs[0], task2_workdir=run_dirs[1], input=inputs, output=output, reranker=reranker
+      workdir=run_dirs[0],
+      task2_workdir=run_dirs[1],
+      input=inputs,
+      output=output,
+      reranker=reranker,
+      mark_classifier=mark_classifier,
     )
   )
   return localisation(inputs, output)
@@ -142,6 +170,15 @@ def _print_localisation(network: Localised, reranked: Localised, fitted_on: int)
     f"1 false-positive region per image {sensitivity[1]:.2f} and {sensitivity[0]:.2f}.",
     flush=True,
   )
+  found = reranked.found["marks"]
+  if found is not None:
+    point = found["metrics"][froc.sensitivity_name(0.5)]
+    print(
+      f"CAD marks (specks grouped into clusters, scored by the cluster classifier fitted on the "
+      f"validation patients): {found['counts']['marks_per_image']:.1f} marks per image, cluster "
+      f"sensitivity at 0.5 false marks per image {point:.2f}.",
+      flush=True,
+    )
 
 
 def _print_summary(
@@ -163,11 +200,16 @@ def _print_summary(
   print(f"  {'Table 2 report':32s} {table}")
   if reranker is not None:
     print(f"  {'tile reranker':32s} {reranker[0]}")
+    print(f"  {'CAD marks classifier':32s} {os.path.join(workdir, marking.CLASSIFIER_FILE)}")
   for result in localised:
     with open(os.path.join(result.heatmaps, "scores.csv"), newline="") as f:
       count = len(list(csv.DictReader(f)))
     print(f"  {f'heatmaps, {result.label} ({count} images)':32s} {result.heatmaps}")
     print(f"  {'  FROC, cluster ranks':32s} {os.path.join(result.heatmaps, 'froc')}")
+    if result.found["marks"] is not None:
+      print(
+        f"  {'  marks.csv, mark FROC':32s} {os.path.join(result.heatmaps, 'froc', 'froc_marks')}"
+      )
 
 
 def run_demo(
@@ -194,18 +236,21 @@ def run_demo(
   table, _ = report.write_report(run_dirs, os.path.join(workdir, "table2"))
   localised, reranker = [], None
   if heatmaps > 0:
-    _stage(f"5/{stages} tile reranker on the training and validation patients' whole mammograms")
+    _stage(
+      f"5/{stages} tile reranker on the training and validation patients' whole mammograms, "
+      "CAD marks' classifier on the validation patients'"
+    )
     reranker = fit_reranker(builder, workdir, run_dirs[0])
+    classifier = fit_mark_classifier(builder, workdir, run_dirs[0], reranker[0])
     _stage(f"6/{stages} heatmaps of up to {heatmaps} test mammograms with mcalc-score, and FROC")
     cohort = os.path.join(workdir, "cohort")
     inputs, _ = split_mammograms(builder, cohort, ("test",), "heatmap_inputs.csv", heatmaps)
-    for label, name, rerank in (
-      ("network", "heatmaps", ""),
-      ("reranked", "heatmaps_reranked", reranker[0]),
+    for label, name, rerank, classified in (
+      ("network", "heatmaps", "", ""),
+      ("reranked, with CAD marks", "heatmaps_reranked", reranker[0], classifier),
     ):
       output = os.path.join(workdir, name)
-      localised.append(
-        Localised(label, output, score_test_mammograms(run_dirs, inputs, output, rerank))
-      )
+      found = score_test_mammograms(run_dirs, inputs, output, rerank, classified)
+      localised.append(Localised(label, output, found))
   _print_summary(workdir, run_dirs, table, localised, reranker)
   print(f"\nmcalc-demo finished in {time.time() - start:.0f} s", flush=True)

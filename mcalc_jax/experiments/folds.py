@@ -131,26 +131,35 @@ def recorded(workdir: str | os.PathLike) -> tuple[int, int]:
   return int(record["k"]), int(record["seed"])
 
 
+TRAINING_ONLY = ("mix", "pretrain")  # how training-only patches train (`config.cv.train_also_as`)
+
+
 def fold_data(
   cohort: Patches,
   fold: Mapping[str, Sequence[str]],
   config: ml_collections.ConfigDict,
   arrays: Mapping[str, np.ndarray] | None = None,
+  *,
+  train_only: str = "mix",
 ) -> pipeline.ArrayPatchData:
   """The fold's train / validation / test patients' patches (of `arrays`, default the cohort's)
-  as the config's three splits; the training-only patches join the train split, except those of
-  the fold's validation and test patients (whose tissue the fold must not train on)."""
+  as the config's three splits. The training-only patches, except those of the fold's validation
+  and test patients (whose tissue the fold must not train on), join the train split ("mix"), or
+  are all of it ("pretrain"), or stay out (""): a pretraining run, then its fine-tuning."""
   arrays = cohort.arrays if arrays is None else arrays
   names = {"train": config.train_split, "validation": config.eval_split, "test": config.test_split}
   parts = {}
   for part, split in names.items():
     keep = np.isin(arrays["patient_id"], list(fold[part]))
     parts[split] = {k: v[keep] for k, v in arrays.items()}
-  if cohort.train_only is not None:
+  if cohort.train_only is not None and train_only:
     held_out = [*fold["validation"], *fold["test"]]
     keep = ~np.isin(cohort.train_only["patient_id"], held_out)
+    mine = {k: v[keep] for k, v in cohort.train_only.items()}
     train = parts[config.train_split]
-    parts[config.train_split] = {k: joined(v, cohort.train_only[k][keep]) for k, v in train.items()}
+    if train_only == "pretrain":
+      train = {k: v[:0] for k, v in train.items()}
+    parts[config.train_split] = {k: joined(v, mine[k]) for k, v in train.items()}
   data = pipeline.ArrayPatchData(parts, config, field_of_view_mm=cohort.field_of_view_mm)
   for part, split in names.items():  # a part without patches of the task cannot train or score
     if data.num_examples(split) == 0:

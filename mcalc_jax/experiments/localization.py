@@ -9,8 +9,9 @@ breast; each is evaluated pooled (`mcalc_jax.whole_image.froc`).
                                          once, by the model that never saw its patient
   WORKDIR/eval/froc_reranked/            ... after the tile reranker
   WORKDIR/eval/froc*_bilateral/          ... each image read against the other breast's
+  WORKDIR/eval/froc_marks/, marks/       CAD marks, classified out of fold (`marking`)
 
-Its settings are the config's `whole_image` group (configs/default.py).
+Its settings are the config's `whole_image` and `marks` groups (configs/default.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from input_pipeline import sources
 from input_pipeline.manifest import Finding
 from mcalc_jax.archives import archive, discovery, scored
 from mcalc_jax.base import calibration
+from mcalc_jax.experiments import marking
 from mcalc_jax.model import inference
 from mcalc_jax.whole_image import bilateral, froc, heatmaps, reranking, scoring
 from mcalc_jax.whole_image.tiling import ImageScores
@@ -48,6 +50,7 @@ class WholeImagePass:
   rerank: str = "classical"  # "" none, "classical" tile features, "stacked" and the network's logit
   rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
   bilateral_weight: float = bilateral.DEFAULT_WEIGHT  # 0: no bilateral reading
+  marks: marking.Marking | None = None  # None: no CAD marks
 
   def __post_init__(self):
     if self.rerank not in RERANK_MODES:
@@ -68,6 +71,7 @@ class WholeImagePass:
       rerank=group.rerank,
       rerank_features=tuple(filter(None, group.rerank_features.split(","))),
       bilateral_weight=group.bilateral_weight,
+      marks=marking.Marking.from_config(config),
     )
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
@@ -108,9 +112,15 @@ def localize_folds(
   keys = {item.path: item.key for item in inputs}
   images = froc.scored_images(whole.findings, keys, grids)
   result = _evaluated(images, workdir / "eval" / "froc", whole, seed, resamples)
+  by_key = {item.key: item for item in inputs}
   if whole.rerank:
-    by_key = {item.key: item for item in inputs}
-    result["reranked"] = rerank_folds(workdir, assignment, whole, images, by_key, seed, resamples)
+    result["reranked"], images = rerank_folds(
+      workdir, assignment, whole, images, by_key, seed, resamples
+    )
+  if whole.marks:  # on the grids `mcalc-score` writes (one image alone: no other breast)
+    result["marks"] = marking.mark_folds(
+      workdir, assignment, whole.marks, images, by_key, seed, resamples
+    )
   return result
 
 
@@ -122,10 +132,10 @@ def rerank_folds(
   inputs: Mapping[str, discovery.Input],
   seed: int,
   resamples: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[froc.ScoredImage]]:
   """Each fold's tile reranker, fitted on the out-of-fold grids of the other folds' images
   (WORKDIR/fold_<i>/reranker.json), applied to its own test images; their pooled evaluation goes
-  to WORKDIR/eval/froc_reranked. Stacked, the training tiles' logits come from the other folds'
+  to WORKDIR/eval/froc_reranked, and the reranked images are returned beside it. Stacked, the training tiles' logits come from the other folds'
   models, as a test tile's comes from its own fold's. WORKDIR/reranker.json, fitted on every
   image, is the one `mcalc-score --reranker` applies to new images."""
   names = whole.rerank_features
@@ -140,7 +150,7 @@ def rerank_folds(
   title = f"tile reranker ({whole.rerank}), refitted per fold"
   out = workdir / "eval" / "froc_reranked"
   result = _evaluated(reranked, out, whole, seed, resamples, title)
-  return {"mode": whole.rerank, "features": list(names), **result}
+  return {"mode": whole.rerank, "features": list(names), **result}, reranked
 
 
 def _evaluated(

@@ -124,11 +124,12 @@ def train_rounds(
   """The fold's `config.cv.mining_rounds` rounds after its first training: each mines hard
   negatives from the fold's training images with the previous round's model (`scorer_of` its run
   folder) and goes on training from its best checkpoint. Returns the last round's run and data."""
-  data = folds.fold_data(cohort, fold, config)
+  mixed = "" if config.cv.train_also_as == "pretrain" else "mix"  # as the fold's own training
+  data = folds.fold_data(cohort, fold, config, train_only=mixed)
   size = cohort.arrays["image"].shape[1]
   for r in range(1, config.cv.mining_rounds + 1):
     found = _mined(fold_dir, r, fold, findings, scorer_of, config.cv.mining_per_image, size)
-    data = folds.fold_data(cohort, fold, config, _with(cohort.arrays, found))
+    data = folds.fold_data(cohort, fold, config, _with(cohort.arrays, found), train_only=mixed)
     tuned = ml_collections.ConfigDict(config.to_dict())
     tuned.init_from = os.fspath(round_dir(fold_dir, r - 1))
     train.train_and_evaluate(tuned, round_dir(fold_dir, r), data=data)

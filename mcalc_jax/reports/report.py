@@ -200,7 +200,8 @@ def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
 
 def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
   """One row per cross-validation whose folds scored their test patients' whole images, one more
-  for its tile reranker where it has one, and after each its bilateral reading where there is one."""
+  for its tile reranker where it has one, after each its bilateral reading where there is one,
+  and its CAD marks (mark FROC: false marks per image) where it made them."""
   rows = []
   for evaluation in sorted(evaluations, key=_sort_key):
     whole = evaluation.get("cv", {}).get("whole_image")
@@ -215,6 +216,8 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
       if "bilateral" in result:
         compared = f"{name} + other breast ({result['bilateral']['weight']:g})"
         rows.append(_whole_image_row(evaluation, result["bilateral"], compared, digits))
+    if "metrics" in whole.get("marks", {}):
+      rows.append(_whole_image_row(evaluation, whole["marks"], f"{network} + CAD marks", digits))
   return rows
 
 
@@ -231,7 +234,8 @@ def _whole_image_row(evaluation: dict, whole: dict, network: str, digits: int) -
     *cells,
     f"{counts['clusters']} clusters in {counts['images_with_clusters']} of "
     f"{counts['images']} images, {counts['patients']} patients"
-    + (f", {counts['tiles_per_image']:.0f} tiles per image" if "tiles_per_image" in counts else ""),
+    + (f", {counts['tiles_per_image']:.0f} tiles per image" if "tiles_per_image" in counts else "")
+    + (f", {counts['marks_per_image']:.1f} marks per image" if "marks_per_image" in counts else ""),
   ]
 
 
@@ -260,7 +264,8 @@ def _whole_image_section(evaluations: Sequence[dict], digits: int) -> list[str]:
     "Each fold's model scored the whole mammograms of its own test patients",
     "(mcalc_jax.whole_image.froc): cluster sensitivity at mean false-positive regions per image, image and breast AUC from the",
     "maximum tile score, each cluster's rank among its image's tiles (1: the hottest); 95% patient",
-    "bootstrap CIs in parentheses.",
+    "bootstrap CIs in parentheses. A CAD marks row (mcalc_jax.experiments.marking) counts false",
+    "marks per image, takes the AUC from the top mark and the rank among the image's marks.",
     "",
     markdown_table(columns, rows),
   ]

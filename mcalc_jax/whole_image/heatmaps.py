@@ -36,9 +36,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle as CirclePatch
+from matplotlib.patches import Rectangle
 
 from input_pipeline.errors import UserError
 from mcalc_jax.base.files import atomic_write
+from mcalc_jax.whole_image.marks import Mark
 from mcalc_jax.whole_image.tiling import Circle, ImageScores, TileGeometry, average_map
 
 _DISPLAY_PIXELS = 1024  # longer side of the mammogram in the overlay
@@ -47,6 +49,8 @@ _MAX_STRETCH = 4  # a panel's sides within 1:4 of each other (a thinner image is
 # Geometry keys that grids written before physical units lack, with the values they mean there.
 _PHYSICAL_DEFAULTS = {"pixel_spacing_mm": 0.0, "spacing_assumed": False, "field_of_view_mm": 0.0}
 _ALPHA = 0.45
+_MARKS_DRAWN = 20  # the most probable reported marks drawn (labels of hundreds would hide it)
+_MARK_MARGIN = 6  # display pixels between a mark's specks and its box
 
 
 def write_scores(path: str | os.PathLike, scores: ImageScores) -> None:
@@ -156,11 +160,14 @@ def write_overlay(
   *,
   annotations: Sequence[Circle] = (),
   title: str = "",
+  marks: Sequence[Mark] = (),
 ) -> None:
   """Renders the mammogram in grey under its heatmaps (blue 0 to red 1), as in the paper's Fig. 3.
 
   One panel per task, in the ORIGINAL orientation, the mammogram's longer side at about 1024
-  pixels; known findings are drawn as circles. `pixels` are the canonical pixels scored.
+  pixels; known findings are drawn as white circles, CAD `marks` (the reported ones: ORIGINAL
+  pixels) as boxes around their specks labelled with their Task 1 probability, the
+  `_MARKS_DRAWN` most probable of them. `pixels` are the canonical pixels scored.
   """
   g = scores.geometry
   scale = max(1, math.ceil(max(g.image_shape) / _DISPLAY_PIXELS))
@@ -182,6 +189,8 @@ def write_overlay(
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label=label)
     for c in shown:
       ax.add_patch(_circle(c))
+    for mark in sorted(marks, key=lambda m: -m.task1)[:_MARKS_DRAWN]:
+      _draw_mark(ax, mark, _MARK_MARGIN * scale)
     ax.set_title(_panel_title(title, grid), fontsize="small")
     ax.set_axis_off()
   fig.tight_layout()
@@ -211,6 +220,16 @@ def _crosses(c: Circle, shape: tuple[int, int]) -> bool:
 
 def _circle(c: Circle) -> CirclePatch:
   return CirclePatch((c.col, c.row), c.radius, fill=False, edgecolor="white", linewidth=1.5)
+
+
+def _draw_mark(ax, mark: Mark, margin: float) -> None:
+  """A box `margin` original pixels around the mark's specks (whose centres' box is in pixel
+  centres: pixel c spans [c, c + 1) on the axes), its probability above it."""
+  top, left, bottom, right = mark.box
+  corner = (left + 0.5 - margin, top + 0.5 - margin)
+  width, height = right - left + 2 * margin, bottom - top + 2 * margin
+  ax.add_patch(Rectangle(corner, width, height, fill=False, edgecolor="magenta", linewidth=1.2))
+  ax.text(*corner, f"{mark.task1:.2f}", color="magenta", fontsize="x-small", va="bottom")
 
 
 def _panel_title(title: str, grid: np.ndarray) -> str:

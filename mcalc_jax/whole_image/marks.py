@@ -24,12 +24,24 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import special
 
+from input_pipeline.mammogram import Mammogram
 from mcalc_jax.base import calibration
 from mcalc_jax.whole_image import clusters, froc, reranking
-from mcalc_jax.whole_image.specks import SPECK_RULE, SpeckMap, SpeckRule, find_specks
+from mcalc_jax.whole_image.specks import (
+  SPECK_RULE,
+  SpeckMap,
+  SpeckRule,
+  find_specks,
+  mammogram_speck_map,
+)
+from mcalc_jax.whole_image.tiling import ImageScores
 
 HIT_DISTANCE_MM = 5.0  # how near a point annotation (no radius) a mark's centre must lie
-DEFAULT_FEATURES = tuple(clusters.FEATURES)
+# The tile path's Task 1 probability where the mark is (`with_tiles`): what the tile network (or
+# its reranker) saw around the cluster, beside what the specks alone say.
+TILE_FEATURE = "tile_probability"
+FEATURES = (*clusters.FEATURES, TILE_FEATURE)
+DEFAULT_FEATURES = tuple(clusters.FEATURES)  # what a speck map alone gives
 
 
 def hit_rule(hit_distance_mm: float = HIT_DISTANCE_MM) -> str:
@@ -72,20 +84,38 @@ class MarkedImage:
 
 
 def check_features(names: Sequence[str]) -> None:
-  """Raises RerankerError naming the features `clusters.FEATURES` does not register."""
-  unknown = sorted(set(names) - set(clusters.FEATURES))
+  """Raises RerankerError naming the features `FEATURES` does not register."""
+  unknown = sorted(set(names) - set(FEATURES))
   if unknown:
     raise reranking.RerankerError(
-      f"unknown cluster features {unknown}; known: {', '.join(clusters.FEATURES)}"
+      f"unknown cluster features {unknown}; known: {', '.join(FEATURES)}"
     )
 
 
 @dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+  """Which marks are reported: Task 1 at or above `threshold`, chosen (out of fold) for about
+  `false_marks_per_image` false marks per image."""
+
+  threshold: float = 0.5
+  false_marks_per_image: float = float("nan")  # what the threshold was chosen for; NaN: not chosen
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterClassifier:
-  """Task 1 for a cluster: the balanced logistic regression on its features, then Platt."""
+  """Task 1 for a cluster: the balanced logistic regression on its features, then Platt; with
+  the speck and cluster rules its marks were made by, and the operating point reports use."""
 
   model: reranking.TileReranker
   platt: calibration.Platt = calibration.Platt()
+  speck_rule: SpeckRule = SPECK_RULE
+  cluster_rule: clusters.ClusterRule = clusters.CLUSTER_RULE
+  operating_point: OperatingPoint = OperatingPoint()
+
+  @property
+  def needs_tiles(self) -> bool:
+    """Whether its features include the tile path's probability (`with_tiles`)."""
+    return TILE_FEATURE in self.model.features
 
   def probabilities(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
     """float64 [n]: P(a true cluster) of each mark's `features`."""
@@ -94,13 +124,9 @@ class ClusterClassifier:
     return self.platt.apply(raw).astype(np.float64)
 
   def to_json(self) -> str:
-    return json.dumps(
-      {
-        "logistic": json.loads(self.model.to_json()),
-        "platt": dataclasses.asdict(self.platt),
-      },
-      indent=2,
-    )
+    parts = ("platt", "speck_rule", "cluster_rule", "operating_point")
+    d = {"logistic": json.loads(self.model.to_json())}
+    return json.dumps(d | {k: dataclasses.asdict(getattr(self, k)) for k in parts}, indent=2)
 
   @classmethod
   def from_json(cls, text: str) -> ClusterClassifier:
@@ -109,11 +135,16 @@ class ClusterClassifier:
       d = json.loads(text)
       model = reranking.TileReranker.from_json(json.dumps(d["logistic"]), check_features)
       platt = calibration.Platt(float(d["platt"]["slope"]), float(d["platt"]["intercept"]))
+      rules = {
+        "speck_rule": SpeckRule(**d["speck_rule"]),
+        "cluster_rule": clusters.ClusterRule(**d["cluster_rule"]),
+        "operating_point": OperatingPoint(**d["operating_point"]),
+      }
     except KeyError as e:
       raise reranking.RerankerError(f"not a cluster classifier's JSON: no {e.args[0]!r}") from e
     except (ValueError, TypeError) as e:
       raise reranking.RerankerError(f"not a cluster classifier's JSON ({e})") from e
-    return cls(model, platt)
+    return cls(model, platt, **rules)
 
 
 def load(path: str | os.PathLike) -> ClusterClassifier:
@@ -136,6 +167,25 @@ def mark_image(
   return marks if classifier is None else classified(marks, classifier)
 
 
+def mark_mammogram(
+  mammogram: Mammogram, key: str, classifier: ClusterClassifier, scores: ImageScores | None = None
+) -> list[Mark]:
+  """The classified marks of one mammogram (`read_mammogram`'s), made by the classifier's rules;
+  `scores`, the image's tile grids, are needed when the classifier uses `TILE_FEATURE`."""
+  speck_map = mammogram_speck_map(mammogram)
+  found = mark_image(speck_map, key, speck_rule=classifier.speck_rule, rule=classifier.cluster_rule)
+  if classifier.needs_tiles:
+    if scores is None:
+      raise ValueError("this cluster classifier needs the image's tile scores")
+    found = with_tiles(found, scores)
+  return classified(found, classifier)
+
+
+def reported(marks: Sequence[Mark], classifier: ClusterClassifier) -> list[Mark]:
+  """The marks at or above the classifier's operating point."""
+  return [m for m in marks if m.task1 >= classifier.operating_point.threshold]
+
+
 def _mark(key: str, cluster_id: int, cluster: clusters.SpeckCluster, speck_map: SpeckMap) -> Mark:
   """One cluster as a mark, its centre and box mapped back to the original image's pixels."""
   top, left, bottom, right = cluster.box
@@ -152,6 +202,29 @@ def _mark(key: str, cluster_id: int, cluster: clusters.SpeckCluster, speck_map: 
     task2=np.nan,
     features=clusters.describe(cluster),
   )
+
+
+def tile_probability(scores: ImageScores, row: float, col: float) -> float:
+  """The highest Task 1 probability among the scored tiles holding the ORIGINAL pixel (row,
+  col); 0 where none does."""
+  geometry = scores.geometry
+  canonical_col = geometry.orientation.col(col)
+  rows = (geometry.tile_rows <= row) & (row < geometry.tile_rows + geometry.patch_size)
+  cols = (geometry.tile_cols <= canonical_col) & (
+    canonical_col < geometry.tile_cols + geometry.patch_size
+  )
+  held = scores.task1[np.ix_(rows, cols)]
+  return float(np.nanmax(held)) if np.any(~np.isnan(held)) else 0.0
+
+
+def with_tiles(marks: Sequence[Mark], scores: ImageScores) -> list[Mark]:
+  """`marks` with their `TILE_FEATURE`: the tile path's probability under each mark's centre."""
+  return [
+    dataclasses.replace(
+      m, features={**m.features, TILE_FEATURE: tile_probability(scores, m.row, m.col)}
+    )
+    for m in marks
+  ]
 
 
 def classified(marks: Sequence[Mark], classifier: ClusterClassifier) -> list[Mark]:
@@ -180,7 +253,7 @@ def labels(image: MarkedImage, hit_distance_mm: float = HIT_DISTANCE_MM) -> np.n
   return np.array([bool(clusters_hit(m, image, hit_distance_mm)) for m in image.marks], bool)
 
 
-def _examples(
+def examples(
   images: Sequence[MarkedImage], names: Sequence[str], hit_distance_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
   """(x [marks, features], y [marks]) of every mark of `images`."""
@@ -200,11 +273,11 @@ def fit_classifier(
   """A cluster classifier fitted on the marks of `train` (positives: those that hit a cluster);
   Platt-calibrated on the marks of `validation` when it has both kinds, else uncalibrated."""
   check_features(features)
-  x, y = _examples(train, features, hit_distance_mm)
+  x, y = examples(train, features, hit_distance_mm)
   if not len(y):
     raise ValueError("no marks to fit a cluster classifier on")
   model = ClusterClassifier(reranking.fit(x, y, features, c))
-  xv, yv = _examples(validation, features, hit_distance_mm)
+  xv, yv = examples(validation, features, hit_distance_mm)
   if not len(yv):
     return model
   prob = special.expit(model.model.logits(xv))

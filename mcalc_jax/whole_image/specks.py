@@ -6,8 +6,8 @@ threshold, neither too small (noise) nor too large (vessels, labels, large benig
 
 A `SpeckMap` is any dense map laid on an image's canonical pixels (chest wall left), larger where
 a speck is likelier: its values, its pixel size in mm, and the image's orientation and pixel size
-to map back. `classical_speck_map` is the untrained baseline, at the image's own pixels (no
-resampling): the white top-hat by a disk of `TOPHAT_RADIUS_MM` divided by the top-hat's local
+to map back. `classical_speck_map` is the untrained baseline, at the pixels it is given (a mammogram's
+are brought down to `MAP_PIXEL_MM` first where finer: `mammogram_speck_map`): the white top-hat by a disk of `TOPHAT_RADIUS_MM` divided by the top-hat's local
 level (its 90th percentile around the pixel: a contrast-to-noise ratio robust to the specks
 themselves), zero outside the breast. A network's dense probability map (at its own stride) drops
 in as another `SpeckMap`; the speck threshold is then a probability.
@@ -20,14 +20,17 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from input_pipeline import morphology
-from input_pipeline.breast import breast_mask
+from input_pipeline import morphology, speck_labels
 from input_pipeline.mammogram import Mammogram, Orientation
+from mcalc_jax.model import speck_detector
 
 TOPHAT_RADIUS_MM = 0.4  # the tile reranker's speck disk: keeps specks up to ~0.8 mm across
 NOISE_WINDOW_MM = 6.0  # side of the blocks the local noise level is estimated in
 NOISE_QUANTILE = 0.9  # the top-hat's local level: a high quantile of the breast's pixels
-EDGE_MARGIN_MM = 2.0  # the band inside the breast's outline left out: film edges, the skin line
+EDGE_MARGIN_MM = speck_labels.EDGE_MARGIN_MM  # left out inside the breast's outline
+# The classical map's pixels: the 0.2-mm film its rules were chosen on (finer images are brought
+# down to it; also about 2x faster than the tile scorer there, docs/performance.md).
+MAP_PIXEL_MM = speck_labels.PIXEL_MM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +104,25 @@ def classical_speck_map(
   `local_noise` level, at the image's own pixels; zero outside `mask` (default: the breast
   mask) and within `margin_mm` of its edge, where film edges and the skin line make specks."""
   pixels = np.asarray(pixels, np.float32)
-  mask = breast_mask(pixels) if mask is None else mask
-  margin = round(margin_mm / spacing_mm)
-  mask = ndimage.minimum_filter(mask, 2 * margin + 1, mode="constant") if margin else mask
+  mask = speck_labels.inner_mask(pixels, spacing_mm, margin_mm, mask)
   tophat = morphology.white_tophat_mm(pixels, spacing_mm, radius_mm)
   block = max(2, round(window_mm / spacing_mm))
   cnr = np.where(mask, tophat / local_noise(tophat, mask, block), 0.0).astype(np.float32)
   return SpeckMap(cnr, spacing_mm, orientation, spacing_mm, np.where(mask, tophat, 0.0))
 
 
-def mammogram_speck_map(mammogram: Mammogram) -> SpeckMap:
-  """`classical_speck_map` of a mammogram read by `input_pipeline.mammogram.read_mammogram`."""
+def mammogram_speck_map(mammogram: Mammogram, pixel_mm: float = MAP_PIXEL_MM) -> SpeckMap:
+  """`classical_speck_map` of a mammogram read by `input_pipeline.mammogram.read_mammogram`, its
+  pixels first brought down to `pixel_mm` where they are finer (linear), so that the map's noise
+  level, and with it the rule's threshold, means what it meant on the film it was chosen on."""
   spacing = float(np.mean(mammogram.pixel_spacing_mm))
   pixels = mammogram.pixels / np.float32(mammogram.max_value)
-  return classical_speck_map(pixels, spacing, orientation=mammogram.orientation)
+  if spacing >= pixel_mm:
+    return classical_speck_map(pixels, spacing, orientation=mammogram.orientation)
+  coarse = ndimage.zoom(pixels, spacing / pixel_mm, order=1)
+  grid_mm = spacing * pixels.shape[0] / coarse.shape[0]
+  speck_map = classical_speck_map(coarse, grid_mm, orientation=mammogram.orientation)
+  return dataclasses.replace(speck_map, image_pixel_mm=spacing)
 
 
 def local_noise(tophat: np.ndarray, mask: np.ndarray, block: int) -> np.ndarray:
@@ -181,3 +189,15 @@ def _elongation(rows: np.ndarray, cols: np.ndarray) -> float:
   cov = np.cov(np.vstack([rows, cols]), bias=True) + np.eye(2) / 12
   low, high = np.linalg.eigvalsh(cov)
   return float(1 - np.sqrt(low / high))
+
+
+def network_speck_map(detector: speck_detector.SpeckDetector, mammogram: Mammogram) -> SpeckMap:
+  """A trained detector's speck probability map of a mammogram (`read_mammogram`'s), on the
+  detector's grid of `speck_detector.PIXEL_MM`, zero outside the breast and within
+  `EDGE_MARGIN_MM` of its edge (the classical map's mask); its `SpeckRule` threshold is a
+  probability."""
+  spacing = float(np.mean(mammogram.pixel_spacing_mm))
+  pixels = mammogram.pixels / np.float32(mammogram.max_value)
+  mask = speck_labels.inner_mask(pixels, spacing, EDGE_MARGIN_MM)
+  values = speck_detector.dense_map(detector, pixels, spacing, mask=mask)
+  return SpeckMap(values, speck_detector.PIXEL_MM, mammogram.orientation, spacing)

@@ -72,6 +72,11 @@ def random_classifier(
   config.update(overrides or {})
   config.patch_size = _PATCH
   config.field_of_view_mm = patches.NATIVE_PIXELS  # the paper's native-pixel patches
+  return classifier_of(config)
+
+
+def classifier_of(config: Any) -> inference.Classifier:
+  """A randomly initialised classifier of `config`, replicated over this host's devices."""
   graphdef, params, batch_stats = nnx.split(
     networks.create_model(config, nnx.Rngs(0)), nnx.Param, nnx.BatchStat
   )

@@ -1,0 +1,310 @@
+"""A cross-validation's CAD marks: every whole image's specks grouped into marks, each mark scored
+by a cluster classifier that never saw its patient, judged by mark-level FROC.
+
+  WORKDIR/marks/<rules>/<key>.json   an image's marks before classification, by the hash of the
+                                  rules that made them (resumable cache)
+  WORKDIR/fold_<i>/speck_detector/   with `config.marks.detector_cohort`, fold i's trained speck
+                                  detector (`mcalc_jax.model.speck_detector`)
+  WORKDIR/eval/froc_marks/        the pooled mark FROC, out of fold
+  WORKDIR/mark_classifier.json    fitted on every image, with the operating point chosen out of
+                                  fold (`mcalc-score --mark_classifier`)
+
+Fold k's classifier is fitted on the marks of its training patients, Platt-scaled on its
+validation patients' and applied to its test patients'. The tile path's probability under a mark
+(`marks.TILE_FEATURE`) comes from the out-of-fold tile grids (after the fold's reranker when the
+CV reranks), so a training mark's tile feature is as unseen as a test mark's; the per-fold
+rerankers were fitted on every other fold, so fold k's test labels reach its training marks'
+tile feature at one remove (stacking's usual approximation). Its settings are the config's
+`marks` group (configs/default.py).
+
+Specks come from the classical speck map, or, given an inserted cohort (`detector_cohort`:
+`input_pipeline.insertion`'s folder, clusters inserted into the cohort's own images), from a
+speck detector trained per fold on the specks inserted into its training patients' images and
+run on its test patients' (no real cluster trains it). `mcalc-score` applies classical marks
+only: WORKDIR/mark_classifier.json is written for the classical map alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from input_pipeline import speck_labels
+from input_pipeline.mammogram import Mammogram
+from mcalc_jax.archives import scored
+from mcalc_jax.base import calibration, files, metrics
+from mcalc_jax.model import speck_detector
+from mcalc_jax.whole_image import clusters, froc, marks, reranking
+from mcalc_jax.whole_image.specks import (
+  SpeckMap,
+  SpeckRule,
+  mammogram_speck_map,
+  network_speck_map,
+)
+
+MARKS_DIR = "marks"
+DETECTOR_DIR = "speck_detector"
+CLASSIFIER_FILE = "mark_classifier.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Marking:
+  """How marks are made, scored and reported (the config's `marks` group)."""
+
+  speck_rule: SpeckRule = SpeckRule()
+  cluster_rule: clusters.ClusterRule = clusters.ClusterRule()
+  features: tuple[str, ...] = marks.FEATURES
+  hit_distance_mm: float = marks.HIT_DISTANCE_MM
+  false_marks_per_image: float = 0.5  # the operating point reports and the SR use
+  detector_cohort: str = ""  # an inserted cohort's folder: a trained speck map; "": classical
+
+  def __post_init__(self):
+    marks.check_features(self.features)
+    if not self.false_marks_per_image > 0:
+      raise ValueError(f"false_marks_per_image must be > 0, not {self.false_marks_per_image}")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Marking | None:
+    """The marking `config.marks` describes; None when off (or in a config saved before it)."""
+    group = config.get("marks")
+    if group is None or not group.enabled:
+      return None
+    cohort = group.get("detector_cohort", "")
+    return cls(
+      SpeckRule(threshold=group.detector_threshold if cohort else group.speck_threshold),
+      clusters.ClusterRule(group.link_mm, group.min_specks, group.region_mm),
+      tuple(filter(None, group.features.split(","))),
+      group.hit_distance_mm,
+      group.false_marks_per_image,
+      cohort,
+    )
+
+  @property
+  def cache(self) -> str:
+    """The folder name of the marks these rules make: a hash of the rules."""
+    rules = [
+      dataclasses.asdict(self.speck_rule),
+      dataclasses.asdict(self.cluster_rule),
+      *([self.detector_cohort] if self.detector_cohort else []),
+    ]
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def mark_folds(
+  workdir: pathlib.Path,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  marking: Marking,
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, reranking.Readable],
+  seed: int,
+  resamples: int,
+) -> dict[str, Any]:
+  """The marks of the tile-scored `images` (out-of-fold grids), classified fold by fold and
+  evaluated pooled into WORKDIR/eval/froc_marks; the classifier for new images saved. A fold
+  whose training marks are all of one kind skips the marks, saying why."""
+  maps = _speck_maps(workdir, marking, assignment)
+  marked = [
+    marked_image(
+      workdir,
+      marking,
+      image,
+      inputs[image.key],
+      maps.get(image.patient_id, mammogram_speck_map),
+    )
+    for image in images
+  ]
+  out = []
+  for k, fold in enumerate(assignment):
+    part = {name: set(fold[name]) for name in ("train", "validation", "test")}
+
+    def of(name: str, part=part) -> list[marks.MarkedImage]:
+      return [im for im in marked if im.patient_id in part[name]]
+
+    labels = np.concatenate([np.zeros(0, bool)] + [marks.labels(im) for im in of("train")])
+    if labels.all() or not labels.any():  # no marks, or of one kind: nothing to learn from
+      return {
+        "skipped": f"fold {k}'s training images have {labels.sum()} marks on a cluster "
+        f"and {(~labels).sum()} elsewhere: no cluster classifier can be fitted"
+      }
+    classifier = _fitted(marking, of("train"), of("validation"))
+    out += [
+      dataclasses.replace(im, marks=tuple(marks.classified(im.marks, classifier)))
+      for im in of("test")
+    ]
+  evaluation = marks.evaluate_marks(
+    out, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
+  )
+  point = operating_point(out, marking.false_marks_per_image, marking.hit_distance_mm)
+  at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
+  evaluation["operating_point"] = {**dataclasses.asdict(point), **at_point}
+  if not marking.detector_cohort:
+    reranking.save(workdir / CLASSIFIER_FILE, _final(marking, marked, point))
+  title = f"marks ({len(marking.features)} features, out of fold)"
+  scored.write_froc(workdir / "eval" / "froc_marks", evaluation, title=title)
+  summary = {k: evaluation[k] for k in ("metrics", "ci", "counts", "operating_point")}
+  return {"features": list(marking.features), **summary}
+
+
+def fit_on(
+  workdir: pathlib.Path,
+  marking: Marking,
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, reranking.Readable],
+) -> marks.ClusterClassifier:
+  """A classifier for new images fitted on the marks of `images` without folds (the demo's
+  validation patients), its operating point chosen on those same marks: optimistic, where
+  `mark_folds` chooses it out of fold."""
+  marked = [marked_image(workdir, marking, image, inputs[image.key]) for image in images]
+  classifier = _final(marking, marked, marks.OperatingPoint())
+  scored = [
+    dataclasses.replace(im, marks=tuple(marks.classified(im.marks, classifier))) for im in marked
+  ]
+  point = operating_point(scored, marking.false_marks_per_image, marking.hit_distance_mm)
+  return dataclasses.replace(classifier, operating_point=point)
+
+
+SpeckMapOf = Callable[[Mammogram], SpeckMap]
+
+
+def _speck_maps(
+  workdir: pathlib.Path, marking: Marking, assignment: Sequence[Mapping[str, Sequence[str]]]
+) -> Mapping[str, SpeckMapOf]:
+  """Each test patient's speck map where it is its fold's trained detector's (none: the
+  classical map)."""
+  if not marking.detector_cohort:
+    return {}
+  crops = speck_labels.crops(speck_labels.read_cohort(marking.detector_cohort))
+  maps: dict[str, SpeckMapOf] = {}
+  for k, fold in enumerate(assignment):
+    detector = _detector(workdir / f"fold_{k}" / DETECTOR_DIR, crops.of(fold["train"]))
+    maps |= dict.fromkeys(fold["test"], functools.partial(network_speck_map, detector))
+  return maps
+
+
+def _detector(folder: pathlib.Path, crops: speck_labels.Crops) -> speck_detector.SpeckDetector:
+  """The fold's speck detector: trained on `crops` unless an earlier run saved it."""
+  if (folder / speck_detector.CONFIG_FILE).exists():
+    return speck_detector.load(folder)
+  detector, _ = speck_detector.train(crops)
+  speck_detector.save(folder, detector, {"crops": len(crops.labels)})
+  return detector
+
+
+def marked_image(
+  workdir: pathlib.Path,
+  marking: Marking,
+  image: froc.ScoredImage,
+  source: reranking.Readable,
+  speck_map: SpeckMapOf = mammogram_speck_map,
+) -> marks.MarkedImage:
+  """One image's marks (cached in WORKDIR/marks/<rules>/), with the tile path's probability
+  under each."""
+  folder = workdir / MARKS_DIR / marking.cache
+  found = marks.with_tiles(
+    _cached_marks(folder, marking, image.key, source, speck_map), image.scores
+  )
+  return marks.MarkedImage(
+    image.key,
+    image.patient_id,
+    image.breast,
+    tuple(found),
+    image.clusters,
+    image.scores.geometry.pixel_spacing_mm,
+  )
+
+
+def _cached_marks(
+  folder: pathlib.Path,
+  marking: Marking,
+  key: str,
+  source: reranking.Readable,
+  speck_map: SpeckMapOf,
+) -> list[marks.Mark]:
+  """The image's unclassified marks, from the cache where these rules made them before."""
+  path = folder / f"{key}.json"
+  if path.exists():
+    return [_mark(d) for d in json.loads(path.read_text())]
+  mammogram, _ = source.read()
+  found = marks.mark_image(
+    speck_map(mammogram),
+    key,
+    speck_rule=marking.speck_rule,
+    rule=marking.cluster_rule,
+  )
+  folder.mkdir(parents=True, exist_ok=True)
+  files.write_text(path, json.dumps([dataclasses.asdict(m) for m in found]))
+  return found
+
+
+def _mark(d: dict[str, Any]) -> marks.Mark:
+  return marks.Mark(**{**d, "box": tuple(d["box"]), "task1": np.nan, "task2": np.nan})
+
+
+def _fitted(
+  marking: Marking, train: Sequence[marks.MarkedImage], validation: Sequence[marks.MarkedImage]
+) -> marks.ClusterClassifier:
+  classifier = marks.fit_classifier(
+    train, validation, marking.features, hit_distance_mm=marking.hit_distance_mm
+  )
+  return dataclasses.replace(
+    classifier, speck_rule=marking.speck_rule, cluster_rule=marking.cluster_rule
+  )
+
+
+def operating_point(
+  images: Sequence[marks.MarkedImage], false_marks_per_image: float, hit_distance_mm: float
+) -> marks.OperatingPoint:
+  """The lowest Task 1 threshold with at most `false_marks_per_image` false marks per image
+  among the (classified) marks of `images`."""
+  results = [marks.evaluate_image(im, hit_distance_mm) for im in images]
+  false = np.sort(np.concatenate([np.zeros(0), *(r.false_positives for r in results)]))[::-1]
+  allowed = int(np.floor(false_marks_per_image * len(images)))
+  threshold = 0.0 if allowed >= false.size else float(np.nextafter(false[allowed], np.inf))
+  return marks.OperatingPoint(threshold, false_marks_per_image)
+
+
+def at_operating_point(
+  images: Sequence[marks.MarkedImage], threshold: float, hit_distance_mm: float
+) -> dict[str, Any]:
+  """Clusters found and false marks at `threshold`, with normal-approximation 95% intervals."""
+  results = [marks.evaluate_image(im, hit_distance_mm) for im in images]
+  found = [s >= threshold for r in results for s in r.cluster_scores]
+  normal = [int(np.sum(r.false_positives >= threshold)) for r in results if not r.clusters]
+  sensitivity = float(np.mean(found)) if found else float("nan")
+  return {
+    "clusters_found": int(np.sum(found)),
+    "clusters": len(found),
+    "sensitivity": sensitivity,
+    "sensitivity_ci": metrics.wald_interval(sensitivity, len(found)).to_json(),
+    "false_marks_per_normal_image": float(np.mean(normal)) if normal else float("nan"),
+    "false_marks_per_normal_image_ci": list(_mean_interval(normal)),
+    "normal_images": len(normal),
+  }
+
+
+def _mean_interval(counts: Sequence[int]) -> tuple[float, float]:
+  """A mean count's normal-approximation 95% interval."""
+  if len(counts) < 2:
+    return float("nan"), float("nan")
+  mean, half = np.mean(counts), 1.96 * np.std(counts, ddof=1) / np.sqrt(len(counts))
+  return float(max(0.0, mean - half)), float(mean + half)
+
+
+def _final(
+  marking: Marking, marked: Sequence[marks.MarkedImage], point: marks.OperatingPoint
+) -> marks.ClusterClassifier:
+  """The classifier for new images: fitted on every image's marks and Platt-scaled on them (its
+  probabilities then mean what the folds' do, so the out-of-fold operating point carries over)."""
+  classifier = _fitted(marking, marked, ())
+  x, y = marks.examples(marked, marking.features, marking.hit_distance_mm)
+  raw = 1 / (1 + np.exp(-classifier.model.logits(x)))
+  platt = calibration.fit_platt(y, raw) if 0 < y.sum() < y.size else calibration.Platt()
+  return dataclasses.replace(classifier, platt=platt, operating_point=point)

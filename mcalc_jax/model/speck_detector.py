@@ -1,0 +1,277 @@
+"""A trained dense speck detector: a small fully convolutional network from a whole mammogram on
+a grid of `PIXEL_MM` (0.2 mm) to a speck logit per pixel of that grid (output stride 1).
+
+Why: the classical speck map (`mcalc_jax.whole_image.specks.classical_speck_map`, the top-hat
+over its local level) sees contrast only; specks labelled pixel by pixel in real tissue
+(`input_pipeline.speck_labels`) let a network also learn their size, shape and surroundings.
+
+Translation-equivariant, normalised locally: no pooling and no whole-image statistic. A fixed
+front end (no parameters) turns (pixels, breast mask) into three channels: the white top-hat by
+the classical map's 0.4-mm disk over its mean over the breast in a `WINDOW_PX` square (the
+classical contrast-to-noise ratio, log-compressed), the image less its `DETAIL_PX` box mean over
+that residual's local RMS (shape and texture), and the mask. Convolutions, dilated for context,
+follow. So a pixel's output depends on the input within `HALO` pixels only: `dense_map` cuts a
+whole image into bands of rows overlapping by `HALO` and gets the single pass's map while holding
+one band in memory.
+
+Parameters are saved as a plain npz (one array per parameter path) beside a JSON of the
+architecture (`save`, `load`): a few thousand numbers, no optimiser state to resume, readable
+with numpy alone; Orbax's checkpoint manager serves the long resumable patch runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from input_pipeline import speck_labels
+from mcalc_jax.base import files
+from mcalc_jax.model import morphology
+
+PIXEL_MM = speck_labels.PIXEL_MM  # the grid it reads and writes
+TOPHAT_RADIUS_PX = 2  # 0.4 mm, the classical map's disk
+WINDOW_PX = 25  # 5 mm: the square the local levels are averaged over
+DETAIL_PX = 5  # 1 mm: the box mean the detail channel is taken against
+DILATIONS = (1, 1, 2, 4)  # the 3x3 convolutions' dilations: 8 pixels (1.6 mm) of context
+FRONT_HALO = 2 * TOPHAT_RADIUS_PX + WINDOW_PX // 2  # the front end's reach
+CONV_HALO = sum(DILATIONS)  # the convolutions' reach
+HALO = FRONT_HALO + CONV_HALO  # a pixel's output depends on the input this far around it only
+BAND_ROWS = 256  # output rows per band of `dense_map`
+_EPS = 1e-4  # a floor for the local levels (fractions of the range): flat images stay finite
+_WIDTH_STEP = 128  # widths are padded to a multiple of this, so few shapes are compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+  """The architecture (saved beside the parameters)."""
+
+  width: int = 16
+  seed: int = 0
+
+
+class SpeckDetector(nnx.Module):
+  """(pixels, breast mask) [N, H, W, 2] on the grid -> speck logits [N, H, W] (module docstring)."""
+
+  def __init__(self, config: DetectorConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    channels = [3, *[config.width] * len(DILATIONS)]
+    self.convs = nnx.List(
+      [
+        nnx.Conv(a, b, (3, 3), kernel_dilation=d, padding="SAME", rngs=rngs)
+        for a, b, d in zip(channels[:-1], channels[1:], DILATIONS, strict=True)
+      ]
+    )
+    self.mix = nnx.Conv(config.width, config.width, (1, 1), rngs=rngs)
+    self.out = nnx.Conv(config.width, 1, (1, 1), rngs=rngs)
+
+  def __call__(self, x: jax.Array, trim: int = 0) -> jax.Array:
+    """Logits; `trim` pixels of each side are cut after the front end (training crops carry
+    `FRONT_HALO` of context that only the front end needs)."""
+    h = front_end(x)
+    if trim:
+      h = h[:, trim:-trim, trim:-trim]
+    for conv in self.convs:
+      h = jax.nn.relu(conv(h))
+    return self.out(jax.nn.relu(self.mix(h)))[..., 0]
+
+
+def front_end(x: jax.Array) -> jax.Array:
+  """[N, H, W, 2] (pixels, mask) -> [N, H, W, 3]: log(1 + top-hat CNR), detail over its local
+  RMS, mask (module docstring)."""
+  pixels, mask = x[..., :1], x[..., 1:]
+  tophat = morphology.white_tophat(pixels, TOPHAT_RADIUS_PX)
+  cnr = tophat / (_masked_mean(tophat, mask, WINDOW_PX) + _EPS)
+  detail = pixels - _box_mean(pixels, DETAIL_PX)
+  rms = jnp.sqrt(_masked_mean(detail**2, mask, WINDOW_PX)) + _EPS
+  return jnp.concatenate([jnp.log1p(cnr), detail / rms, mask], -1)
+
+
+def _box_sum(x: jax.Array, size: int) -> jax.Array:
+  """Sums over `size` x `size` squares (zero beyond the borders), separably."""
+  for window in ((1, size, 1, 1), (1, 1, size, 1)):
+    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), "SAME")
+  return x
+
+
+def _box_mean(x: jax.Array, size: int) -> jax.Array:
+  """Means over `size` x `size` squares of the pixels inside the image."""
+  rows, cols = (_inside_count(n, size) for n in x.shape[1:3])
+  return _box_sum(x, size) / (rows[:, None, None] * cols[None, :, None])
+
+
+def _inside_count(n: int, size: int) -> jax.Array:
+  """How many of a centred window of `size` lie inside an axis of `n` (an iota, not a summed
+  array of ones, which XLA folds slowly as a constant)."""
+  index = jnp.arange(n)
+  return (jnp.minimum(index + size // 2, n - 1) - jnp.maximum(index - size // 2, 0) + 1).astype(
+    jnp.float32
+  )
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array, size: int) -> jax.Array:
+  """Means over `size` x `size` squares of the masked pixels (0 where a square has none)."""
+  return _box_sum(x * mask, size) / jnp.maximum(_box_sum(mask, size), 1.0)
+
+
+def create(config: DetectorConfig = DetectorConfig()) -> SpeckDetector:
+  """A detector initialised from the config's seed."""
+  return SpeckDetector(config, rngs=nnx.Rngs(config.seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def weighted_bce(
+  logits: jax.Array, labels: jax.Array, weights: jax.Array, pos_weight: float
+) -> jax.Array:
+  """Pixel-wise binary cross-entropy, specks weighted by `pos_weight` (they are under 1% of the
+  pixels), averaged over the weighted pixels (weight 0: ignored)."""
+  per_pixel = pos_weight * labels * jax.nn.softplus(-logits) + (1 - labels) * jax.nn.softplus(
+    logits
+  )
+  return jnp.sum(weights * per_pixel) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """How a detector is trained."""
+
+  steps: int = 400
+  batch: int = 32
+  learning_rate: float = 3e-3
+  pos_weight: float = 5.0
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, pos_weight: float
+) -> Callable:
+  """The jitted, pure Adam step (params, opt_state, inputs, labels, weights) -> (params,
+  opt_state, loss); inputs carry `HALO` pixels of context around the labelled square."""
+
+  @jax.jit
+  def step(params, opt_state, inputs, labels, weights):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      logits = model(inputs, trim=FRONT_HALO)[:, CONV_HALO:-CONV_HALO, CONV_HALO:-CONV_HALO]
+      return weighted_bce(logits, labels, weights, pos_weight)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def train(
+  crops: speck_labels.Crops,
+  config: DetectorConfig = DetectorConfig(),
+  options: TrainOptions = TrainOptions(),
+) -> tuple[SpeckDetector, list[float]]:
+  """A detector trained on `crops` (halo `HALO`), batches drawn with replacement; the same
+  seed gives the same parameters. Returns it and every step's loss."""
+  context = (crops.inputs.shape[1] - crops.labels.shape[1]) / 2
+  if context != HALO:
+    raise ValueError(f"crops need {HALO} pixels of context around their labels, not {context:g}")
+  graphdef, params = nnx.split(create(config))
+  tx = optax.adam(options.learning_rate)
+  opt_state = tx.init(params)
+  step = make_train_step(graphdef, tx, options.pos_weight)
+  losses = []
+  for index in _batches(len(crops.labels), options, config.seed):
+    params, opt_state, loss = step(
+      params, opt_state, crops.inputs[index], crops.labels[index], crops.weights[index]
+    )
+    losses.append(float(loss))
+  return nnx.merge(graphdef, params), losses
+
+
+def _batches(n: int, options: TrainOptions, seed: int) -> Iterator[np.ndarray]:
+  rng = np.random.default_rng(seed)
+  for _ in range(options.steps):
+    yield rng.integers(n, size=options.batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole images.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _probabilities(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:
+  return jax.nn.sigmoid(nnx.merge(graphdef, params)(x))
+
+
+def dense_map(
+  detector: SpeckDetector,
+  pixels: np.ndarray,
+  pixel_mm: float,
+  *,
+  mask: np.ndarray | None = None,
+  band_rows: int = BAND_ROWS,
+) -> np.ndarray:
+  """float32 [h, w]: the speck probability of every pixel of the grid of `PIXEL_MM` over a whole
+  image (`pixels` at `pixel_mm`, fractions of the range), zero outside `mask` (default: the breast
+  less `speck_labels.EDGE_MARGIN_MM`). Bands of `band_rows` with `HALO` rows of overlap give the
+  single pass's map."""
+  if mask is None:
+    mask = speck_labels.inner_mask(pixels, pixel_mm)
+  grid = speck_labels.to_grid(np.asarray(pixels, np.float32), pixel_mm)
+  inside = speck_labels.to_grid(mask.astype(np.uint8), pixel_mm, order=0) > 0
+  h, w = grid.shape
+  rows = -(-h // band_rows) * band_rows - h
+  cols = -(-w // _WIDTH_STEP) * _WIDTH_STEP - w
+  x = np.stack([grid, inside.astype(np.float32)], -1)
+  x = np.pad(x, ((HALO, HALO + rows), (HALO, HALO + cols), (0, 0)), mode="edge")
+  graphdef, params = nnx.split(detector)
+  out = np.empty((h + rows, w + cols), np.float32)
+  for top in range(0, h + rows, band_rows):
+    band = jnp.asarray(x[None, top : top + band_rows + 2 * HALO])
+    out[top : top + band_rows] = np.asarray(_probabilities(graphdef, params, band))[
+      0, HALO:-HALO, HALO:-HALO
+    ]
+  return np.where(inside, out[:h, :w], 0.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving.
+
+PARAMS_FILE = "speck_detector.npz"
+CONFIG_FILE = "speck_detector.json"
+
+
+def save(folder: str | os.PathLike, detector: SpeckDetector, meta: Mapping | None = None) -> None:
+  """The parameters (npz, one array per parameter path) and the config (JSON, with `meta`: what
+  it was trained on) into `folder`, each written atomically."""
+  os.makedirs(folder, exist_ok=True)
+  arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in _leaves(nnx.state(detector))}
+  with files.atomic_write(os.path.join(folder, PARAMS_FILE)) as f:
+    np.savez(f, **arrays)
+  record = {"config": dataclasses.asdict(detector.config), "meta": dict(meta or {})}
+  files.write_text(os.path.join(folder, CONFIG_FILE), json.dumps(record, indent=2))
+
+
+def load(folder: str | os.PathLike) -> SpeckDetector:
+  """The detector `save` wrote into `folder`; ValueError when its parameters do not fit."""
+  with open(os.path.join(folder, CONFIG_FILE)) as f:
+    detector = create(DetectorConfig(**json.load(f)["config"]))
+  with np.load(os.path.join(folder, PARAMS_FILE)) as stored:
+    arrays = dict(stored)
+  graphdef, state = nnx.split(detector)
+  paths = [jax.tree_util.keystr(p) for p, _ in _leaves(state)]
+  if sorted(paths) != sorted(arrays):
+    raise ValueError(f"{folder}: the saved parameters do not fit {CONFIG_FILE}'s architecture")
+  treedef = jax.tree_util.tree_structure(state)
+  return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [arrays[p] for p in paths]))
+
+
+def _leaves(state: nnx.State) -> list:
+  return jax.tree_util.tree_leaves_with_path(state)

@@ -1,0 +1,135 @@
+"""A cross-validation's CAD marks: the operating point chosen by false marks per image, and the
+marks of a small cohort classified out of fold, evaluated and saved for `mcalc-score`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from input_pipeline.mammogram import Mammogram
+from mcalc_jax.configs import default
+from mcalc_jax.experiments import marking
+from mcalc_jax.whole_image import froc, marks, reranking
+from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
+
+PIXEL_MM = 0.2
+SIDE = 300  # pixels: a 60-mm image
+
+
+def mark(row: float, col: float, p: float) -> marks.Mark:
+  return marks.Mark("k", 0, row, col, (row, col, row, col), 3, p, np.nan, {})
+
+
+def test_the_operating_point_allows_the_stated_false_marks_per_image():
+  hit = froc.Cluster("c", "", 100, 100, 20)
+  images = [
+    marks.MarkedImage("a", "P1", "P1/L", (mark(100, 100, 0.8), mark(500, 500, 0.9)), (hit,), 0.1),
+    marks.MarkedImage("b", "P2", "P2/L", (mark(0, 0, 0.5), mark(9, 9, 0.2)), (), 0.1),
+    marks.MarkedImage("c", "P3", "P3/L", (mark(0, 0, 0.3),), (), 0.1),
+  ]
+  point = marking.operating_point(images, 0.5, marks.HIT_DISTANCE_MM)
+  assert 0.5 < point.threshold < 0.50001  # one false mark (0.9) in three images at most
+  found = marking.at_operating_point(images, point.threshold, marks.HIT_DISTANCE_MM)
+  assert found["clusters_found"] == 1 and found["false_marks_per_normal_image"] == 0
+  point = marking.operating_point(images, 1.0, marks.HIT_DISTANCE_MM)  # three of the four
+  found = marking.at_operating_point(images, point.threshold, marks.HIT_DISTANCE_MM)
+  assert point.threshold == pytest.approx(0.2) and found["clusters_found"] == 1
+  assert found["false_marks_per_normal_image"] == 1.0  # 0.5 in b, 0.3 in c
+
+
+class Drawn:
+  """An input whose pixels are drawn here: a breast (a half disc) with bright specks."""
+
+  def __init__(self, specks_at: list[tuple[int, int, float]], seed: int):
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:SIDE, :SIDE]
+    breast = np.hypot(rows - SIDE / 2, cols) < 0.45 * SIDE
+    pixels = np.where(breast, 1600 + 20 * rng.normal(size=breast.shape), 40)
+    for row, col, height in specks_at:
+      pixels[row - 1 : row + 1, col - 1 : col + 1] += height
+    self.mammogram = Mammogram(
+      pixels.astype(np.uint16), 4095, 12, (PIXEL_MM,) * 2, False, "L", "CC", False, breast.shape, ""
+    )
+
+  def read(self) -> tuple[Mammogram, object]:
+    return self.mammogram, None
+
+
+def cluster_at(row: int, col: int, height: float) -> list[tuple[int, int, float]]:
+  """Four specks 2-3 mm apart around (row, col)."""
+  return [(row + dr, col + dc, height) for dr, dc in ((0, 0), (0, 12), (12, 0), (12, 12))]
+
+
+def cohort(n: int) -> tuple[list[froc.ScoredImage], dict[str, Drawn]]:
+  """n patients, one image each: a true cluster (bright specks, annotated) and a false one
+  (fainter specks); one tile over each half of the image, the true cluster's tile hotter."""
+  geometry = TileGeometry(
+    np.array([0]), np.array([0, 150]), 150, 150, (SIDE,) * 2, (SIDE,) * 2, False, PIXEL_MM
+  )
+  images, inputs = [], {}
+  for k in range(n):
+    true, false = (60, 20 + 5 * k), (200, 40)
+    inputs[f"i{k}"] = Drawn(cluster_at(*true, 900) + cluster_at(*false, 300), k)
+    scores = ImageScores(geometry, np.array([[0.9, 0.2]], np.float32), None, 0.5, 0.0)
+    cluster = froc.Cluster("c", "malignant", true[0] + 6, true[1] + 6, 15)
+    images.append(froc.ScoredImage(f"i{k}", f"p{k}", f"p{k}/L", scores, (cluster,)))
+  return images, inputs
+
+
+def test_a_cohorts_marks_are_classified_out_of_fold_and_the_classifier_is_saved(tmp_path):
+  images, inputs = cohort(6)
+  patients = [f"p{k}" for k in range(6)]
+  assignment = [
+    {
+      "test": patients[i : i + 2],
+      "validation": patients[(i + 2) % 6 : (i + 2) % 6 + 1],
+      "train": [p for p in patients if p not in patients[i : i + 2]][1:],
+    }
+    for i in (0, 2, 4)
+  ]
+  setting = marking.Marking(features=("max_peak", marks.TILE_FEATURE))
+  result = marking.mark_folds(tmp_path, assignment, setting, images, inputs, seed=0, resamples=20)
+
+  assert result["counts"]["clusters"] == 6 and result["counts"]["marks_per_image"] == 2
+  assert result["metrics"]["sensitivity_at_0.5_fp"] == 1.0  # every true mark above every false
+  assert result["operating_point"]["false_marks_per_image"] == 0.5
+  froc_json = json.loads((tmp_path / "eval" / "froc_marks" / "froc.json").read_text())
+  assert froc_json["counts"]["marks_per_normal_image"] == 0.0  # no image without a cluster
+  saved = marks.load(tmp_path / marking.CLASSIFIER_FILE)
+  assert saved.needs_tiles and saved.operating_point.threshold == pytest.approx(
+    result["operating_point"]["threshold"]
+  )
+  found = marks.mark_mammogram(inputs["i0"].mammogram, "i0", saved, images[0].scores)
+  assert [m.specks for m in marks.reported(found, saved)] == [4]  # the true cluster alone
+  # the marks are cached by their rules: a second pass reads them back, identically
+  again = marking.mark_folds(tmp_path, assignment, setting, images, inputs, seed=0, resamples=20)
+  assert json.dumps(again) == json.dumps(result)
+
+
+def test_marks_are_skipped_with_a_reason_when_a_fold_has_nothing_to_learn_from(tmp_path):
+  images, inputs = cohort(4)
+  images = [dataclasses.replace(im, clusters=()) for im in images]  # no cluster annotated
+  patients = [f"p{k}" for k in range(4)]
+  assignment = [{"test": patients[:2], "validation": [], "train": patients[2:]}]
+  result = marking.mark_folds(tmp_path, assignment, marking.Marking(), images, inputs, 0, 20)
+  assert "no cluster classifier can be fitted" in result["skipped"]
+
+
+def test_an_unknown_feature_is_refused():
+  with pytest.raises(reranking.RerankerError, match="unknown cluster features"):
+    marking.Marking(features=("specks", "colour"))
+
+
+def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
+  config = default.get_config("task=1,model=specknet")
+  classical = marking.Marking.from_config(config)
+  config.marks.detector_cohort = "runs/cohorts/inserted_mias_0"
+  trained = marking.Marking.from_config(config)
+  assert classical.speck_rule.threshold == config.marks.speck_threshold
+  assert trained.speck_rule.threshold == config.marks.detector_threshold  # a probability
+  assert trained.cache != classical.cache  # their marks never mix
+  config.marks.enabled = False
+  assert marking.Marking.from_config(config) is None

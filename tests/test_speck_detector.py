@@ -1,0 +1,164 @@
+"""The dense speck detector: banded maps equal a single pass, training is deterministic and learns,
+crops' labels lie on the inserted specks, and a network map's marks map back to the original
+pixels of a flipped image at 0.2 and 0.1 mm."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from input_pipeline import insertion, speck_labels
+from input_pipeline.mammogram import read_mammogram, spacing_options
+from input_pipeline.manifest import Finding, write_manifest
+from mcalc_jax.model import speck_detector
+from mcalc_jax.whole_image import marks, specks
+
+TINY = speck_detector.DetectorConfig(width=4, seed=3)
+
+
+def breast_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+  """uint8 film-like pixels: dark background, a noisy breast over the right 60% (so reading it
+  flips it to the canonical chest-wall-left)."""
+  rng = np.random.default_rng(seed)
+  pixels = np.full(shape, 10.0)
+  pixels[:, int(0.4 * shape[1]) :] = 120.0
+  return np.clip(pixels + rng.normal(0, 3, shape), 0, 255).astype(np.uint8)
+
+
+def test_the_banded_dense_map_equals_a_single_pass():
+  pixels = breast_image((150, 130)) / np.float32(255)
+  detector = speck_detector.create(TINY)
+  single = speck_detector.dense_map(detector, pixels, 0.2, band_rows=1024)
+  banded = speck_detector.dense_map(detector, pixels, 0.2, band_rows=16)
+  assert single.shape == (150, 130) and single.std() > 0
+  np.testing.assert_allclose(banded, single, atol=1e-6)
+
+
+def tiny_crops(n: int = 8, size: int = 8) -> speck_labels.Crops:
+  """Noise with one bright 2x2 speck per crop, labelled."""
+  rng = np.random.default_rng(0)
+  side = size + 2 * speck_detector.HALO
+  inputs = np.stack([rng.normal(0.5, 0.01, (n, side, side)), np.ones((n, side, side))], -1)
+  labels = np.zeros((n, size, size), np.float32)
+  halo = speck_detector.HALO
+  for k in range(n):
+    r, c = rng.integers(1, size - 2, 2)
+    labels[k, r : r + 2, c : c + 2] = 1
+    inputs[k, r + halo : r + halo + 2, c + halo : c + halo + 2, 0] += 0.1
+  return speck_labels.Crops(
+    inputs.astype(np.float32), labels, np.ones_like(labels), np.array(["p"] * n)
+  )
+
+
+def test_training_is_deterministic_from_its_seed_and_lowers_the_loss():
+  crops = tiny_crops()
+  options = speck_detector.TrainOptions(steps=40, batch=4, learning_rate=1e-2)
+  first, losses = speck_detector.train(crops, TINY, options)
+  again, same = speck_detector.train(crops, TINY, options)
+  assert losses == same
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(first)), jax.tree.leaves(nnx.state(again)), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_saved_parameters_load_back(tmp_path):
+  detector = speck_detector.create(TINY)
+  speck_detector.save(tmp_path, detector, {"note": "test"})
+  loaded = speck_detector.load(tmp_path)
+  pixels = breast_image((40, 50)) / np.float32(255)
+  np.testing.assert_array_equal(
+    speck_detector.dense_map(loaded, pixels, 0.2), speck_detector.dense_map(detector, pixels, 0.2)
+  )
+
+
+def write_cohort(folder, pixels: np.ndarray, specks_rc: list[tuple[int, int, float]]) -> None:
+  """A one-image inserted cohort as `insertion.insert_cohort` writes it: 3x3 speck squares at
+  ORIGINAL (row, col) with their contrasts, one cluster."""
+  (folder / "images").mkdir(parents=True)
+  (folder / "masks").mkdir()
+  mask = np.zeros(pixels.shape, np.uint8)
+  for r, c, _ in specks_rc:
+    pixels[r - 1 : r + 2, c - 1 : c + 2] = 200
+    mask[r - 1 : r + 2, c - 1 : c + 2] = 255
+  Image.fromarray(pixels).save(folder / "images" / "img.png")
+  Image.fromarray(mask).save(folder / "masks" / "img_ins1.png")
+  centre = np.mean([(r, c) for r, c, _ in specks_rc], 0)
+  cluster = Finding(
+    "7", "images/img.png", "ins1", "calcification", "benign", float(centre[1]), float(centre[0]),
+    8.0, "masks/img_ins1.png", note=insertion.INSERTED_NOTE, pixel_spacing_mm=0.2,
+  )  # fmt: skip
+  write_manifest(str(folder / "manifest.csv"), [cluster])
+  with open(folder / "specks.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, insertion.SPECK_COLUMNS)
+    writer.writeheader()
+    for r, c, contrast in specks_rc:
+      row = dict.fromkeys(insertion.SPECK_COLUMNS, 0.0)
+      writer.writerow(row | {"image_path": "images/img.png", "finding_id": "ins1", "row": r, "col": c, "contrast": contrast})  # fmt: skip
+  (folder / "insertion.json").write_text(json.dumps({"options": {"contrast_scale": 1.0}}))
+
+
+def test_crop_labels_line_up_with_the_inserted_specks_and_faint_ones_are_ignored(tmp_path):
+  pixels = breast_image((120, 100))
+  visible, faint = (60, 70, 0.1), (64, 76, 0.01)
+  write_cohort(tmp_path, pixels, [visible, faint])
+  (image,) = speck_labels.read_cohort(tmp_path)
+  assert image.patient_id == "7" and image.specks[:, 2].tolist() == [1.0, 0.0]
+  labelled = speck_labels.labelled(image)
+  flip = 99  # canonical col = width - 1 - original col: the breast was on the right
+  np.testing.assert_array_equal(np.argwhere(labelled.labels), [
+    (r, flip - c) for r in range(59, 62) for c in range(71, 68, -1)
+  ])  # fmt: skip
+  assert labelled.weights[64, flip - 76] == 0  # the faint speck: no weight either way
+  crops = speck_labels.crops([image], size=16, halo=5, random_per_image=0, bright_per_image=0)
+  assert crops.labels.shape == (4, 16, 16) and crops.inputs.shape == (4, 26, 26, 2)
+  for inputs, labels in zip(crops.inputs, crops.labels, strict=True):
+    assert labels.sum() == 9
+    assert (inputs[5:-5, 5:-5, 0][labels > 0] == 200 / 255).all()
+  with pytest.raises(ValueError, match="no cohort image"):
+    speck_labels.crops([image], patients={"8"}, halo=5)
+
+
+def passing_cnr(detector: speck_detector.SpeckDetector) -> speck_detector.SpeckDetector:
+  """The detector made by hand into sigmoid(4 log(1 + CNR) - 8): the top-hat CNR channel through
+  the centre taps of every layer."""
+
+  def centre_tap(variable: nnx.Param, value: float) -> None:
+    kernel = np.zeros(variable.shape, np.float32)
+    kernel[kernel.shape[0] // 2, kernel.shape[1] // 2, 0, 0] = value
+    variable[...] = kernel
+
+  for conv in detector.convs:
+    centre_tap(conv.kernel, 1.0)
+    conv.bias[...] = np.zeros(conv.bias.shape, np.float32)
+  centre_tap(detector.mix.kernel, 1.0)
+  detector.mix.bias[...] = np.zeros(detector.mix.bias.shape, np.float32)
+  centre_tap(detector.out.kernel, 4.0)
+  detector.out.bias[...] = np.full(detector.out.bias.shape, -8.0, np.float32)
+  return detector
+
+
+@pytest.mark.parametrize("spacing_mm", [0.2, 0.1])
+def test_network_marks_map_back_to_the_original_pixels_of_a_flipped_image(tmp_path, spacing_mm):
+  scale = round(0.2 / spacing_mm)
+  pixels = breast_image((200 * scale, 160 * scale))
+  centre_mm = np.array([20.0, 24.0])  # row, col in the ORIGINAL image
+  for offset in ((0, 0), (2, 0), (0, 2), (2, 2)):
+    top, left = ((centre_mm + offset - 1) / spacing_mm).astype(int)
+    pixels[top : top + 2 * scale, left : left + 2 * scale] = 200  # 0.4-mm specks
+  Image.fromarray(pixels).save(tmp_path / "flipped.png")
+  mammogram = read_mammogram(tmp_path / "flipped.png", spacing_options(spacing_mm))
+  assert mammogram.flipped
+  speck_map = specks.network_speck_map(passing_cnr(speck_detector.create(TINY)), mammogram)
+  assert speck_map.values.shape == (200, 160) and speck_map.pixel_mm == 0.2
+  (mark,) = marks.mark_image(speck_map, "flipped", speck_rule=specks.SpeckRule(threshold=0.5))
+  assert mark.specks == 4
+  expected = centre_mm / spacing_mm + scale - 0.5  # the specks' mean centre, original pixels
+  np.testing.assert_allclose([mark.row, mark.col], expected, atol=0.5 * scale)
