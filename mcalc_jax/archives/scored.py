@@ -8,7 +8,7 @@ maths is `mcalc_jax.whole_image.froc`), and `write_froc` writes an evaluation as
   clusters.csv  one row per annotated cluster: where it was found and its rank
   froc.png      the curve with the registry's operating points
 and, where `mcalc-score --mark_classifier` left a marks.csv, the same four files of the CAD marks'
-FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ beside them.
+FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ inside them.
 Every CSV is written by the csv module (an id with a comma or a newline stays one cell), and no
 output carries the manifest's patient ids unless asked (`keep_identifiers`): each patient is
 keyed by a salted hash. A folder's grids are checked as they are read (a damaged npz names its
@@ -169,23 +169,39 @@ def evaluate_scored_folder(
 ) -> dict:
   """The `mcalc-froc` job: a folder `mcalc-score` wrote from a manifest, against its findings;
   with `bilateral_weight`, each image read against the other breast's
-  (`froc.against_other_breast`).
+  (`froc.against_other_breast`). Where the folder holds a marks.csv, its CAD marks too, each
+  image alone (`marks.evaluate_marks`; every mark counts, the reported ones and the rest).
 
   Writes froc.json, froc.csv, clusters.csv and froc.png into `output` (default SCORES_DIR/froc),
-  patients keyed by a salted hash (`pseudonymised`) unless `keep_identifiers`; returns what it
-  wrote.
+  and the marks' into OUTPUT/froc_marks, patients keyed by a salted hash (`pseudonymised`)
+  unless `keep_identifiers`; returns what it wrote, the marks' under "marks".
   """
   output = os.fspath(output or os.path.join(scores_dir, "froc"))
-  os.makedirs(output, exist_ok=True)
-  files.check_writable(os.path.join(output, "froc.json"))  # before the bootstrap, not after
+  with_marks = os.path.exists(os.path.join(scores_dir, MARKS_FILE))
+  for folder in (output, os.path.join(output, MARKS_FOLDER)) if with_marks else (output,):
+    os.makedirs(folder, exist_ok=True)
+    files.check_writable(os.path.join(folder, "froc.json"))  # before the bootstrap, not after
   images, _ = read_scored_folder(scores_dir, manifest_path)
-  if bilateral_weight:
-    images = froc.against_other_breast(images, bilateral_weight)
-  evaluation = froc.evaluate(images, resamples=resamples, seed=seed)
+  compared = froc.against_other_breast(images, bilateral_weight) if bilateral_weight else images
+  evaluation = froc.evaluate(compared, resamples=resamples, seed=seed)
   evaluation["bilateral_weight"] = bilateral_weight
-  if not keep_identifiers:
+  evaluation = _written(output, evaluation, manifest_path, keep_identifiers)
+  if with_marks:
+    marked = marked_images(scores_dir, images)
+    found = marks.evaluate_marks(marked, resamples=resamples, seed=seed)
+    title = f"CAD marks: {found['counts']['clusters']} clusters, {len(marked)} images"
+    folder = os.path.join(output, MARKS_FOLDER)
+    evaluation["marks"] = _written(folder, found, manifest_path, keep_identifiers, title)
+  return evaluation
+
+
+def _written(
+  output: str, evaluation: dict, manifest_path: str | os.PathLike, keep: bool, title: str = ""
+) -> dict:
+  """`evaluation` (pseudonymised unless `keep`), as written into `output`."""
+  if not keep:
     evaluation = pseudonymised(evaluation, manifest_path)
-  write_froc(output, evaluation)
+  write_froc(output, evaluation, title)
   return evaluation
 
 
@@ -232,38 +248,6 @@ def marked_images(
     for image in images
     if image.key in done
   ]
-
-
-def evaluate_marked_folder(
-  scores_dir: str | os.PathLike,
-  manifest_path: str | os.PathLike,
-  output: str | os.PathLike | None = None,
-  *,
-  resamples: int = 1000,
-  seed: int = 0,
-  keep_identifiers: bool = False,
-) -> dict | None:
-  """`mcalc-froc`'s mark-level FROC: the CAD marks `mcalc-score --mark_classifier` wrote into
-  `scores_dir` against the manifest's clusters (`marks.evaluate_marks`; every mark counts, the
-  reported ones and the rest). None where the folder holds no marks.csv.
-
-  Writes froc.json, froc.csv, clusters.csv and froc.png into OUTPUT/froc_marks (OUTPUT: the
-  tiles' FROC folder, default SCORES_DIR/froc), patients keyed as `evaluate_scored_folder` keys
-  them; returns what it wrote.
-  """
-  if not os.path.exists(os.path.join(scores_dir, MARKS_FILE)):
-    return None
-  output = os.path.join(os.fspath(output or os.path.join(scores_dir, "froc")), MARKS_FOLDER)
-  os.makedirs(output, exist_ok=True)
-  files.check_writable(os.path.join(output, "froc.json"))  # before the bootstrap, not after
-  images, _ = read_scored_folder(scores_dir, manifest_path)
-  marked = marked_images(scores_dir, images)
-  evaluation = marks.evaluate_marks(marked, resamples=resamples, seed=seed)
-  if not keep_identifiers:
-    evaluation = pseudonymised(evaluation, manifest_path)
-  counts = evaluation["counts"]
-  write_froc(output, evaluation, f"CAD marks: {counts['clusters']} clusters, {len(marked)} images")
-  return evaluation
 
 
 def fit_scored_folder(

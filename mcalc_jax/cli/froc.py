@@ -10,7 +10,7 @@ against the same view of the other breast (`mcalc_jax.whole_image.bilateral`; th
 laterality and view columns pair them). The outputs key patients by a salted hash of the
 manifest's patient_id unless --keep_identifiers (`mcalc_jax.archives.scored.pseudonymised`).
 Where mcalc-score --mark_classifier left a marks.csv, the CAD marks' FROC too, in
-OUTPUT/froc_marks (`mcalc_jax.archives.scored.evaluate_marked_folder`; each image alone).
+OUTPUT/froc_marks (`mcalc_jax.archives.scored.evaluate_scored_folder`; each image alone).
 """
 
 from __future__ import annotations
@@ -39,15 +39,24 @@ _KEEP_IDENTIFIERS = flags.DEFINE_bool(
 
 def main(argv: list[str]) -> None:
   common.no_extra_arguments(argv)
-  folder = (_SCORES.value, _MANIFEST.value, _OUTPUT.value or None)
-  shared = {"resamples": _RESAMPLES.value, "seed": _SEED.value}
-  shared["keep_identifiers"] = _KEEP_IDENTIFIERS.value
-  result = scored.evaluate_scored_folder(*folder, bilateral_weight=_BILATERAL.value, **shared)
-  summary = {"counts": result["counts"], "metrics": result["metrics"]}
-  marked = scored.evaluate_marked_folder(*folder, **shared)
-  if marked is not None:  # the CAD marks' FROC beside the tiles'
-    summary["marks"] = {"counts": marked["counts"], "metrics": marked["metrics"]}
-  print(json.dumps(summary, indent=2))
+  result = scored.evaluate_scored_folder(
+    _SCORES.value,
+    _MANIFEST.value,
+    _OUTPUT.value or None,
+    resamples=_RESAMPLES.value,
+    seed=_SEED.value,
+    bilateral_weight=_BILATERAL.value,
+    keep_identifiers=_KEEP_IDENTIFIERS.value,
+  )
+  print(json.dumps(_summary(result), indent=2))
+
+
+def _summary(evaluation: dict) -> dict:
+  """The counts and metrics of the tiles' FROC and, where there are marks, of the marks'."""
+  summary = {"counts": evaluation["counts"], "metrics": evaluation["metrics"]}
+  if "marks" in evaluation:
+    summary["marks"] = _summary(evaluation["marks"])
+  return summary
 
 
 def run() -> None:

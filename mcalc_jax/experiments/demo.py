@@ -122,7 +122,6 @@ def localisation(inputs: str, heatmaps: str) -> dict:
   image with clusters lies on one of them (its best cluster ranks first); with CAD marks, their
   mark FROC too (`found["marks"]`)."""
   result = scored.evaluate_scored_folder(heatmaps, inputs, resamples=200)
-  result["marks"] = scored.evaluate_marked_folder(heatmaps, inputs, resamples=200)
   best: dict[str, int] = {}
   for c in result["clusters"]:
     rank = c["rank"] if c["rank"] is not None else 10**9
@@ -170,7 +169,7 @@ def _print_localisation(network: Localised, reranked: Localised, fitted_on: int)
     f"1 false-positive region per image {sensitivity[1]:.2f} and {sensitivity[0]:.2f}.",
     flush=True,
   )
-  found = reranked.found["marks"]
+  found = reranked.found.get("marks")
   if found is not None:
     point = found["metrics"][froc.sensitivity_name(0.5)]
     print(
@@ -206,7 +205,7 @@ def _print_summary(
       count = len(list(csv.DictReader(f)))
     print(f"  {f'heatmaps, {result.label} ({count} images)':32s} {result.heatmaps}")
     print(f"  {'  FROC, cluster ranks':32s} {os.path.join(result.heatmaps, 'froc')}")
-    if result.found["marks"] is not None:
+    if "marks" in result.found:
       print(
         f"  {'  marks.csv, mark FROC':32s} {os.path.join(result.heatmaps, 'froc', 'froc_marks')}"
       )
