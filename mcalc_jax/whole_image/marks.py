@@ -206,15 +206,10 @@ def _mark(key: str, cluster_id: int, cluster: clusters.SpeckCluster, speck_map: 
 
 def tile_probability(scores: ImageScores, row: float, col: float) -> float:
   """The highest Task 1 probability among the scored tiles holding the ORIGINAL pixel (row,
-  col); 0 where none does."""
-  geometry = scores.geometry
-  canonical_col = geometry.orientation.col(col)
-  rows = (geometry.tile_rows <= row) & (row < geometry.tile_rows + geometry.patch_size)
-  cols = (geometry.tile_cols <= canonical_col) & (
-    canonical_col < geometry.tile_cols + geometry.patch_size
-  )
-  held = scores.task1[np.ix_(rows, cols)]
-  return float(np.nanmax(held)) if np.any(~np.isnan(held)) else 0.0
+  col): those a point cluster there hits (`froc.tiles_holding`); 0 where none does."""
+  point = froc.Cluster("mark", "", row, col, 0.0)
+  held = [scores.task1[i, j] for i, j in froc.tiles_holding(scores.task1, scores.geometry, point)]
+  return float(max(held)) if held else 0.0
 
 
 def with_tiles(marks: Sequence[Mark], scores: ImageScores) -> list[Mark]:
