@@ -40,7 +40,7 @@ import numpy as np
 from input_pipeline import speck_labels
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.archives import scored
-from mcalc_jax.base import calibration, files, metrics
+from mcalc_jax.base import files, metrics
 from mcalc_jax.model import speck_detector
 from mcalc_jax.whole_image import clusters, froc, marks, reranking
 from mcalc_jax.whole_image.specks import (
@@ -294,7 +294,7 @@ def _mean_interval(counts: Sequence[int]) -> tuple[float, float]:
   """A mean count's normal-approximation 95% interval."""
   if len(counts) < 2:
     return float("nan"), float("nan")
-  mean, half = np.mean(counts), 1.96 * np.std(counts, ddof=1) / np.sqrt(len(counts))
+  mean, half = np.mean(counts), metrics.Z_95 * np.std(counts, ddof=1) / np.sqrt(len(counts))
   return float(max(0.0, mean - half)), float(mean + half)
 
 
@@ -303,8 +303,4 @@ def _final(
 ) -> marks.ClusterClassifier:
   """The classifier for new images: fitted on every image's marks and Platt-scaled on them (its
   probabilities then mean what the folds' do, so the out-of-fold operating point carries over)."""
-  classifier = _fitted(marking, marked, ())
-  x, y = marks.examples(marked, marking.features, marking.hit_distance_mm)
-  raw = 1 / (1 + np.exp(-classifier.model.logits(x)))
-  platt = calibration.fit_platt(y, raw) if 0 < y.sum() < y.size else calibration.Platt()
-  return dataclasses.replace(classifier, platt=platt, operating_point=point)
+  return dataclasses.replace(_fitted(marking, marked, marked), operating_point=point)

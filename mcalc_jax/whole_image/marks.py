@@ -248,7 +248,7 @@ def labels(image: MarkedImage, hit_distance_mm: float = HIT_DISTANCE_MM) -> np.n
   return np.array([bool(clusters_hit(m, image, hit_distance_mm)) for m in image.marks], bool)
 
 
-def examples(
+def _examples(
   images: Sequence[MarkedImage], names: Sequence[str], hit_distance_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
   """(x [marks, features], y [marks]) of every mark of `images`."""
@@ -268,11 +268,11 @@ def fit_classifier(
   """A cluster classifier fitted on the marks of `train` (positives: those that hit a cluster);
   Platt-calibrated on the marks of `validation` when it has both kinds, else uncalibrated."""
   check_features(features)
-  x, y = examples(train, features, hit_distance_mm)
+  x, y = _examples(train, features, hit_distance_mm)
   if not len(y):
     raise ValueError("no marks to fit a cluster classifier on")
   model = ClusterClassifier(reranking.fit(x, y, features, c))
-  xv, yv = examples(validation, features, hit_distance_mm)
+  xv, yv = _examples(validation, features, hit_distance_mm)
   if not len(yv):
     return model
   prob = special.expit(model.model.logits(xv))
