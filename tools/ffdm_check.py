@@ -1,7 +1,7 @@
 """How a Task 1 run reads real full-field digital mammograms it never saw: the FFDM check.
 
   python -m tools.ffdm_check --run=RUN [--reranker=CV_RUN/reranker.json] [--out=ffdm.json]
-      [--mark_classifier=CV_RUN/mark_classifier.json]
+      [--mark_classifier=CV_RUN/mark_classifier.json] [--speck_detector=CV_RUN/fold_0/speck_detector]
 
 Scores the eight NYU FFDM images of ../shared/data/nyu-ffdm-png (16-bit PNG, no pixel spacing:
 the reader's assumed 0.07 mm) with the run, tile by tile as `mcalc-score` does, and reports per
@@ -13,7 +13,10 @@ high). The cluster's position is our own annotation, by eye on the 12-bit images
 as no coordinates come with the data; it serves this evaluation only. With a mark classifier (an
 `mcalc-cv` run's), the CAD marks too: per image the marks and those reported at the classifier's
 operating point; in each left view the reported (false) marks, in each right view whether a
-reported mark hits the cluster and the rank of the best mark on it.
+reported mark hits the cluster and the rank of the best mark on it. With a trained speck detector
+(an `mcalc-cv` fold's, `config.marks.detector_cohort`), its marks too, without a classifier:
+how many at `--detector_threshold`, the top mark's mean speck probability, and the rank by that
+score of the best mark on exam 0's cluster.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import argparse
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 
 from input_pipeline import sources
 from input_pipeline.mammogram import read_mammogram
-from mcalc_jax.model import inference
-from mcalc_jax.whole_image import froc, marks, reranking, scoring
+from mcalc_jax.model import inference, speck_detector
+from mcalc_jax.whole_image import froc, marks, reranking, scoring, specks
 
 THRESHOLD = 0.5  # mcalc-score's until runs carry one chosen on validation
 # (row, col, radius) in original pixels of exam 0's right-breast cluster, annotated by eye.
@@ -87,20 +91,52 @@ def marks_report(name: str, found: list[marks.Mark], classifier: marks.ClusterCl
   shown = marks.reported(found, classifier)
   report = {"marks": len(found), "marks_reported": len(shown)}
   if name in EXAM0_CLUSTERS:
-    row, col, radius = EXAM0_CLUSTERS[name]
-    cluster = froc.Cluster("exam0_right", "benign", row, col, radius)
-    on = [m.task1 for m in found if marks.hits(m, cluster, 0.07, marks.HIT_DISTANCE_MM)]
-    report["cluster_marked"] = bool(on) and max(on) >= classifier.operating_point.threshold
-    report["cluster_mark_rank"] = 1 + sum(m.task1 > max(on) for m in found) if on else None
+    best, rank = cluster_mark(name, found, marks.task1)
+    report["cluster_marked"] = best >= classifier.operating_point.threshold
+    report["cluster_mark_rank"] = rank
   return report
 
 
-def check(run: str, reranker_path: str = "", mark_classifier: str = "") -> dict:
+def cluster_mark(
+  name: str, found: list[marks.Mark], score: Callable[[marks.Mark], float]
+) -> tuple[float, int | None]:
+  """The best `score` of a mark on exam 0's cluster in `name` (-inf: none) and its rank among
+  the image's marks (None: no mark on it)."""
+  row, col, radius = EXAM0_CLUSTERS[name]
+  cluster = froc.Cluster("exam0_right", "benign", row, col, radius)
+  on = [score(m) for m in found if marks.hits(m, cluster, 0.07, marks.HIT_DISTANCE_MM)]
+  if not on:
+    return -np.inf, None
+  return max(on), 1 + sum(score(m) > max(on) for m in found)
+
+
+def detector_report(name: str, found: list[marks.Mark]) -> dict:
+  """One image's marks on a trained detector's map, scored by their mean speck probability."""
+  score = _mean_probability
+  report = {"detector_marks": len(found), "detector_top": max(map(score, found), default=0.0)}
+  if name in EXAM0_CLUSTERS:
+    report["detector_cluster_rank"] = cluster_mark(name, found, score)[1]
+  return report
+
+
+def _mean_probability(mark: marks.Mark) -> float:
+  return mark.features["mean_value"]
+
+
+def check(
+  run: str,
+  reranker_path: str = "",
+  mark_classifier: str = "",
+  detector_dir: str = "",
+  detector_threshold: float = 0.85,
+) -> dict:
   """The FFDM check of `run` (and a reranker, and CAD marks): per image, and exam 0's targets."""
   classifier = inference.load_classifier(run, "best")
   scorer = scoring.TileSettings().scorer(classifier)
   reranker = reranking.load(reranker_path) if reranker_path else None
   marker = marks.load(mark_classifier) if mark_classifier else None
+  detector = speck_detector.load(detector_dir) if detector_dir else None
+  rule = specks.SpeckRule(threshold=detector_threshold)
   folder = nyu_folder()
   images = []
   for name in IMAGES:
@@ -110,6 +146,9 @@ def check(run: str, reranker_path: str = "", mark_classifier: str = "") -> dict:
     if marker is not None:
       found = marks.mark_mammogram(mammogram, name, marker, scores)
       report |= marks_report(name, found, marker)
+    if detector is not None:
+      speck_map = specks.network_speck_map(detector, mammogram)
+      report |= detector_report(name, marks.mark_image(speck_map, name, speck_rule=rule))
     images.append(report)
   left = [im["tiles_at_threshold"] for im in images if "tiles_at_threshold" in im]
   ranks = [im["cluster_rank"] for im in images if "cluster_rank" in im]
@@ -141,13 +180,18 @@ def main() -> None:
   parser.add_argument("--reranker", default="", help="a tile reranker JSON to apply")
   parser.add_argument("--out", default="", help="write the report as JSON here too")
   parser.add_argument("--mark_classifier", default="", help="CAD marks by this classifier's JSON")
+  parser.add_argument("--speck_detector", default="", help="a trained speck detector's folder")
+  parser.add_argument("--detector_threshold", type=float, default=0.85)
   args = parser.parse_args()
-  report = check(args.run, args.reranker, args.mark_classifier)
+  report = check(
+    args.run, args.reranker, args.mark_classifier, args.speck_detector, args.detector_threshold
+  )
   text = json.dumps(report, indent=2)
   if args.out:
     pathlib.Path(args.out).write_text(text)
   for image in report["images"]:
     shown = ("tiles_at_threshold", "cluster_rank", "marks_reported", "cluster_marked")
+    shown += ("detector_marks", "detector_top", "detector_cluster_rank")
     extra = {k: v for k, v in image.items() if k in shown}
     print(
       f"{image['image']:38s} tiles {image['breast_tiles']:4d}  >= {THRESHOLD}: "
