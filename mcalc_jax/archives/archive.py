@@ -137,21 +137,13 @@ def merge_logs(output: str, keys: Sequence[str]) -> None:
     shards = sorted(glob.glob(os.path.join(output, f"{name}.*-of-*.csv")))
     if shards:
       merged = os.path.join(output, f"{name}.csv")
-      merge = _merge_marks if name == "marks" else csvlog.merge
-      merge([merged, *shards], merged, order)
+      rank = _mark_rank if name == "marks" else None
+      csvlog.merge([merged, *shards], merged, order, rank)
 
 
-def _merge_marks(paths: Sequence[str], into: str, order: Mapping[str, int]) -> None:
-  """`csvlog.merge` for marks logs, whose rows are ordered by their image's key, then cluster."""
-  header, rows = None, {}
-  for path in paths:
-    columns, body, _ = csvlog.read_log(path)
-    header = header or columns
-    for row in body:
-      rows.setdefault(row[0], row)
-  if header is not None:
-    ranked = sorted(rows.values(), key=lambda r: (order.get(r[1], len(order)), int(r[2])))
-    csvlog.write_log(into, header, ranked)
+def _mark_rank(row: Sequence[str], order: Mapping[str, int]) -> tuple[int, int]:
+  """A marks row's place: its image's (MARK_COLUMNS key), then its cluster id."""
+  return order.get(row[1], len(order)), int(row[2])
 
 
 def _drop_unscored_marks(output: str) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from input_pipeline.errors import UserError
 from mcalc_jax.base import files
@@ -73,10 +74,15 @@ def write_log(path: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -
     csv.writer(f, lineterminator="\n").writerows([header, *rows])
 
 
-def merge(paths: Sequence[str], into: str, order: Mapping[str, int]) -> None:
+def merge(
+  paths: Sequence[str],
+  into: str,
+  order: Mapping[str, int],
+  rank: Callable[[Sequence[str], Mapping[str, int]], Any] | None = None,
+) -> None:
   """Writes the union of the logs at `paths` (the first log with a key wins) to `into`, rows in
-  `order` of their keys (keys not in it follow in the order found); logs an earlier version wrote
-  with fewer columns get empty new cells."""
+  `order` of their keys (keys not in it follow in the order found), or by `rank(row, order)`;
+  logs an earlier version wrote with fewer columns get empty new cells."""
   logs = [(path, *read_log(path)[:2]) for path in paths]
   logs = [(path, columns, body) for path, columns, body in logs if columns is not None]
   if not logs:
@@ -88,5 +94,9 @@ def merge(paths: Sequence[str], into: str, order: Mapping[str, int]) -> None:
       raise UserError(f"{path} has columns {columns}, other logs {header}: cannot merge them")
     for row in body:
       rows.setdefault(row[0], [*row, *[""] * (len(header) - len(columns))])
-  ranked = sorted(rows.values(), key=lambda row: order.get(row[0], len(order)))
+  ranked = sorted(rows.values(), key=lambda row: (rank or _by_key)(row, order))
   write_log(into, header, ranked)
+
+
+def _by_key(row: Sequence[str], order: Mapping[str, int]) -> int:
+  return order.get(row[0], len(order))
