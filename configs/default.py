@@ -24,7 +24,7 @@ import ml_collections
 
 from input_pipeline import sources
 from mcalc_jax.configs import common
-from mcalc_jax.model import networks
+from mcalc_jax.model import networks, speck_detector
 from mcalc_jax.whole_image import bilateral, clusters, marks, reranking, scoring, specks
 
 RECIPES = ("mcalc", "paper")
@@ -131,11 +131,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.marks.features = ",".join(marks.FEATURES)  # the cluster classifier's
   config.marks.hit_distance_mm = marks.HIT_DISTANCE_MM  # to a point annotation without a radius
   config.marks.false_marks_per_image = 0.5  # the operating point, chosen out of fold
-  # An inserted cohort's folder (input_pipeline.insertion, clusters in the cohort's own images):
-  # specks from a detector trained per fold on its training patients' inserted specks
-  # (mcalc_jax.model.speck_detector) instead of the classical map; its threshold a probability.
+  # Inserted cohorts' folders, comma-separated (input_pipeline.insertion, clusters in the
+  # cohorts' own images): specks from a detector trained per fold on its training patients'
+  # inserted specks and on every image of a patient outside the CV (mcalc_jax.model.speck_detector)
+  # instead of the classical map; its threshold a probability.
   config.marks.detector_cohort = ""
   config.marks.detector_threshold = 0.85
+  config.marks.detector_steps = speck_detector.TrainOptions.steps  # Adam steps of 32 crops
+  config.marks.detector_negatives = 4  # crops per image at random, as many on its brightest spots
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation

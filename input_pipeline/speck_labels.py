@@ -36,6 +36,8 @@ PIXEL_MM = 0.2  # the detector's grid: mini-MIAS film's pixels
 EDGE_MARGIN_MM = 2.0  # as the classical speck map's: film edges and the skin line make specks
 BRIGHT_QUANTILE = 0.998  # hard negatives are centred on top-hat pixels above this quantile
 _SAME_GRID = 0.01  # a relative spacing difference below which an image is already on the grid
+# Where a background documents no spacing (PNG), insertion read it at the reader's assumption.
+_ASSUMED_SPACING_MM = mammogram.ReadOptions().default_spacing_mm[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ def read_cohort(folder: str | os.PathLike) -> list[CohortImage]:
       CohortImage(
         os.path.join(folder, path),
         mine[0]["patient_id"],
-        float(mine[0]["pixel_spacing_mm"]),
+        float(mine[0]["pixel_spacing_mm"] or _ASSUMED_SPACING_MM),
         tuple((float(r["row"]), float(r["col"]), float(r["radius"])) for r in inserted),
         tuple(os.path.join(folder, r["mask_path"]) for r in inserted),
         np.array(specks.get(path, []), np.float64).reshape(-1, 3),

@@ -27,11 +27,13 @@ from input_pipeline.mammogram import read_mammogram, spacing_options
 from mcalc_jax.archives import archive, dicom_results, discovery, domain, output_folder
 from mcalc_jax.base import csvlog, parallel
 from mcalc_jax.configs import default
+from mcalc_jax.model import speck_detector
 from mcalc_jax.whole_image import froc, marks, reranking, specks
 from tests.conftest import shared_dataset
 from tests.test_dicom_results import CLUSTER, IDENTITY, right_breast  # noqa: F401 (a fixture)
 from tests.test_score_cli import checkpoint, rows_of, speck_scorer  # noqa: F401
 from tests.test_scoring import synthetic_mammogram
+from tests.test_speck_detector import TINY, passing_cnr
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIAS = ("mdb219", "mdb241", "mdb220", "mdb242")  # two right breasts with a cluster, two normal
@@ -142,6 +144,27 @@ def test_a_marks_centre_and_box_are_the_specks_in_the_original_file(tmp_path):
   assert box == pytest.approx([300, 300, 330, 330], abs=1.5)
   assert mark["task1"] == "0.500000" and mark["reported"] == "1" and mark["task2"] == "nan"
   assert mark["mark"] == f"{mark['key']}:{mark['cluster_id']}"
+
+
+def test_marks_by_a_trained_detector_record_its_parameters_and_a_retrained_one_refuses(tmp_path):
+  at = [(300, 300), (300, 330), (330, 300)]
+  flipped_png(tmp_path / "in" / "right.png", at)
+  inputs = discovery.find_inputs(str(tmp_path / "in"))
+  folder = tmp_path / "run" / "speck_detector"
+  speck_detector.save(folder, passing_cnr(speck_detector.create(TINY)))
+  rule = specks.SpeckRule(threshold=0.5)  # a probability on the detector's map
+  trained = dataclasses.replace(by_specks(), speck_rule=rule, detector=str(folder))
+  output = str(tmp_path / "out")
+  archive.score_archive(speck_scorer(), inputs, output, marking=marking(trained))
+
+  [mark] = [r for r in rows_of(tmp_path / "out" / "marks.csv") if int(r["specks"]) == 3]
+  assert (float(mark["row"]), float(mark["col"])) == pytest.approx(np.mean(at, 0), abs=1.5)
+  settings = json.loads((tmp_path / "out" / output_folder.SETTINGS_FILE).read_text())
+  params = (folder / speck_detector.PARAMS_FILE).read_bytes()
+  assert settings["mark_detector_sha256"] == hashlib.sha256(params).hexdigest()
+  speck_detector.save(folder, speck_detector.create(TINY))  # retrained in the same folder
+  with pytest.raises(output_folder.OutputFolderError, match="mark_detector_sha256="):
+    archive.score_archive(speck_scorer(), inputs, output, marking=marking(trained))
 
 
 def score_and_die(folder: str, output: str) -> None:

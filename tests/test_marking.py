@@ -12,8 +12,10 @@ import pytest
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.configs import default
 from mcalc_jax.experiments import marking
+from mcalc_jax.model import speck_detector
 from mcalc_jax.whole_image import froc, marks, reranking
 from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
+from tests.test_speck_detector import breast_image, write_cohort
 
 PIXEL_MM = 0.2
 SIDE = 300  # pixels: a 60-mm image
@@ -104,9 +106,12 @@ def test_a_cohorts_marks_are_classified_out_of_fold_and_the_classifier_is_saved(
   )
   found = marks.mark_mammogram(inputs["i0"].mammogram, "i0", saved, images[0].scores)
   assert [m.specks for m in marks.reported(found, saved)] == [4]  # the true cluster alone
-  # the marks are cached by their rules: a second pass reads them back, identically
-  again = marking.mark_folds(tmp_path, assignment, setting, images, inputs, seed=0, resamples=20)
-  assert json.dumps(again) == json.dumps(result)
+  # the marks are cached by their rules: a second pass reads them back, identically, and with a
+  # bilateral weight evaluates them once more against the other breast (here: none has one)
+  again = marking.mark_folds(tmp_path, assignment, setting, images, inputs, 0, 20, 0.5)
+  assert json.dumps({k: again[k] for k in result}) == json.dumps(result)
+  assert again["bilateral"]["metrics"] == result["metrics"]
+  assert (tmp_path / "eval" / "froc_marks_bilateral" / "froc.json").exists()
 
 
 def test_marks_are_skipped_with_a_reason_when_a_fold_has_nothing_to_learn_from(tmp_path):
@@ -131,5 +136,38 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   assert classical.speck_rule.threshold == config.marks.speck_threshold
   assert trained.speck_rule.threshold == config.marks.detector_threshold  # a probability
   assert trained.cache != classical.cache  # their marks never mix
+  config.marks.detector_negatives, config.marks.detector_steps = 8, 100
+  retrained = marking.Marking.from_config(config)
+  assert (retrained.detector_negatives, retrained.detector_training.steps) == (8, 100)
+  assert retrained.cache != trained.cache  # another detector, other marks
   config.marks.enabled = False
   assert marking.Marking.from_config(config) is None
+
+
+def test_fold_detectors_learn_from_their_training_patients_and_every_patient_outside_the_cv(
+  tmp_path,
+):
+  cohorts = []
+  for patient in ("p0", "p1", "p2", "ffdm"):  # "ffdm": another cohort's background, in no fold
+    folder = tmp_path / "cohorts" / patient
+    write_cohort(folder, breast_image((120, 100)), [(60, 70, 0.1), (64, 76, 0.1)], patient)
+    cohorts.append(str(folder))
+  setting = marking.Marking(
+    detector_cohort=",".join(cohorts),
+    detector_training=speck_detector.TrainOptions(steps=2, batch=2),
+    detector_negatives=1,
+  )
+  assignment = [
+    {"train": ["p0", "p1"], "validation": [], "test": ["p2"]},
+    {"train": ["p1", "p2"], "validation": [], "test": ["p0"]},
+  ]
+  assert len(marking.detectors(tmp_path / "run", setting, assignment)) == 3  # 2 folds, new images
+
+  def meta(folder: str) -> dict:
+    path = tmp_path / "run" / folder / marking.DETECTOR_DIR / speck_detector.CONFIG_FILE
+    return json.loads(path.read_text())["meta"]
+
+  per_image = 4 + 1 + 1  # the cluster's 4 jittered crops, one at random, one on a bright spot
+  crops = [meta(folder)["crops"] for folder in ("fold_0", "fold_1", ".")]
+  assert crops == [3 * per_image, 3 * per_image, 4 * per_image]  # "ffdm" trains every fold
+  assert meta("fold_0")["cohorts"] == cohorts

@@ -72,6 +72,17 @@ def test_cluster_features_describe_count_extent_and_a_line():
   assert features["max_peak"] == features["mean_value"] == 10 and features["std_peak"] == 0
 
 
+def test_each_mark_knows_how_many_marks_its_image_holds_and_how_far_below_the_top_one_it_is():
+  bright = [(20, 20), (20, 23), (23, 20)]
+  faint = [(r, c + 30) for r, c in bright]  # 3 cm away: another cluster
+  values = speck_map(bright + faint, 0.2)
+  values.values[:, 150:] /= 2  # the faint cluster's specks at 5, the bright one's at 10
+  first, second = marks.mark_image(values, "k")
+  assert first.features["marks_in_image"] == second.features["marks_in_image"] == 2
+  assert first.features["below_image_top"] == 0.0
+  assert second.features["below_image_top"] == pytest.approx(5.0)
+
+
 def test_a_marks_centre_and_box_map_back_to_the_original_pixels_of_a_flipped_image():
   rng = np.random.default_rng(0)
   original = 0.3 + 0.002 * rng.normal(size=(300, 400)).astype(np.float32)
@@ -178,6 +189,23 @@ def classifier_case(rng, n: int) -> list[marks.MarkedImage]:
     cluster = froc.Cluster("c", "", 10, 10, 5)
     images.append(marks.MarkedImage(f"i{k}", f"p{k}", f"p{k}/L", ms, (cluster,), 0.2))
   return images
+
+
+def test_marks_read_against_the_other_breast_drop_by_its_top_mark_and_keep_their_order(marked):
+  a, b, c = marked
+  pairs = {"a": "b", "b": "a"}  # c has no partner
+  compared = {im.key: im for im in marks.against_other_breast([a, b, c], pairs, weight=1.0)}
+  expected = calibration.Platt(intercept=-float(calibration.logit(0.5))).apply(
+    np.array([m.task1 for m in a.marks])
+  )
+  np.testing.assert_allclose([m.task1 for m in compared["a"].marks], expected, rtol=1e-6)
+  lowered = zip(compared["b"].marks, b.marks, strict=True)
+  assert all(now.task1 < before.task1 for now, before in lowered)  # by a's top mark, 0.9
+  assert compared["c"] == c  # no other breast, no mark: unchanged
+  order = [m.row for m in sorted(compared["a"].marks, key=lambda m: -m.task1)]
+  assert order == [m.row for m in sorted(a.marks, key=lambda m: -m.task1)]
+  with pytest.raises(ValueError, match="bilateral weight"):
+    marks.against_other_breast([a, b], pairs, weight=-1.0)
 
 
 def test_the_cluster_classifier_ranks_true_marks_first_is_calibrated_and_survives_json(tmp_path):

@@ -17,7 +17,7 @@ from input_pipeline import insertion, speck_labels
 from input_pipeline.mammogram import read_mammogram, spacing_options
 from input_pipeline.manifest import Finding, write_manifest
 from mcalc_jax.model import speck_detector
-from mcalc_jax.whole_image import marks, specks
+from mcalc_jax.whole_image import marks, reranking, specks
 
 TINY = speck_detector.DetectorConfig(width=4, seed=3)
 
@@ -79,7 +79,9 @@ def test_saved_parameters_load_back(tmp_path):
   )
 
 
-def write_cohort(folder, pixels: np.ndarray, specks_rc: list[tuple[int, int, float]]) -> None:
+def write_cohort(
+  folder, pixels: np.ndarray, specks_rc: list[tuple[int, int, float]], patient_id: str = "7"
+) -> None:
   """A one-image inserted cohort as `insertion.insert_cohort` writes it: 3x3 speck squares at
   ORIGINAL (row, col) with their contrasts, one cluster."""
   (folder / "images").mkdir(parents=True)
@@ -92,7 +94,7 @@ def write_cohort(folder, pixels: np.ndarray, specks_rc: list[tuple[int, int, flo
   Image.fromarray(mask).save(folder / "masks" / "img_ins1.png")
   centre = np.mean([(r, c) for r, c, _ in specks_rc], 0)
   cluster = Finding(
-    "7", "images/img.png", "ins1", "calcification", "benign", float(centre[1]), float(centre[0]),
+    patient_id, "images/img.png", "ins1", "calcification", "benign", float(centre[1]), float(centre[0]),
     8.0, "masks/img_ins1.png", note=insertion.INSERTED_NOTE, pixel_spacing_mm=0.2,
   )  # fmt: skip
   write_manifest(str(folder / "manifest.csv"), [cluster])
@@ -162,3 +164,24 @@ def test_network_marks_map_back_to_the_original_pixels_of_a_flipped_image(tmp_pa
   assert mark.specks == 4
   expected = centre_mm / spacing_mm + scale - 0.5  # the specks' mean centre, original pixels
   np.testing.assert_allclose([mark.row, mark.col], expected, atol=0.5 * scale)
+
+
+def test_a_classifier_that_names_its_detector_marks_new_images_on_that_detectors_map(tmp_path):
+  pixels = breast_image((200, 160))
+  for top, left in ((100, 110), (100, 120), (110, 110), (110, 120)):  # 0.4-mm specks 2 mm apart
+    pixels[top : top + 2, left : left + 2] = 200
+  Image.fromarray(pixels).save(tmp_path / "image.png")
+  mammogram = read_mammogram(tmp_path / "image.png", spacing_options(0.2))
+  speck_detector.save(tmp_path / "run" / "detector", passing_cnr(speck_detector.create(TINY)))
+  model = reranking.TileReranker(("specks",), np.ones(1), -3.0, np.zeros(1), np.ones(1))
+  rule = specks.SpeckRule(threshold=0.5)  # a probability on the detector's map
+  classifier = marks.ClusterClassifier(model, speck_rule=rule, detector="detector")
+  reranking.save(tmp_path / "run" / "classifier.json", classifier)
+
+  loaded = marks.load(tmp_path / "run" / "classifier.json")  # the detector found beside it
+  assert loaded.detector == str(tmp_path / "run" / "detector")
+  (mark,) = marks.mark_mammogram(mammogram, "image", loaded)
+  assert mark.specks == 4 and mark.features["mean_value"] <= 1.0  # probabilities, not CNRs
+  (tmp_path / "run" / "detector" / speck_detector.PARAMS_FILE).unlink()
+  with pytest.raises(reranking.RerankerError, match="classifier.json: its speck detector"):
+    marks.load(tmp_path / "run" / "classifier.json")

@@ -9,14 +9,16 @@ image the share of breast tiles at or above the operating threshold and above 0.
 (`gmic_exam0/`, evaluation only: never trained or fitted on) it also reports, in each left view
 (no known finding), the tiles at or above the threshold, and in each right view the rank of the
 benign calcification cluster's tile (ties counted against it: 1 + the tiles scoring at least as
-high). The cluster's position is our own annotation, by eye on the 12-bit images (`EXAM0_CLUSTERS`),
-as no coordinates come with the data; it serves this evaluation only. With a mark classifier (an
-`mcalc-cv` run's), the CAD marks too: per image the marks and those reported at the classifier's
-operating point; in each left view the reported (false) marks, in each right view whether a
-reported mark hits the cluster and the rank of the best mark on it. With a trained speck detector
-(an `mcalc-cv` fold's, `config.marks.detector_cohort`), its marks too, without a classifier:
-how many at `--detector_threshold`, the top mark's mean speck probability, and the rank by that
-score of the best mark on exam 0's cluster.
+high). The cluster's position is our own annotation, by eye on the 12-bit images
+(`EXAM0_CLUSTERS`), as no coordinates come with the data; it serves this evaluation only.
+
+With a mark classifier (an `mcalc-cv` run's, on the classical map or on the trained speck
+detector it names), the CAD marks too: per image the marks and those reported at the
+classifier's operating point; in each left view the reported (false) marks, in each right view
+whether a reported mark hits the cluster and the rank of the best mark on it. With a trained
+speck detector (an `mcalc-cv` fold's, `config.marks.detector_cohort`), its marks too, without a
+classifier: how many at `--detector_threshold`, the top mark's mean speck probability, and the
+rank by that score of the best mark on exam 0's cluster.
 """
 
 from __future__ import annotations

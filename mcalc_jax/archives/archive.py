@@ -67,7 +67,7 @@ from mcalc_jax.archives.decoding import DecodedImage
 from mcalc_jax.archives.discovery import InputLike, find_inputs
 from mcalc_jax.archives.journal import Journal
 from mcalc_jax.base import csvlog, files, parallel
-from mcalc_jax.model import checkpointing, inference
+from mcalc_jax.model import checkpointing, inference, speck_detector
 from mcalc_jax.whole_image import heatmaps, marks, reranking, scoring, tiling
 
 if TYPE_CHECKING:  # optional extra `dicom`: imported by score_job only when asked for
@@ -560,7 +560,14 @@ def _classifier_settings(classifier: marks.ClusterClassifier) -> dict[str, objec
     "mark_classifier_sha256": _sha256(classifier.to_json()),  # the file `reranking.save` wrote
     "mark_threshold": threshold,
     "mark_false_marks_per_image": None if math.isnan(chosen_for) else chosen_for,
-  }
+  } | (
+    {"mark_detector_sha256": _detector_sha256(classifier.detector)} if classifier.detector else {}
+  )
+
+
+def _detector_sha256(folder: str) -> str:
+  """The speck detector's parameters' hash: what its marks depend on."""
+  return _sha256(pathlib.Path(folder, speck_detector.PARAMS_FILE).read_bytes())
 
 
 def _sha256(text: str | bytes) -> str:

@@ -119,7 +119,7 @@ def localize_folds(
     )
   if whole.marks:  # on the grids `mcalc-score` writes (one image alone: no other breast)
     result["marks"] = marking.mark_folds(
-      workdir, assignment, whole.marks, images, by_key, seed, resamples
+      workdir, assignment, whole.marks, images, by_key, seed, resamples, whole.bilateral_weight
     )
   return result
 

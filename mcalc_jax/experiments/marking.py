@@ -5,9 +5,11 @@ by a cluster classifier that never saw its patient, judged by mark-level FROC.
                                   rules that made them (resumable cache)
   WORKDIR/fold_<i>/speck_detector/   with `config.marks.detector_cohort`, fold i's trained speck
                                   detector (`mcalc_jax.model.speck_detector`)
+  WORKDIR/speck_detector/         with it, the detector for new images (every patient's crops)
   WORKDIR/eval/froc_marks/        the pooled mark FROC, out of fold
   WORKDIR/mark_classifier.json    fitted on every image, with the operating point chosen out of
-                                  fold (`mcalc-score --mark_classifier`)
+                                  fold, naming the detector its marks need where there is one
+                                  (`mcalc-score --mark_classifier`)
 
 Fold k's classifier is fitted on the marks of its training patients, Platt-scaled on its
 validation patients' and applied to its test patients'. The tile path's probability under a mark
@@ -17,11 +19,12 @@ rerankers were fitted on every other fold, so fold k's test labels reach its tra
 tile feature at one remove (stacking's usual approximation). Its settings are the config's
 `marks` group (configs/default.py).
 
-Specks come from the classical speck map, or, given an inserted cohort (`detector_cohort`:
-`input_pipeline.insertion`'s folder, clusters inserted into the cohort's own images), from a
-speck detector trained per fold on the specks inserted into its training patients' images and
-run on its test patients' (no real cluster trains it). `mcalc-score` applies classical marks
-only: WORKDIR/mark_classifier.json is written for the classical map alone.
+Specks come from the classical speck map, or, given inserted cohorts (`detector_cohort`:
+`input_pipeline.insertion`'s folders, clusters inserted into the cohorts' own images), from a
+speck detector trained per fold on the specks inserted into its training patients' images, and
+into every image of a patient outside the cross-validation (another cohort's backgrounds, such as
+real FFDM), and run on its test patients' (no real cluster trains it). The classifier for new
+images is fitted on those out-of-fold marks and paired with a detector trained on every crop.
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ class Marking:
   features: tuple[str, ...] = marks.FEATURES
   hit_distance_mm: float = marks.HIT_DISTANCE_MM
   false_marks_per_image: float = 0.5  # the operating point reports and the SR use
-  detector_cohort: str = ""  # an inserted cohort's folder: a trained speck map; "": classical
+  # Inserted cohorts' folders, comma-separated: specks from a trained detector; "": classical.
+  detector_cohort: str = ""
+  detector_training: speck_detector.TrainOptions = speck_detector.TrainOptions()
+  detector_negatives: int = 4  # crops per cohort image at random, and as many on bright spots
 
   def __post_init__(self):
     marks.check_features(self.features)
@@ -85,7 +91,14 @@ class Marking:
       group.hit_distance_mm,
       group.false_marks_per_image,
       cohort,
+      speck_detector.TrainOptions(steps=group.get("detector_steps", cls.detector_training.steps)),
+      group.get("detector_negatives", cls.detector_negatives),
     )
+
+  @property
+  def cohorts(self) -> tuple[str, ...]:
+    """The inserted cohorts the speck detectors train on (none: the classical map)."""
+    return tuple(filter(None, self.detector_cohort.split(",")))
 
   @property
   def cache(self) -> str:
@@ -93,7 +106,11 @@ class Marking:
     rules = [
       dataclasses.asdict(self.speck_rule),
       dataclasses.asdict(self.cluster_rule),
-      *([self.detector_cohort] if self.detector_cohort else []),
+      *(
+        [self.detector_cohort, self.detector_negatives, self.detector_training.steps]
+        if self.detector_cohort
+        else []
+      ),
     ]
     return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -106,11 +123,19 @@ def mark_folds(
   inputs: Mapping[str, reranking.Readable],
   seed: int,
   resamples: int,
+  bilateral_weight: float = 0.0,
 ) -> dict[str, Any]:
   """The marks of the tile-scored `images` (out-of-fold grids), classified fold by fold and
-  evaluated pooled into WORKDIR/eval/froc_marks; the classifier for new images saved. A fold
-  whose training marks are all of one kind skips the marks, saying why."""
-  maps = _speck_maps(workdir, marking, assignment)
+  evaluated pooled into WORKDIR/eval/froc_marks (with a bilateral weight, once more with each
+  image's marks read against the other breast's, into froc_marks_bilateral); the classifier for
+  new images saved. A fold whose training marks are all of one kind skips the marks, saying
+  why."""
+  trained = detectors(workdir, marking, assignment) if marking.detector_cohort else []
+  maps = {
+    patient: functools.partial(network_speck_map, detector)
+    for fold, detector in zip(assignment, trained, strict=False)
+    for patient in fold["test"]
+  }
   marked = [
     marked_image(
       workdir,
@@ -145,11 +170,24 @@ def mark_folds(
   point = operating_point(out, marking.false_marks_per_image, marking.hit_distance_mm)
   at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
   evaluation["operating_point"] = {**dataclasses.asdict(point), **at_point}
-  if not marking.detector_cohort:
-    reranking.save(workdir / CLASSIFIER_FILE, _final(marking, marked, point))
+  final = _final(marking, marked, point)
+  if trained:  # new images' specks: the detector trained on every patient's crops
+    final = dataclasses.replace(final, detector=DETECTOR_DIR)
+  reranking.save(workdir / CLASSIFIER_FILE, final)
   title = f"marks ({len(marking.features)} features, out of fold)"
   scored.write_froc(workdir / "eval" / "froc_marks", evaluation, title=title)
   summary = {k: evaluation[k] for k in ("metrics", "ci", "counts", "operating_point")}
+  if bilateral_weight:
+    compared = marks.against_other_breast(out, froc.partners(images), bilateral_weight)
+    evaluation = marks.evaluate_marks(
+      compared, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
+    )
+    title += f", against the other breast (weight {bilateral_weight:g})"
+    scored.write_froc(workdir / "eval" / "froc_marks_bilateral", evaluation, title=title)
+    summary["bilateral"] = {
+      "weight": bilateral_weight,
+      **{k: evaluation[k] for k in ("metrics", "ci", "counts")},
+    }
   return {"features": list(marking.features), **summary}
 
 
@@ -174,27 +212,52 @@ def fit_on(
 SpeckMapOf = Callable[[Mammogram], SpeckMap]
 
 
-def _speck_maps(
+def detectors(
   workdir: pathlib.Path, marking: Marking, assignment: Sequence[Mapping[str, Sequence[str]]]
-) -> Mapping[str, SpeckMapOf]:
-  """Each test patient's speck map where it is its fold's trained detector's (none: the
-  classical map)."""
-  if not marking.detector_cohort:
-    return {}
-  crops = speck_labels.crops(speck_labels.read_cohort(marking.detector_cohort))
-  maps: dict[str, SpeckMapOf] = {}
-  for k, fold in enumerate(assignment):
-    detector = _detector(workdir / f"fold_{k}" / DETECTOR_DIR, crops.of(fold["train"]))
-    maps |= dict.fromkeys(fold["test"], functools.partial(network_speck_map, detector))
-  return maps
+) -> list[speck_detector.SpeckDetector]:
+  """Each fold's speck detector, then the one for new images, each trained unless a run with the
+  same cohorts and training saved it. Fold k's trains on its training patients' crops and on
+  those of every cohort patient outside the cross-validation (another cohort's backgrounds);
+  the last on every crop."""
+  everyone = functools.cache(functools.partial(_cohort_crops, marking))
+  in_cv = {p for fold in assignment for part in fold.values() for p in part}
+
+  def of(patients: Sequence[str]) -> speck_labels.Crops:
+    crops = everyone()
+    return crops.of([*patients, *(set(crops.patients) - in_cv)])
+
+  found = [
+    _detector(workdir / f"fold_{k}" / DETECTOR_DIR, marking, functools.partial(of, fold["train"]))
+    for k, fold in enumerate(assignment)
+  ]
+  return [*found, _detector(workdir / DETECTOR_DIR, marking, everyone)]
 
 
-def _detector(folder: pathlib.Path, crops: speck_labels.Crops) -> speck_detector.SpeckDetector:
-  """The fold's speck detector: trained on `crops` unless an earlier run saved it."""
+def _cohort_crops(marking: Marking) -> speck_labels.Crops:
+  """The training crops of every image of the marking's inserted cohorts."""
+  return speck_labels.crops(
+    [image for folder in marking.cohorts for image in speck_labels.read_cohort(folder)],
+    random_per_image=marking.detector_negatives,
+    bright_per_image=marking.detector_negatives,
+  )
+
+
+def _detector(
+  folder: pathlib.Path, marking: Marking, crops: Callable[[], speck_labels.Crops]
+) -> speck_detector.SpeckDetector:
+  """A speck detector: trained on `crops()` unless a run with the same cohorts saved it."""
+  meta = {
+    "cohorts": list(marking.cohorts),
+    "negatives": marking.detector_negatives,
+    "training": dataclasses.asdict(marking.detector_training),
+  }
   if (folder / speck_detector.CONFIG_FILE).exists():
-    return speck_detector.load(folder)
-  detector, _ = speck_detector.train(crops)
-  speck_detector.save(folder, detector, {"crops": len(crops.labels)})
+    saved = json.loads((folder / speck_detector.CONFIG_FILE).read_text())["meta"]
+    if all(saved.get(k) == v for k, v in meta.items()):
+      return speck_detector.load(folder)
+  training = crops()
+  detector, _ = speck_detector.train(training, options=marking.detector_training)
+  speck_detector.save(folder, detector, {**meta, "crops": len(training.labels)})
   return detector
 
 
@@ -230,8 +293,8 @@ def _cached_marks(
 ) -> list[marks.Mark]:
   """The image's unclassified marks, from the cache where these rules made them before."""
   path = folder / f"{key}.json"
-  if path.exists():
-    return [_mark(d) for d in json.loads(path.read_text())]
+  if path.exists():  # (a cache written before a context feature was added gets it here)
+    return marks.with_context([_mark(d) for d in json.loads(path.read_text())])
   mammogram, _ = source.read()
   found = marks.mark_image(
     speck_map(mammogram),

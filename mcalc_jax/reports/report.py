@@ -211,13 +211,13 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
     named = [(network, whole)]
     if "reranked" in whole:
       named.append((f"{network} + tile reranker ({whole['reranked']['mode']})", whole["reranked"]))
+    if "metrics" in whole.get("marks", {}):
+      named.append((f"{network} + CAD marks", whole["marks"]))
     for name, result in named:
       rows.append(_whole_image_row(evaluation, result, name, digits))
       if "bilateral" in result:
         compared = f"{name} + other breast ({result['bilateral']['weight']:g})"
         rows.append(_whole_image_row(evaluation, result["bilateral"], compared, digits))
-    if "metrics" in whole.get("marks", {}):
-      rows.append(_whole_image_row(evaluation, whole["marks"], f"{network} + CAD marks", digits))
   return rows
 
 

@@ -60,12 +60,23 @@ def compare(
 ) -> dict[str, ImageScores]:
   """Each grid's Task 1 probabilities with `weight` times its partner's peak logit taken off their
   logits (NaN stays NaN; unpaired, or a partner with no scored tile: unchanged)."""
+  task1 = compare_probabilities({key: g.task1 for key, g in grids.items()}, pairs, weight)
+  return {key: dataclasses.replace(g, task1=task1[key]) for key, g in grids.items()}
+
+
+def compare_probabilities(
+  probabilities: Mapping[str, np.ndarray], pairs: Mapping[str, str], weight: float
+) -> dict[str, np.ndarray]:
+  """`compare` for any of an image's probabilities (its tiles', its CAD marks'): each key's with
+  `weight` times its partner's highest logit taken off (NaN stays NaN; unpaired, or a partner
+  with no finite probability: unchanged)."""
   check_weight(weight)
   peak = {
-    key: float(np.nanmax(calibration.logit(g.task1))) for key, g in grids.items() if g.tiles_scored
+    key: float(np.nanmax(calibration.logit(p)))
+    for key, p in probabilities.items()
+    if np.isfinite(p).any()
   }
-  out = {}
-  for key, scores in grids.items():
-    shift = calibration.Platt(intercept=-weight * peak.get(pairs.get(key, ""), 0.0))
-    out[key] = dataclasses.replace(scores, task1=shift.apply(scores.task1))
-  return out
+  return {
+    key: calibration.Platt(intercept=-weight * peak.get(pairs.get(key, ""), 0.0)).apply(p)
+    for key, p in probabilities.items()
+  }

@@ -367,6 +367,11 @@ def scored_images(
 def against_other_breast(images: Sequence[ScoredImage], weight: float) -> list[ScoredImage]:
   """`images` with each one's Task 1 grid read against its contralateral image's
   (`mcalc_jax.whole_image.bilateral`: `weight` times the partner's peak logit taken off)."""
-  views = {im.key: bilateral.View(im.patient_id, im.laterality, im.view) for im in images}
-  grids = bilateral.compare({im.key: im.scores for im in images}, bilateral.partners(views), weight)
+  grids = bilateral.compare({im.key: im.scores for im in images}, partners(images), weight)
   return [dataclasses.replace(im, scores=grids[im.key]) for im in images]
+
+
+def partners(images: Sequence[ScoredImage]) -> dict[str, str]:
+  """Each image's contralateral image's key, where it has exactly one (`bilateral.partners`)."""
+  views = {im.key: bilateral.View(im.patient_id, im.laterality, im.view) for im in images}
+  return bilateral.partners(views)

@@ -17,6 +17,7 @@ that hits none is a false mark.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,13 +27,15 @@ from scipy import special
 
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.base import calibration
-from mcalc_jax.whole_image import clusters, froc, reranking
+from mcalc_jax.model import speck_detector
+from mcalc_jax.whole_image import bilateral, clusters, froc, reranking
 from mcalc_jax.whole_image.specks import (
   SPECK_RULE,
   SpeckMap,
   SpeckRule,
   find_specks,
   mammogram_speck_map,
+  network_speck_map,
 )
 from mcalc_jax.whole_image.tiling import ImageScores
 
@@ -40,7 +43,15 @@ HIT_DISTANCE_MM = 5.0  # how near a point annotation (no radius) a mark's centre
 # The tile path's Task 1 probability where the mark is (`with_tiles`): what the tile network (or
 # its reranker) saw around the cluster, beside what the specks alone say.
 TILE_FEATURE = "tile_probability"
-FEATURES = (*clusters.FEATURES, TILE_FEATURE)
+# What a mark is among its image's marks (`with_context`): a mark in an image full of marks, or
+# fainter than the image's strongest, is less likely a cluster.
+CONTEXT_FEATURES: dict[
+  str, Callable[[Mapping[str, float], Sequence[Mapping[str, float]]], float]
+] = {
+  "marks_in_image": lambda mark, image: float(len(image)),
+  "below_image_top": lambda mark, image: max(m["mean_value"] for m in image) - mark["mean_value"],
+}
+FEATURES = (*clusters.FEATURES, *CONTEXT_FEATURES, TILE_FEATURE)
 DEFAULT_FEATURES = tuple(clusters.FEATURES)  # what a speck map alone gives
 
 
@@ -111,6 +122,9 @@ class ClusterClassifier:
   speck_rule: SpeckRule = SPECK_RULE
   cluster_rule: clusters.ClusterRule = clusters.CLUSTER_RULE
   operating_point: OperatingPoint = OperatingPoint()
+  # The trained speck detector's folder whose map its marks are made on (`speck_detector.save`;
+  # relative to the classifier's JSON where saved); "": the classical map.
+  detector: str = ""
 
   @property
   def needs_tiles(self) -> bool:
@@ -126,7 +140,8 @@ class ClusterClassifier:
   def to_json(self) -> str:
     parts = ("platt", "speck_rule", "cluster_rule", "operating_point")
     d = {"logistic": json.loads(self.model.to_json())}
-    return json.dumps(d | {k: dataclasses.asdict(getattr(self, k)) for k in parts}, indent=2)
+    d |= {k: dataclasses.asdict(getattr(self, k)) for k in parts}
+    return json.dumps(d | ({"detector": self.detector} if self.detector else {}), indent=2)
 
   @classmethod
   def from_json(cls, text: str) -> ClusterClassifier:
@@ -139,6 +154,7 @@ class ClusterClassifier:
         "speck_rule": SpeckRule(**d["speck_rule"]),
         "cluster_rule": clusters.ClusterRule(**d["cluster_rule"]),
         "operating_point": OperatingPoint(**d["operating_point"]),
+        "detector": str(d.get("detector", "")),
       }
     except KeyError as e:
       raise reranking.RerankerError(f"not a cluster classifier's JSON: no {e.args[0]!r}") from e
@@ -148,8 +164,32 @@ class ClusterClassifier:
 
 
 def load(path: str | os.PathLike) -> ClusterClassifier:
-  """A saved classifier (`reranking.save` writes one); RerankerError names the file."""
-  return reranking.load(path, ClusterClassifier)
+  """A saved classifier (`reranking.save` writes one), its detector's folder resolved beside it;
+  RerankerError names the file, and a detector that is missing or does not load."""
+  classifier = reranking.load(path, ClusterClassifier)
+  if not classifier.detector:
+    return classifier
+  folder = os.path.join(os.path.dirname(os.path.abspath(path)), classifier.detector)
+  try:
+    speck_detector.load(folder)
+  except (OSError, ValueError, KeyError) as e:
+    raise reranking.RerankerError(f"{os.fspath(path)}: its speck detector {folder}: {e}") from e
+  return dataclasses.replace(classifier, detector=folder)
+
+
+def speck_map_of(mammogram: Mammogram, classifier: ClusterClassifier) -> SpeckMap:
+  """The speck map the classifier's marks are made on: its detector's, or the classical one."""
+  if not classifier.detector:
+    return mammogram_speck_map(mammogram)
+  params = os.path.join(classifier.detector, speck_detector.PARAMS_FILE)
+  return network_speck_map(_detector(classifier.detector, os.stat(params).st_mtime_ns), mammogram)
+
+
+@functools.cache
+def _detector(folder: str, modified_ns: int) -> speck_detector.SpeckDetector:
+  """A detector loaded once per process (and again when its parameters change)."""
+  del modified_ns  # the cache's key only
+  return speck_detector.load(folder)
 
 
 def mark_image(
@@ -163,7 +203,7 @@ def mark_image(
   """The marks of one image from its speck map: its specks' clusters, each with its features and
   (given a classifier) its Task 1 probability."""
   found = clusters.group(find_specks(speck_map, speck_rule), rule)
-  marks = [_mark(key, k, cluster, speck_map) for k, cluster in enumerate(found)]
+  marks = with_context([_mark(key, k, cluster, speck_map) for k, cluster in enumerate(found)])
   return marks if classifier is None else classified(marks, classifier)
 
 
@@ -172,8 +212,12 @@ def mark_mammogram(
 ) -> list[Mark]:
   """The classified marks of one mammogram (`read_mammogram`'s), made by the classifier's rules;
   `scores`, the image's tile grids, are needed when the classifier uses `TILE_FEATURE`."""
-  speck_map = mammogram_speck_map(mammogram)
-  found = mark_image(speck_map, key, speck_rule=classifier.speck_rule, rule=classifier.cluster_rule)
+  found = mark_image(
+    speck_map_of(mammogram, classifier),
+    key,
+    speck_rule=classifier.speck_rule,
+    rule=classifier.cluster_rule,
+  )
   if classifier.needs_tiles:
     if scores is None:
       raise ValueError("this cluster classifier needs the image's tile scores")
@@ -210,6 +254,17 @@ def tile_probability(scores: ImageScores, row: float, col: float) -> float:
   point = froc.Cluster("mark", "", row, col, 0.0)
   held = [scores.task1[i, j] for i, j in froc.tiles_holding(scores.task1, scores.geometry, point)]
   return float(max(held)) if held else 0.0
+
+
+def with_context(marks: Sequence[Mark]) -> list[Mark]:
+  """One image's `marks` with their `CONTEXT_FEATURES`, from all of them."""
+  image = [m.features for m in marks]
+  return [
+    dataclasses.replace(
+      m, features={**m.features, **{k: f(m.features, image) for k, f in CONTEXT_FEATURES.items()}}
+    )
+    for m in marks
+  ]
 
 
 def with_tiles(marks: Sequence[Mark], scores: ImageScores) -> list[Mark]:
@@ -318,6 +373,26 @@ def evaluate_image(
     ),
     clusters=image.clusters,
   )
+
+
+def against_other_breast(
+  images: Sequence[MarkedImage], pairs: Mapping[str, str], weight: float
+) -> list[MarkedImage]:
+  """`images` with each one's marks read against its contralateral image's (`pairs`, by key):
+  `weight` times the partner's top mark's logit taken off their Task 1 logits, as the tile path
+  does (`mcalc_jax.whole_image.bilateral`). An image's own order of marks is kept."""
+  task1 = {im.key: np.array([m.task1 for m in im.marks], np.float64) for im in images}
+  shifted = bilateral.compare_probabilities(task1, pairs, weight)
+  return [
+    dataclasses.replace(
+      im,
+      marks=tuple(
+        dataclasses.replace(m, task1=float(p))
+        for m, p in zip(im.marks, shifted[im.key], strict=True)
+      ),
+    )
+    for im in images
+  ]
 
 
 def evaluate_marks(
