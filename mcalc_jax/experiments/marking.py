@@ -130,12 +130,11 @@ def mark_folds(
   image's marks read against the other breast's, into froc_marks_bilateral); the classifier for
   new images saved. A fold whose training marks are all of one kind skips the marks, saying
   why."""
-  trained = detectors(workdir, marking, assignment) if marking.detector_cohort else []
-  maps = {
-    patient: functools.partial(network_speck_map, detector)
-    for fold, detector in zip(assignment, trained, strict=False)
-    for patient in fold["test"]
-  }
+  maps: dict[str, SpeckMapOf] = {}
+  if marking.detector_cohort:  # (the detector for new images is trained and saved here too)
+    per_fold, _ = detectors(workdir, marking, assignment)
+    for fold, detector in zip(assignment, per_fold, strict=True):
+      maps |= dict.fromkeys(fold["test"], functools.partial(network_speck_map, detector))
   marked = [
     marked_image(
       workdir,
@@ -171,7 +170,7 @@ def mark_folds(
   at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
   evaluation["operating_point"] = {**dataclasses.asdict(point), **at_point}
   final = _final(marking, marked, point)
-  if trained:  # new images' specks: the detector trained on every patient's crops
+  if marking.detector_cohort:  # new images' specks: the detector trained on every crop
     final = dataclasses.replace(final, detector=DETECTOR_DIR)
   reranking.save(workdir / CLASSIFIER_FILE, final)
   title = f"marks ({len(marking.features)} features, out of fold)"
@@ -214,11 +213,11 @@ SpeckMapOf = Callable[[Mammogram], SpeckMap]
 
 def detectors(
   workdir: pathlib.Path, marking: Marking, assignment: Sequence[Mapping[str, Sequence[str]]]
-) -> list[speck_detector.SpeckDetector]:
-  """Each fold's speck detector, then the one for new images, each trained unless a run with the
+) -> tuple[list[speck_detector.SpeckDetector], speck_detector.SpeckDetector]:
+  """Each fold's speck detector, and the one for new images, each trained unless a run with the
   same cohorts and training saved it. Fold k's trains on its training patients' crops and on
   those of every cohort patient outside the cross-validation (another cohort's backgrounds);
-  the last on every crop."""
+  the one for new images on every crop."""
   everyone = functools.cache(functools.partial(_cohort_crops, marking))
   in_cv = {p for fold in assignment for part in fold.values() for p in part}
 
@@ -230,7 +229,7 @@ def detectors(
     _detector(workdir / f"fold_{k}" / DETECTOR_DIR, marking, functools.partial(of, fold["train"]))
     for k, fold in enumerate(assignment)
   ]
-  return [*found, _detector(workdir / DETECTOR_DIR, marking, everyone)]
+  return found, _detector(workdir / DETECTOR_DIR, marking, everyone)
 
 
 def _cohort_crops(marking: Marking) -> speck_labels.Crops:

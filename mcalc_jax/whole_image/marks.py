@@ -171,7 +171,7 @@ def load(path: str | os.PathLike) -> ClusterClassifier:
     return classifier
   folder = os.path.join(os.path.dirname(os.path.abspath(path)), classifier.detector)
   try:
-    speck_detector.load(folder)
+    _loaded_detector(folder)
   except (OSError, ValueError, KeyError) as e:
     raise reranking.RerankerError(f"{os.fspath(path)}: its speck detector {folder}: {e}") from e
   return dataclasses.replace(classifier, detector=folder)
@@ -181,13 +181,17 @@ def speck_map_of(mammogram: Mammogram, classifier: ClusterClassifier) -> SpeckMa
   """The speck map the classifier's marks are made on: its detector's, or the classical one."""
   if not classifier.detector:
     return mammogram_speck_map(mammogram)
-  params = os.path.join(classifier.detector, speck_detector.PARAMS_FILE)
-  return network_speck_map(_detector(classifier.detector, os.stat(params).st_mtime_ns), mammogram)
+  return network_speck_map(_loaded_detector(classifier.detector), mammogram)
+
+
+def _loaded_detector(folder: str) -> speck_detector.SpeckDetector:
+  """The detector in `folder`, loaded once per process (and again when its parameters change)."""
+  params = os.path.join(folder, speck_detector.PARAMS_FILE)
+  return _detector(folder, os.stat(params).st_mtime_ns)
 
 
 @functools.cache
 def _detector(folder: str, modified_ns: int) -> speck_detector.SpeckDetector:
-  """A detector loaded once per process (and again when its parameters change)."""
   del modified_ns  # the cache's key only
   return speck_detector.load(folder)
 
