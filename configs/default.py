@@ -139,6 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.marks.detector_threshold = 0.85
   config.marks.detector_steps = speck_detector.TrainOptions.steps  # Adam steps of 32 crops
   config.marks.detector_negatives = 4  # crops per image at random, as many on its brightest spots
+  config.marks.detector_members = 1  # detectors averaged, each its own initialisation and batches
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation

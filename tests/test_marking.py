@@ -140,6 +140,9 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   retrained = marking.Marking.from_config(config)
   assert (retrained.detector_negatives, retrained.detector_training.steps) == (8, 100)
   assert retrained.cache != trained.cache  # another detector, other marks
+  config.marks.detector_members = 3
+  ensemble = marking.Marking.from_config(config)
+  assert ensemble.detector.members == 3 and ensemble.cache != retrained.cache
   config.marks.enabled = False
   assert marking.Marking.from_config(config) is None
 

@@ -27,11 +27,11 @@ PATCH = 112
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  """Default config on noise 32x32 patches with ResNet18: small enough for seconds-long runs."""
+  """Default config on noise 32x32 patches with SpeckNet: small enough for seconds-long runs."""
   config = default.get_config()
   config.update(
     {
-      "model": "resnet18",
+      "model": "specknet",
       "dataset": "noise",
       "patch_size": 32,
       "batch_size": 8,

@@ -17,7 +17,7 @@ and per folder:
   scores.csv   one row per scored image: SCORE_COLUMNS (`in_domain`: `domain.TrainingDomain`)
   errors.csv   one row per image that could not be read or scored: ERROR_COLUMNS
   marks.csv    with --mark_classifier, one row per CAD mark of every scored image, reported or
-               not (`mcalc_jax.whole_image.marks`; FROC needs them all): MARK_COLUMNS, centre
+               not (`mcalc_jax.whole_image.marks`; FROC needs them all): marks.CSV_COLUMNS, centre
                and box in ORIGINAL pixels; its operating threshold is in settings.json
   settings.json       what produced the images (`mcalc_jax.archives.output_folder`): a resume
                       with other models, tiling, thresholds or reranker refuses in one line
@@ -96,24 +96,6 @@ SCORE_COLUMNS = (
   "domain_reason",  # why not, or what is unknown
 )
 ERROR_COLUMNS = ("key", "error", "reason")
-# marks.csv: `mark` (KEY:CLUSTER_ID) keys the log; centre and box (of the specks' centres) in
-# ORIGINAL pixels; task2 NaN until a Task 2 mark classifier exists; reported: 1 at or above
-# the classifier's operating threshold.
-MARK_COLUMNS = (
-  "mark",
-  "key",
-  "cluster_id",
-  "row",
-  "col",
-  "top",
-  "left",
-  "bottom",
-  "right",
-  "specks",
-  "task1",
-  "task2",
-  "reported",
-)
 _WRITES_IN_FLIGHT = 4  # images held by the writer thread at most
 
 
@@ -142,7 +124,7 @@ def merge_logs(output: str, keys: Sequence[str]) -> None:
 
 
 def _mark_rank(row: Sequence[str], order: Mapping[str, int]) -> tuple[int, int]:
-  """A marks row's place: its image's (MARK_COLUMNS key), then its cluster id."""
+  """A marks row's place: its image's (its key column), then its cluster id."""
   return order.get(row[1], len(order)), int(row[2])
 
 
@@ -201,7 +183,7 @@ class _Outputs:
     )
     self.marks = None
     if marking.classifier is not None:
-      self.marks = csvlog.CsvLog(os.path.join(output, _own("marks")), MARK_COLUMNS)
+      self.marks = csvlog.CsvLog(os.path.join(output, _own("marks")), marks.CSV_COLUMNS)
     self._output, self._keep, self._overlays, self._progress = (
       output,
       keep_identifiers,
@@ -264,7 +246,7 @@ class _Outputs:
         self._write_error(item, e)
         return
     for mark in found:
-      self.marks.append(_mark_row(mark, classifier))
+      self.marks.append(marks.to_row(mark, classifier.operating_point.threshold))
     reported = len(shown) if classifier is not None else ""
     row = [*_score_row(decoded, scores), reported, *self._domain(decoded)]
     self.scores.append([item.key, *self._identity(item), *row])
@@ -306,24 +288,6 @@ def _marks_of(
   rows, cols = scores.geometry.image_shape
   mammogram = dataclasses.replace(decoded.mammogram, pixels=decoded.mammogram.pixels[:rows, :cols])
   return marks.mark_mammogram(mammogram, decoded.input.key, classifier, scores)
-
-
-def _mark_row(mark: marks.Mark, classifier: marks.ClusterClassifier) -> list[object]:
-  """One MARK_COLUMNS row (pixels to 0.1, probabilities to 1e-6)."""
-  pixels = [f"{v:.1f}" for v in (mark.row, mark.col, *mark.box)]
-  reported = int(mark.task1 >= classifier.operating_point.threshold)
-  task2 = "nan" if math.isnan(mark.task2) else f"{mark.task2:.6f}"
-  key = f"{mark.key}:{mark.cluster_id}"
-  return [
-    key,
-    mark.key,
-    mark.cluster_id,
-    *pixels,
-    mark.specks,
-    f"{mark.task1:.6f}",
-    task2,
-    reported,
-  ]
 
 
 def _score_row(decoded: DecodedImage, scores: tiling.ImageScores) -> list[object]:

@@ -39,7 +39,7 @@ from mcalc_jax.base import csvlog, files, plots
 from mcalc_jax.whole_image import froc, heatmaps, marks, reranking, tiling
 
 CLUSTER_COLUMNS = ("image", "patient_id", "finding_id", "label", "found_at_score", "rank")
-MARKS_FILE = "marks.csv"  # what `mcalc-score --mark_classifier` writes (archive.MARK_COLUMNS)
+MARKS_FILE = "marks.csv"  # what `mcalc-score --mark_classifier` writes (marks.CSV_COLUMNS)
 MARKS_FOLDER = "froc_marks"  # the marks' FROC, inside the tiles' FROC folder
 
 
@@ -67,6 +67,25 @@ def write_froc(out_dir: str | os.PathLike, evaluation: dict, title: str = "") ->
     operating_points={rate: found[name] for rate, name in froc.fp_rates().items()},
     title=title or f"{counts['clusters']} clusters, {counts['images']} images",
   )
+
+
+SUMMARISED = ("metrics", "ci", "counts")  # what a run's summary keeps of an evaluation
+
+
+def summary(evaluation: dict) -> dict:
+  """What a run's summary (cv_summary.json) keeps of an evaluation."""
+  return {k: evaluation[k] for k in SUMMARISED}
+
+
+def write_bilateral(
+  out_dir: str | os.PathLike, evaluation: dict, weight: float, title: str
+) -> dict:
+  """The evaluation of images read against the other breast (`weight`) into `out_dir`_bilateral,
+  beside the plain evaluation's `out_dir`; its summary, with the weight."""
+  out_dir = pathlib.Path(out_dir)
+  title = f"{title}, against the other breast (weight {weight:g})"
+  write_froc(out_dir.with_name(out_dir.name + "_bilateral"), evaluation, title=title)
+  return {"weight": weight, **summary(evaluation)}
 
 
 def _write_csv(path: str, header: Sequence[str], rows) -> None:
@@ -211,19 +230,7 @@ def read_marks(path: str | os.PathLike) -> dict[str, list[marks.Mark]]:
   found: dict[str, list[marks.Mark]] = collections.defaultdict(list)
   for values in rows:
     row = dict(zip(header or (), values, strict=True))
-    found[row["key"]].append(
-      marks.Mark(
-        key=row["key"],
-        cluster_id=int(row["cluster_id"]),
-        row=float(row["row"]),
-        col=float(row["col"]),
-        box=tuple(float(row[k]) for k in ("top", "left", "bottom", "right")),
-        specks=int(row["specks"]),
-        task1=float(row["task1"]),
-        task2=float(row["task2"]),
-        features={},
-      )
-    )
+    found[row["key"]].append(marks.from_row(row))
   return found
 
 

@@ -36,7 +36,6 @@ from mcalc_jax.whole_image.tiling import ImageScores
 IMAGES_DIR = "images"
 RERANKER_FILE = "reranker.json"
 RERANK_MODES = ("", "classical", "stacked")
-_SUMMARISED = ("metrics", "ci", "counts")  # what cv_summary.json keeps of an evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +164,12 @@ def _evaluated(
   once more, each image read against the other breast's, into `out_dir`_bilateral."""
   evaluation = froc.evaluate(images, resamples=resamples, seed=seed)
   scored.write_froc(out_dir, evaluation, title=title)
-  result = {k: evaluation[k] for k in _SUMMARISED}
+  result = scored.summary(evaluation)
   weight = whole.bilateral_weight
   if weight:
     compared = froc.against_other_breast(images, weight)
     evaluation = froc.evaluate(compared, resamples=resamples, seed=seed)
-    title = f"{title or 'network'}, against the other breast (weight {weight:g})"
-    scored.write_froc(out_dir.with_name(out_dir.name + "_bilateral"), evaluation, title=title)
-    result["bilateral"] = {"weight": weight, **{k: evaluation[k] for k in _SUMMARISED}}
+    result["bilateral"] = scored.write_bilateral(out_dir, evaluation, weight, title or "network")
   return result
 
 

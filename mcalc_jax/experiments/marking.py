@@ -71,6 +71,7 @@ class Marking:
   detector_cohort: str = ""
   detector_training: speck_detector.TrainOptions = speck_detector.TrainOptions()
   detector_negatives: int = 4  # crops per cohort image at random, and as many on bright spots
+  detector: speck_detector.DetectorConfig = speck_detector.DetectorConfig()
 
   def __post_init__(self):
     marks.check_features(self.features)
@@ -93,6 +94,7 @@ class Marking:
       cohort,
       speck_detector.TrainOptions(steps=group.get("detector_steps", cls.detector_training.steps)),
       group.get("detector_negatives", cls.detector_negatives),
+      speck_detector.DetectorConfig(members=group.get("detector_members", 1)),
     )
 
   @property
@@ -107,7 +109,12 @@ class Marking:
       dataclasses.asdict(self.speck_rule),
       dataclasses.asdict(self.cluster_rule),
       *(
-        [self.detector_cohort, self.detector_negatives, self.detector_training.steps]
+        [
+          self.detector_cohort,
+          self.detector_negatives,
+          self.detector_training.steps,
+          dataclasses.asdict(self.detector),
+        ]
         if self.detector_cohort
         else []
       ),
@@ -174,19 +181,15 @@ def mark_folds(
     final = dataclasses.replace(final, detector=DETECTOR_DIR)
   reranking.save(workdir / CLASSIFIER_FILE, final)
   title = f"marks ({len(marking.features)} features, out of fold)"
-  scored.write_froc(workdir / "eval" / "froc_marks", evaluation, title=title)
-  summary = {k: evaluation[k] for k in ("metrics", "ci", "counts", "operating_point")}
+  out_dir = workdir / "eval" / "froc_marks"
+  scored.write_froc(out_dir, evaluation, title=title)
+  summary = {**scored.summary(evaluation), "operating_point": evaluation["operating_point"]}
   if bilateral_weight:
     compared = marks.against_other_breast(out, froc.partners(images), bilateral_weight)
     evaluation = marks.evaluate_marks(
       compared, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
     )
-    title += f", against the other breast (weight {bilateral_weight:g})"
-    scored.write_froc(workdir / "eval" / "froc_marks_bilateral", evaluation, title=title)
-    summary["bilateral"] = {
-      "weight": bilateral_weight,
-      **{k: evaluation[k] for k in ("metrics", "ci", "counts")},
-    }
+    summary["bilateral"] = scored.write_bilateral(out_dir, evaluation, bilateral_weight, title)
   return {"features": list(marking.features), **summary}
 
 
@@ -244,18 +247,21 @@ def _cohort_crops(marking: Marking) -> speck_labels.Crops:
 def _detector(
   folder: pathlib.Path, marking: Marking, crops: Callable[[], speck_labels.Crops]
 ) -> speck_detector.SpeckDetector:
-  """A speck detector: trained on `crops()` unless a run with the same cohorts saved it."""
+  """A speck detector: trained on `crops()` unless a run with the same cohorts, training and
+  architecture saved it."""
   meta = {
     "cohorts": list(marking.cohorts),
     "negatives": marking.detector_negatives,
     "training": dataclasses.asdict(marking.detector_training),
   }
   if (folder / speck_detector.CONFIG_FILE).exists():
-    saved = json.loads((folder / speck_detector.CONFIG_FILE).read_text())["meta"]
-    if all(saved.get(k) == v for k, v in meta.items()):
+    saved = json.loads((folder / speck_detector.CONFIG_FILE).read_text())
+    if speck_detector.DetectorConfig(**saved["config"]) == marking.detector and all(
+      saved["meta"].get(k) == v for k, v in meta.items()
+    ):
       return speck_detector.load(folder)
   training = crops()
-  detector, _ = speck_detector.train(training, options=marking.detector_training)
+  detector, _ = speck_detector.train(training, marking.detector, marking.detector_training)
   speck_detector.save(folder, detector, {**meta, "crops": len(training.labels)})
   return detector
 
@@ -293,7 +299,7 @@ def _cached_marks(
   """The image's unclassified marks, from the cache where these rules made them before."""
   path = folder / f"{key}.json"
   if path.exists():  # (a cache written before a context feature was added gets it here)
-    return marks.with_context([_mark(d) for d in json.loads(path.read_text())])
+    return marks.with_context([marks.from_json(d) for d in json.loads(path.read_text())])
   mammogram, _ = source.read()
   found = marks.mark_image(
     speck_map(mammogram),
@@ -302,12 +308,8 @@ def _cached_marks(
     rule=marking.cluster_rule,
   )
   folder.mkdir(parents=True, exist_ok=True)
-  files.write_text(path, json.dumps([dataclasses.asdict(m) for m in found]))
+  files.write_text(path, json.dumps([marks.to_json(m) for m in found]))
   return found
-
-
-def _mark(d: dict[str, Any]) -> marks.Mark:
-  return marks.Mark(**{**d, "box": tuple(d["box"]), "task1": np.nan, "task2": np.nan})
 
 
 def _fitted(

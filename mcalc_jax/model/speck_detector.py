@@ -56,32 +56,50 @@ class DetectorConfig:
 
   width: int = 16
   seed: int = 0
+  # Networks whose probabilities are averaged, each initialised and fed batches apart: one
+  # detector's result swings by several clusters with its training draw, their mean less.
+  members: int = 1
 
 
-class SpeckDetector(nnx.Module):
-  """(pixels, breast mask) [N, H, W, 2] on the grid -> speck logits [N, H, W] (module docstring)."""
+class Member(nnx.Module):
+  """One network of the ensemble: the front end's channels [N, H, W, 3] -> speck logits [N, H, W]."""
 
-  def __init__(self, config: DetectorConfig, *, rngs: nnx.Rngs):
-    self.config = config
-    channels = [3, *[config.width] * len(DILATIONS)]
+  def __init__(self, width: int, *, rngs: nnx.Rngs):
+    channels = [3, *[width] * len(DILATIONS)]
     self.convs = nnx.List(
       [
         nnx.Conv(a, b, (3, 3), kernel_dilation=d, padding="SAME", rngs=rngs)
         for a, b, d in zip(channels[:-1], channels[1:], DILATIONS, strict=True)
       ]
     )
-    self.mix = nnx.Conv(config.width, config.width, (1, 1), rngs=rngs)
-    self.out = nnx.Conv(config.width, 1, (1, 1), rngs=rngs)
+    self.mix = nnx.Conv(width, width, (1, 1), rngs=rngs)
+    self.out = nnx.Conv(width, 1, (1, 1), rngs=rngs)
 
-  def __call__(self, x: jax.Array, trim: int = 0) -> jax.Array:
-    """Logits; `trim` pixels of each side are cut after the front end (training crops carry
-    `FRONT_HALO` of context that only the front end needs)."""
-    h = front_end(x)
-    if trim:
-      h = h[:, trim:-trim, trim:-trim]
+  def __call__(self, h: jax.Array) -> jax.Array:
     for conv in self.convs:
       h = jax.nn.relu(conv(h))
     return self.out(jax.nn.relu(self.mix(h)))[..., 0]
+
+
+class SpeckDetector(nnx.Module):
+  """(pixels, breast mask) [N, H, W, 2] on the grid -> speck probabilities [N, H, W], the mean of
+  its members' (module docstring)."""
+
+  def __init__(self, config: DetectorConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.members = nnx.List([Member(config.width, rngs=rngs) for _ in range(config.members)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = front_end(x)
+    return jnp.mean(jnp.stack([jax.nn.sigmoid(member(h)) for member in self.members]), 0)
+
+  def member_logits(self, x: jax.Array, trim: int) -> jax.Array:
+    """[members, N, ...] inputs, a batch per member -> [members, N, ...] logits; `trim` pixels
+    of each side are cut after the front end (training crops carry `FRONT_HALO` of context that
+    only the front end needs)."""
+    h = front_end(x.reshape(-1, *x.shape[2:]))[:, trim:-trim, trim:-trim]
+    h = h.reshape(*x.shape[:2], *h.shape[1:])
+    return jnp.stack([member(part) for member, part in zip(self.members, h, strict=True)])
 
 
 def front_end(x: jax.Array) -> jax.Array:
@@ -156,13 +174,16 @@ def make_train_step(
   graphdef: nnx.GraphDef, tx: optax.GradientTransformation, pos_weight: float
 ) -> Callable:
   """The jitted, pure Adam step (params, opt_state, inputs, labels, weights) -> (params,
-  opt_state, loss); inputs carry `HALO` pixels of context around the labelled square."""
+  opt_state, loss), a batch per member ([members, batch, ...]); inputs carry `HALO` pixels of
+  context around the labelled square."""
 
   @jax.jit
   def step(params, opt_state, inputs, labels, weights):
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
-      logits = model(inputs, trim=FRONT_HALO)[:, CONV_HALO:-CONV_HALO, CONV_HALO:-CONV_HALO]
+      logits = model.member_logits(inputs, FRONT_HALO)[
+        ..., CONV_HALO:-CONV_HALO, CONV_HALO:-CONV_HALO
+      ]
       return weighted_bce(logits, labels, weights, pos_weight)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -187,7 +208,7 @@ def train(
   opt_state = tx.init(params)
   step = make_train_step(graphdef, tx, options.pos_weight)
   losses = []
-  for index in _batches(len(crops.labels), options, config.seed):
+  for index in _batches(len(crops.labels), options, config):
     params, opt_state, loss = step(
       params, opt_state, crops.inputs[index], crops.labels[index], crops.weights[index]
     )
@@ -195,10 +216,11 @@ def train(
   return nnx.merge(graphdef, params), losses
 
 
-def _batches(n: int, options: TrainOptions, seed: int) -> Iterator[np.ndarray]:
-  rng = np.random.default_rng(seed)
+def _batches(n: int, options: TrainOptions, config: DetectorConfig) -> Iterator[np.ndarray]:
+  """[members, batch] crop indices per step: each member its own draw."""
+  rng = np.random.default_rng(config.seed)
   for _ in range(options.steps):
-    yield rng.integers(n, size=options.batch)
+    yield rng.integers(n, size=(config.members, options.batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +229,7 @@ def _batches(n: int, options: TrainOptions, seed: int) -> Iterator[np.ndarray]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _probabilities(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:
-  return jax.nn.sigmoid(nnx.merge(graphdef, params)(x))
+  return nnx.merge(graphdef, params)(x)
 
 
 def dense_map(
@@ -262,9 +284,12 @@ def save(folder: str | os.PathLike, detector: SpeckDetector, meta: Mapping | Non
 def load(folder: str | os.PathLike) -> SpeckDetector:
   """The detector `save` wrote into `folder`; ValueError when its parameters do not fit."""
   with open(os.path.join(folder, CONFIG_FILE)) as f:
-    detector = create(DetectorConfig(**json.load(f)["config"]))
+    config = json.load(f)["config"]
+  detector = create(DetectorConfig(**config))
   with np.load(os.path.join(folder, PARAMS_FILE)) as stored:
     arrays = dict(stored)
+  if "members" not in config:  # saved before ensembles: its one network is member 0
+    arrays = {f"['members'][0]{path}": value for path, value in arrays.items()}
   graphdef, state = nnx.split(detector)
   paths = [jax.tree_util.keystr(p) for p, _ in _leaves(state)]
   if sorted(paths) != sorted(arrays):

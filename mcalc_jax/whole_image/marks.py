@@ -82,6 +82,67 @@ class Mark:
   features: Mapping[str, float]  # `clusters.describe` of the cluster
 
 
+# marks.csv (`mcalc-score --mark_classifier`): `mark` (KEY:CLUSTER_ID) keys the log; centre and
+# box (of the specks' centres) in ORIGINAL pixels; task2 NaN until a Task 2 mark classifier
+# exists; reported: 1 at or above the classifier's operating threshold.
+CSV_COLUMNS = (
+  "mark",
+  "key",
+  "cluster_id",
+  "row",
+  "col",
+  "top",
+  "left",
+  "bottom",
+  "right",
+  "specks",
+  "task1",
+  "task2",
+  "reported",
+)
+_BOX = ("top", "left", "bottom", "right")
+
+
+def to_row(mark: Mark, threshold: float) -> list[object]:
+  """The mark as a CSV_COLUMNS row (pixels to 0.1, probabilities to 1e-6), reported at or above
+  `threshold`."""
+  return [
+    f"{mark.key}:{mark.cluster_id}",
+    mark.key,
+    mark.cluster_id,
+    *(f"{v:.1f}" for v in (mark.row, mark.col, *mark.box)),
+    mark.specks,
+    f"{mark.task1:.6f}",
+    f"{mark.task2:.6f}",
+    int(mark.task1 >= threshold),
+  ]
+
+
+def from_row(row: Mapping[str, str]) -> Mark:
+  """The mark of a marks.csv row (by column name), without its features."""
+  return Mark(
+    key=row["key"],
+    cluster_id=int(row["cluster_id"]),
+    row=float(row["row"]),
+    col=float(row["col"]),
+    box=tuple(float(row[k]) for k in _BOX),
+    specks=int(row["specks"]),
+    task1=float(row["task1"]),
+    task2=float(row["task2"]),
+    features={},
+  )
+
+
+def to_json(mark: Mark) -> dict:
+  """The unclassified mark as JSON (the marks cache of `mcalc_jax.experiments.marking`)."""
+  return {k: v for k, v in dataclasses.asdict(mark).items() if k not in ("task1", "task2")}
+
+
+def from_json(d: Mapping) -> Mark:
+  """The unclassified mark `to_json` wrote (a cache written with probabilities too reads)."""
+  return Mark(**{**d, "box": tuple(d["box"]), "task1": np.nan, "task2": np.nan})
+
+
 @dataclasses.dataclass(frozen=True)
 class MarkedImage:
   """One image's marks with what is known about it (`froc.ScoredImage` for marks)."""
