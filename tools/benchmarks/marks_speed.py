@@ -1,7 +1,8 @@
 """The dense marks pass against the tile scorer: seconds per full-field mammogram, at one mm.
 
   python -m tools.benchmarks.marks_speed [--run_dir=runs/task1_specknet] [--rounds=3]
-      [--shape=4000,3000] [--pixel_mm=0.1] [--resample=zoom,jax] [--profile]
+      [--shape=4000,3000] [--pixel_mm=0.1] [--resample=zoom,jax] [--detector_members=1,3]
+      [--detector_dir=WORKDIR/speck_detector] [--profile]
 
 One synthetic FFDM mammogram (`input_pipeline.synthetic`, processed for presentation, 12-bit,
 `--shape` pixels of `--pixel_mm`; the first left breast of the cohort's seed with a cluster) is
@@ -15,7 +16,13 @@ read two ways, per image:
     `specks.classical_speck_map`, `find_specks`, `clusters.group` and `marks.mark_image`; once per
     `--resample` method (`zoom`: scipy.ndimage.zoom, linear, pixel edges aligned; `jax`:
     jax.image.resize, linear, antialiased, jitted: the resampling the tile path gives its tiles
-    in `mcalc_jax.model.preprocess`), and once at the image's own pixels (no resampling).
+    in `mcalc_jax.model.preprocess`), and once at the image's own pixels (no resampling);
+  - dense marks from a trained speck detector (`mcalc_jax.model.speck_detector`, what
+    `mcalc-score --mark_classifier` runs when the classifier names one): `specks.network_speck_map`
+    (the image zoomed to the detector's 0.2 mm, its banded pass), then `marks.mark_image` at the
+    config's detector threshold; once per `--detector_members` (an ensemble of that many,
+    randomly initialised: its time does not depend on the weights, only the marks found do) and
+    once for the detector saved in `--detector_dir`.
 Every pass is warmed up once (JIT compilation), then the passes are timed in turn, round after
 round, in one process (other jobs on the cores slow every pass alike): best of `--rounds`, the
 median beside it, and tile / dense (>= 1: the dense pass is no slower). `--profile` adds the
@@ -30,7 +37,7 @@ import dataclasses
 import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,7 +48,7 @@ from input_pipeline import morphology, synthetic
 from input_pipeline.breast import breast_mask
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.configs import default
-from mcalc_jax.model import inference
+from mcalc_jax.model import inference, speck_detector
 from mcalc_jax.whole_image import clusters, marks, scoring, specks
 from tools.benchmarks import scoring as scoring_benchmark
 
@@ -124,6 +131,15 @@ def dense_marks(
   return marks.mark_image(speck_map, mammogram.path)
 
 
+def detector_marks(
+  mammogram: Mammogram, detector: speck_detector.SpeckDetector, threshold: float
+) -> list[marks.Mark]:
+  """The dense marks pass of one image on a trained detector's map (`threshold`: a speck's
+  probability), marks in the image's original pixels."""
+  speck_map = specks.network_speck_map(detector, mammogram)
+  return marks.mark_image(speck_map, mammogram.path, speck_rule=specks.SpeckRule(threshold))
+
+
 @dataclasses.dataclass(frozen=True)
 class Pass:
   """One way of reading the image, and what it is called in the table."""
@@ -134,9 +150,14 @@ class Pass:
 
 
 def passes(
-  mammogram: Mammogram, scorer: scoring.Scorer, pixel_mm: float, resamplers: Sequence[str]
+  mammogram: Mammogram,
+  scorer: scoring.Scorer,
+  pixel_mm: float,
+  resamplers: Sequence[str],
+  detectors: Mapping[str, speck_detector.SpeckDetector],
 ) -> list[Pass]:
-  """The tile scorer first (the reference), then the dense pass per resampler and unresampled."""
+  """The tile scorer first (the reference), then the dense pass per resampler and unresampled,
+  then on each of the named `detectors`' maps."""
   spacing = float(np.mean(mammogram.pixel_spacing_mm))
   h, w = mammogram.pixels.shape
   at_model = f"{round(h * spacing / pixel_mm)}x{round(w * spacing / pixel_mm)} at {pixel_mm:g} mm"
@@ -155,6 +176,25 @@ def passes(
   found.append(
     Pass("dense marks, own pixels", own, functools.partial(dense_marks, mammogram, spacing, None))
   )
+  threshold = default.get_config().marks.detector_threshold
+  grid = f"to {speck_detector.PIXEL_MM:g} mm (zoom)"
+  for name, detector in detectors.items():
+    run = functools.partial(detector_marks, mammogram, detector, threshold)
+    found.append(Pass(f"dense marks, speck detector ({name})", grid, run))
+  return found
+
+
+def detectors_of(members: Sequence[int], folder: str) -> dict[str, speck_detector.SpeckDetector]:
+  """Randomly initialised detectors of each ensemble size, and the one saved in `folder`."""
+  found = {
+    f"{k} member{'s' * (k > 1)}, random weights": speck_detector.create(
+      speck_detector.DetectorConfig(members=k)
+    )
+    for k in members
+  }
+  if folder:
+    detector = speck_detector.load(folder)
+    found[f"{detector.config.members} member(s), {folder}"] = detector
   return found
 
 
@@ -237,6 +277,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--pixel_mm", type=float, default=0.1, help="the mammogram's pixel side")
   parser.add_argument("--seed", type=int, default=0, help="the synthetic cohort's")
   parser.add_argument("--resample", default="zoom,jax", help=f"of {', '.join(RESAMPLERS)}")
+  parser.add_argument("--detector_members", default="1,3", help="random detectors' sizes")
+  parser.add_argument("--detector_dir", default="", help="a trained speck detector's folder")
   parser.add_argument("--batch_size", type=int, default=scoring.TileSettings.batch_size)
   parser.add_argument("--profile", action="store_true", help="time the dense pass's steps too")
   return parser.parse_args(argv)
@@ -257,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     f"{classifier.config.model} ({weights}) at {pixel_mm:g} mm; best of {args.rounds} "
     "interleaved rounds after a warm-up"
   )
-  rows = passes(mammogram, scorer, pixel_mm, resamplers)
+  members = [int(k) for k in args.detector_members.split(",") if k]
+  rows = passes(mammogram, scorer, pixel_mm, resamplers, detectors_of(members, args.detector_dir))
   results, seconds = interleaved([row.run for row in rows], args.rounds)
   tiles = min(seconds[0])
   print("| pass | grid | found | s / image (best) | s / image (median) | tile / this |")
