@@ -242,17 +242,36 @@ def dense_map(
 ) -> np.ndarray:
   """float32 [h, w]: the speck probability of every pixel of the grid of `PIXEL_MM` over a whole
   image (`pixels` at `pixel_mm`, fractions of the range), zero outside `mask` (default: the breast
-  less `speck_labels.EDGE_MARGIN_MM`). Bands of `band_rows` with `HALO` rows of overlap give the
-  single pass's map."""
+  less `speck_labels.EDGE_MARGIN_MM`). Only the mask's bounding box is passed through the network
+  (with `HALO` of context), in bands of `band_rows` overlapping by `HALO` rows: the single
+  pass's map, at the cost of the breast's box."""
   if mask is None:
     mask = speck_labels.inner_mask(pixels, pixel_mm)
   grid = speck_labels.to_grid(np.asarray(pixels, np.float32), pixel_mm)
   inside = speck_labels.to_grid(mask.astype(np.uint8), pixel_mm, order=0) > 0
-  h, w = grid.shape
+  out = np.zeros(grid.shape, np.float32)
+  rows, cols = (np.flatnonzero(inside.any(axis)) for axis in (1, 0))
+  if not rows.size:
+    return out
+  box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # the breast's bounding box
+  x = np.pad(
+    np.stack([grid, inside.astype(np.float32)], -1),
+    ((HALO, HALO), (HALO, HALO), (0, 0)),
+    mode="edge",
+  )
+  # The box with `HALO` of the image (or its edge) around it: its map is the whole image's there.
+  x = x[rows[0] : rows[-1] + 1 + 2 * HALO, cols[0] : cols[-1] + 1 + 2 * HALO]
+  out[box] = np.where(inside[box], _banded(detector, x, band_rows), 0.0)
+  return out
+
+
+def _banded(detector: SpeckDetector, x: np.ndarray, band_rows: int) -> np.ndarray:
+  """The detector's map of `x` [h + 2 HALO, w + 2 HALO, 2] (its `HALO` margin context only) in
+  bands of `band_rows`, padded so that few shapes are compiled: [h, w]."""
+  h, w = x.shape[0] - 2 * HALO, x.shape[1] - 2 * HALO
   rows = -(-h // band_rows) * band_rows - h
   cols = -(-w // _WIDTH_STEP) * _WIDTH_STEP - w
-  x = np.stack([grid, inside.astype(np.float32)], -1)
-  x = np.pad(x, ((HALO, HALO + rows), (HALO, HALO + cols), (0, 0)), mode="edge")
+  x = np.pad(x, ((0, rows), (0, cols), (0, 0)), mode="edge")
   graphdef, params = nnx.split(detector)
   out = np.empty((h + rows, w + cols), np.float32)
   for top in range(0, h + rows, band_rows):
@@ -260,7 +279,7 @@ def dense_map(
     out[top : top + band_rows] = np.asarray(_probabilities(graphdef, params, band))[
       0, HALO:-HALO, HALO:-HALO
     ]
-  return np.where(inside, out[:h, :w], 0.0).astype(np.float32)
+  return out[:h, :w]
 
 
 # ---------------------------------------------------------------------------------------------
