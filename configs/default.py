@@ -140,6 +140,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.marks.detector_steps = speck_detector.TrainOptions.steps  # Adam steps of 32 crops
   config.marks.detector_negatives = 4  # crops per image at random, as many on its brightest spots
   config.marks.detector_members = 1  # detectors averaged, each its own initialisation and batches
+  # Share of the breast above the threshold, on validation images without calcifications, that
+  # each detector's logits are shifted to give (speck_detector.logit_shift); 0: no shift.
+  config.marks.detector_speck_fraction = 0.0
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation

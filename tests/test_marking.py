@@ -13,7 +13,7 @@ from input_pipeline.mammogram import Mammogram
 from mcalc_jax.configs import default
 from mcalc_jax.experiments import marking
 from mcalc_jax.model import speck_detector
-from mcalc_jax.whole_image import froc, marks, reranking
+from mcalc_jax.whole_image import froc, marks, reranking, specks
 from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
 from tests.test_speck_detector import breast_image, write_cohort
 
@@ -143,23 +143,33 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   config.marks.detector_members = 3
   ensemble = marking.Marking.from_config(config)
   assert ensemble.detector.members == 3 and ensemble.cache != retrained.cache
+  config.marks.detector_speck_fraction = 1e-3
+  shifted = marking.Marking.from_config(config)
+  assert shifted.detector_speck_fraction == 1e-3 and shifted.cache != ensemble.cache
   config.marks.enabled = False
   assert marking.Marking.from_config(config) is None
+
+
+def tiny_detector_marking(tmp_path, patients=("p0", "p1", "p2")) -> marking.Marking:
+  """Marks by detectors trained two steps on one inserted cluster per patient's cohort."""
+  cohorts = []
+  for patient in patients:
+    folder = tmp_path / "cohorts" / patient
+    write_cohort(folder, breast_image((120, 100)), [(60, 70, 0.1), (64, 76, 0.1)], patient)
+    cohorts.append(str(folder))
+  return marking.Marking(
+    detector_cohort=",".join(cohorts),
+    detector_training=speck_detector.TrainOptions(steps=2, batch=2),
+    detector_negatives=1,
+  )
 
 
 def test_fold_detectors_learn_from_their_training_patients_and_every_patient_outside_the_cv(
   tmp_path,
 ):
-  cohorts = []
-  for patient in ("p0", "p1", "p2", "ffdm"):  # "ffdm": another cohort's background, in no fold
-    folder = tmp_path / "cohorts" / patient
-    write_cohort(folder, breast_image((120, 100)), [(60, 70, 0.1), (64, 76, 0.1)], patient)
-    cohorts.append(str(folder))
-  setting = marking.Marking(
-    detector_cohort=",".join(cohorts),
-    detector_training=speck_detector.TrainOptions(steps=2, batch=2),
-    detector_negatives=1,
-  )
+  # "ffdm": another cohort's background, in no fold
+  setting = tiny_detector_marking(tmp_path, ("p0", "p1", "p2", "ffdm"))
+  cohorts = list(setting.cohorts)
   assignment = [
     {"train": ["p0", "p1"], "validation": [], "test": ["p2"]},
     {"train": ["p1", "p2"], "validation": [], "test": ["p0"]},
@@ -175,3 +185,41 @@ def test_fold_detectors_learn_from_their_training_patients_and_every_patient_out
   crops = [meta(folder)["crops"] for folder in ("fold_0", "fold_1", ".")]
   assert crops == [3 * per_image, 3 * per_image, 4 * per_image]  # "ffdm" trains every fold
   assert meta("fold_0")["cohorts"] == cohorts
+
+
+def test_each_detector_is_calibrated_on_its_validation_patients_images_without_calcifications(
+  tmp_path, monkeypatch
+):
+  setting = dataclasses.replace(
+    tiny_detector_marking(tmp_path),
+    speck_rule=specks.SpeckRule(threshold=0.85),  # a probability
+    detector_speck_fraction=0.01,
+  )
+  assignment = [
+    {"train": ["p0"], "validation": ["p1"], "test": ["p2"]},
+    {"train": ["p1"], "validation": ["p2"], "test": ["p0"]},
+  ]
+  normals = {p: [Drawn([], seed=k)] for k, p in enumerate(("p0", "p1", "p2"))}
+  per_fold, final = marking.detectors(tmp_path / "run", setting, assignment, normals)
+  threshold = setting.speck_rule.threshold
+  for detector, fold in zip(per_fold, assignment, strict=True):
+    (validation,) = normals[fold["validation"][0]]
+    values = specks.network_speck_map(detector, validation.mammogram).values
+    assert np.mean(values[values > 0] > threshold) == pytest.approx(0.01, abs=0.002)
+  saved = json.loads(
+    (tmp_path / "run" / marking.DETECTOR_DIR / speck_detector.CONFIG_FILE).read_text()
+  )
+  assert saved["meta"]["calibration"]["images"] == 3  # the one for new images: everyone's
+  assert saved["logit_shift"] == final.logit_shift != 0
+
+  def fail(*_):
+    raise AssertionError("a saved calibration is computed again")
+
+  monkeypatch.setattr(marking, "network_speck_map", fail)
+  again, _ = marking.detectors(tmp_path / "run", setting, assignment, normals)
+  assert [d.logit_shift for d in again] == [d.logit_shift for d in per_fold]
+  unshifted = dataclasses.replace(setting, detector_speck_fraction=0.0)  # the same detectors
+  assert [d.logit_shift for d in marking.detectors(tmp_path / "run", unshifted, assignment)[0]] == [
+    0.0,
+    0.0,
+  ]

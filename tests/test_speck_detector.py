@@ -114,6 +114,26 @@ def test_saved_parameters_load_back(tmp_path):
   )
 
 
+def test_a_calibrated_detector_leaves_the_share_asked_for_above_its_threshold_and_saves_it(
+  tmp_path,
+):
+  pixels = breast_image((120, 100)) / np.float32(255)
+  raw = speck_detector.create(TINY)
+  values = speck_detector.dense_map(raw, pixels, 0.2)
+  values = values[values > 0]
+  shift = speck_detector.logit_shift(values, 0.05, 0.85)
+  detector = speck_detector.calibrated(raw, shift)
+  shifted = speck_detector.dense_map(detector, pixels, 0.2)
+  assert np.mean(shifted[shifted > 0] > 0.85) == pytest.approx(0.05, abs=0.002)
+  np.testing.assert_array_equal(speck_detector.dense_map(raw, pixels, 0.2)[shifted > 0], values)
+  speck_detector.save(tmp_path, detector)  # the shift travels with the parameters
+  np.testing.assert_array_equal(
+    speck_detector.dense_map(speck_detector.load(tmp_path), pixels, 0.2), shifted
+  )
+  with pytest.raises(ValueError, match="must lie in"):
+    speck_detector.logit_shift(values, 0.0, 0.85)
+
+
 def write_cohort(
   folder, pixels: np.ndarray, specks_rc: list[tuple[int, int, float]], patient_id: str = "7"
 ) -> None:

@@ -72,6 +72,9 @@ class Marking:
   detector_training: speck_detector.TrainOptions = speck_detector.TrainOptions()
   detector_negatives: int = 4  # crops per cohort image at random, and as many on bright spots
   detector: speck_detector.DetectorConfig = speck_detector.DetectorConfig()
+  # Each detector's logits shifted so that this share of the breast lies above the threshold on
+  # validation images without calcifications (`speck_detector.logit_shift`); 0: not shifted.
+  detector_speck_fraction: float = 0.0
 
   def __post_init__(self):
     marks.check_features(self.features)
@@ -95,6 +98,7 @@ class Marking:
       speck_detector.TrainOptions(steps=group.get("detector_steps", cls.detector_training.steps)),
       group.get("detector_negatives", cls.detector_negatives),
       speck_detector.DetectorConfig(members=group.get("detector_members", 1)),
+      group.get("detector_speck_fraction", 0.0),
     )
 
   @property
@@ -114,6 +118,7 @@ class Marking:
           self.detector_negatives,
           self.detector_training.steps,
           dataclasses.asdict(self.detector),
+          *([self.detector_speck_fraction] if self.detector_speck_fraction else []),
         ]
         if self.detector_cohort
         else []
@@ -139,7 +144,8 @@ def mark_folds(
   why."""
   maps: dict[str, SpeckMapOf] = {}
   if marking.detector_cohort:  # (the detector for new images is trained and saved here too)
-    per_fold, _ = detectors(workdir, marking, assignment)
+    normals = _normals(images, inputs)
+    per_fold, _ = detectors(workdir, marking, assignment, normals)
     for fold, detector in zip(assignment, per_fold, strict=True):
       maps |= dict.fromkeys(fold["test"], functools.partial(network_speck_map, detector))
   marked = [
@@ -215,24 +221,49 @@ SpeckMapOf = Callable[[Mammogram], SpeckMap]
 
 
 def detectors(
-  workdir: pathlib.Path, marking: Marking, assignment: Sequence[Mapping[str, Sequence[str]]]
+  workdir: pathlib.Path,
+  marking: Marking,
+  assignment: Sequence[Mapping[str, Sequence[str]]],
+  normals: Mapping[str, Sequence[reranking.Readable]] | None = None,
 ) -> tuple[list[speck_detector.SpeckDetector], speck_detector.SpeckDetector]:
   """Each fold's speck detector, and the one for new images, each trained unless a run with the
   same cohorts and training saved it. Fold k's trains on its training patients' crops and on
   those of every cohort patient outside the cross-validation (another cohort's backgrounds);
-  the one for new images on every crop."""
+  the one for new images on every crop. With `marking.detector_speck_fraction`, each is
+  calibrated on `normals` (a patient's images without calcifications): fold k's on its
+  validation patients', the one for new images on everyone's."""
   everyone = functools.cache(functools.partial(_cohort_crops, marking))
   in_cv = {p for fold in assignment for part in fold.values() for p in part}
+  normals = normals or {}
 
   def of(patients: Sequence[str]) -> speck_labels.Crops:
     crops = everyone()
     return crops.of([*patients, *(set(crops.patients) - in_cv)])
 
+  def calibrated(folder: pathlib.Path, crops: Callable, patients: Sequence[str]):
+    sources = [source for patient in patients for source in normals.get(patient, ())]
+    return _calibrated(folder, _detector(folder, marking, crops), marking, sources)
+
   found = [
-    _detector(workdir / f"fold_{k}" / DETECTOR_DIR, marking, functools.partial(of, fold["train"]))
+    calibrated(
+      workdir / f"fold_{k}" / DETECTOR_DIR,
+      functools.partial(of, fold["train"]),
+      fold["validation"],
+    )
     for k, fold in enumerate(assignment)
   ]
-  return found, _detector(workdir / DETECTOR_DIR, marking, everyone)
+  return found, calibrated(workdir / DETECTOR_DIR, everyone, sorted(in_cv))
+
+
+def _normals(
+  images: Sequence[froc.ScoredImage], inputs: Mapping[str, reranking.Readable]
+) -> dict[str, list[reranking.Readable]]:
+  """Each patient's images without an annotated cluster (what a detector is calibrated on)."""
+  out: dict[str, list[reranking.Readable]] = {}
+  for image in images:
+    if not image.clusters:
+      out.setdefault(image.patient_id, []).append(inputs[image.key])
+  return out
 
 
 def _cohort_crops(marking: Marking) -> speck_labels.Crops:
@@ -263,6 +294,40 @@ def _detector(
   training = crops()
   detector, _ = speck_detector.train(training, marking.detector, marking.detector_training)
   speck_detector.save(folder, detector, {**meta, "crops": len(training.labels)})
+  return detector
+
+
+def _calibrated(
+  folder: pathlib.Path,
+  detector: speck_detector.SpeckDetector,
+  marking: Marking,
+  sources: Sequence[reranking.Readable],
+) -> speck_detector.SpeckDetector:
+  """`detector` (saved in `folder`) with its logits shifted so that the marking's speck fraction
+  of the breast of `sources` lies above its threshold (no shift without a fraction), saved so;
+  a saved detector calibrated the same way is returned as it is."""
+  wanted = (
+    {
+      "fraction": marking.detector_speck_fraction,
+      "threshold": marking.speck_rule.threshold,
+      "images": len(sources),
+    }
+    if marking.detector_speck_fraction
+    else None
+  )
+  meta = json.loads((folder / speck_detector.CONFIG_FILE).read_text())["meta"]
+  if meta.get("calibration") == wanted:
+    return detector
+  shift = 0.0
+  if wanted:
+    if not sources:
+      raise ValueError(f"{folder}: no image without calcifications to calibrate the detector on")
+    raw = speck_detector.calibrated(detector, 0.0)
+    values = [network_speck_map(raw, source.read()[0]).values for source in sources]
+    values = np.concatenate([v[v > 0] for v in values])
+    shift = speck_detector.logit_shift(values, wanted["fraction"], wanted["threshold"])
+  detector = speck_detector.calibrated(detector, shift)
+  speck_detector.save(folder, detector, {**meta, "calibration": wanted})
   return detector
 
 

@@ -48,6 +48,7 @@ HALO = FRONT_HALO + CONV_HALO  # a pixel's output depends on the input this far 
 BAND_ROWS = 256  # output rows per band of `dense_map`
 _EPS = 1e-4  # a floor for the local levels (fractions of the range): flat images stay finite
 _WIDTH_STEP = 128  # widths are padded to a multiple of this, so few shapes are compiled
+_P_FLOOR = 1e-7  # probabilities are kept this far from 0 and 1 before a logit shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +89,15 @@ class SpeckDetector(nnx.Module):
   def __init__(self, config: DetectorConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.members = nnx.List([Member(config.width, rngs=rngs) for _ in range(config.members)])
+    self.logit_shift = 0.0  # added to the mean probability's logit (`calibrated`); not trained
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = front_end(x)
-    return jnp.mean(jnp.stack([jax.nn.sigmoid(member(h)) for member in self.members]), 0)
+    p = jnp.mean(jnp.stack([jax.nn.sigmoid(member(h)) for member in self.members]), 0)
+    if not self.logit_shift:
+      return p
+    p = jnp.clip(p, _P_FLOOR, 1 - _P_FLOOR)
+    return jax.nn.sigmoid(jnp.log(p) - jnp.log1p(-p) + self.logit_shift)
 
   def member_logits(self, x: jax.Array, trim: int) -> jax.Array:
     """[members, N, ...] inputs, a batch per member -> [members, N, ...] logits; `trim` pixels
@@ -283,6 +289,34 @@ def _banded(detector: SpeckDetector, x: np.ndarray, band_rows: int) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------
+# Calibration.
+
+
+def logit_shift(values: np.ndarray, fraction: float, threshold: float) -> float:
+  """The shift of the logit that leaves `fraction` of `values` (a detector's uncalibrated
+  probabilities over breast pixels) above `threshold`: detectors trained apart then mark the
+  same share of tissue, where one threshold on their raw maps marks up to ten times more on one
+  than on another (docs/results.md)."""
+  if not 0 < fraction < 1:
+    raise ValueError(f"the fraction above the threshold must lie in (0, 1), not {fraction}")
+  if not 0 < threshold < 1:
+    raise ValueError(f"a detector's threshold is a probability, not {threshold}")
+  quantile = np.clip(float(np.quantile(values, 1 - fraction)), _P_FLOOR, 1 - _P_FLOOR)
+  return float(_logit(threshold) - _logit(quantile))
+
+
+def _logit(p: float) -> float:
+  return float(np.log(p) - np.log1p(-p))
+
+
+def calibrated(detector: SpeckDetector, shift: float) -> SpeckDetector:
+  """A copy of `detector` whose probabilities' logits are moved by `shift`."""
+  copy = nnx.merge(*nnx.split(detector))
+  copy.logit_shift = float(shift)
+  return copy
+
+
+# ---------------------------------------------------------------------------------------------
 # Saving.
 
 PARAMS_FILE = "speck_detector.npz"
@@ -291,19 +325,25 @@ CONFIG_FILE = "speck_detector.json"
 
 def save(folder: str | os.PathLike, detector: SpeckDetector, meta: Mapping | None = None) -> None:
   """The parameters (npz, one array per parameter path) and the config (JSON, with `meta`: what
-  it was trained on) into `folder`, each written atomically."""
+  it was trained on, and the logit shift where calibrated) into `folder`, each written
+  atomically."""
   os.makedirs(folder, exist_ok=True)
   arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in _leaves(nnx.state(detector))}
   with files.atomic_write(os.path.join(folder, PARAMS_FILE)) as f:
     np.savez(f, **arrays)
-  record = {"config": dataclasses.asdict(detector.config), "meta": dict(meta or {})}
+  record = {
+    "config": dataclasses.asdict(detector.config),
+    "meta": dict(meta or {}),
+    **({"logit_shift": detector.logit_shift} if detector.logit_shift else {}),
+  }
   files.write_text(os.path.join(folder, CONFIG_FILE), json.dumps(record, indent=2))
 
 
 def load(folder: str | os.PathLike) -> SpeckDetector:
   """The detector `save` wrote into `folder`; ValueError when its parameters do not fit."""
   with open(os.path.join(folder, CONFIG_FILE)) as f:
-    config = json.load(f)["config"]
+    record = json.load(f)
+  config = record["config"]
   detector = create(DetectorConfig(**config))
   with np.load(os.path.join(folder, PARAMS_FILE)) as stored:
     arrays = dict(stored)
@@ -314,7 +354,8 @@ def load(folder: str | os.PathLike) -> SpeckDetector:
   if sorted(paths) != sorted(arrays):
     raise ValueError(f"{folder}: the saved parameters do not fit {CONFIG_FILE}'s architecture")
   treedef = jax.tree_util.tree_structure(state)
-  return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [arrays[p] for p in paths]))
+  loaded = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [arrays[p] for p in paths]))
+  return calibrated(loaded, record.get("logit_shift", 0.0))
 
 
 def _leaves(state: nnx.State) -> list:
