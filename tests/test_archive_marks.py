@@ -146,7 +146,7 @@ def test_a_marks_centre_and_box_are_the_specks_in_the_original_file(tmp_path):
   assert mark["mark"] == f"{mark['key']}:{mark['cluster_id']}"
 
 
-def test_marks_by_a_trained_detector_record_its_parameters_and_a_retrained_one_refuses(tmp_path):
+def test_marks_by_a_trained_detector_record_its_parameters_and_a_changed_one_refuses(tmp_path):
   at = [(300, 300), (300, 330), (330, 300)]
   flipped_png(tmp_path / "in" / "right.png", at)
   inputs = discovery.find_inputs(str(tmp_path / "in"))
@@ -162,9 +162,11 @@ def test_marks_by_a_trained_detector_record_its_parameters_and_a_retrained_one_r
   settings = json.loads((tmp_path / "out" / output_folder.SETTINGS_FILE).read_text())
   params = (folder / speck_detector.PARAMS_FILE).read_bytes()
   assert settings["mark_detector_sha256"] == hashlib.sha256(params).hexdigest()
-  speck_detector.save(folder, speck_detector.create(TINY))  # retrained in the same folder
-  with pytest.raises(output_folder.OutputFolderError, match="mark_detector_sha256="):
-    archive.score_archive(speck_scorer(), inputs, output, marking=marking(trained))
+  detector = speck_detector.load(folder)
+  for changed in (speck_detector.calibrated(detector, 0.5), speck_detector.create(TINY)):
+    speck_detector.save(folder, changed)  # recalibrated, then retrained, in the same folder
+    with pytest.raises(output_folder.OutputFolderError, match="mark_detector_sha256="):
+      archive.score_archive(speck_scorer(), inputs, output, marking=marking(trained))
 
 
 def score_and_die(folder: str, output: str) -> None:

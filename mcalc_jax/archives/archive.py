@@ -530,8 +530,11 @@ def _classifier_settings(classifier: marks.ClusterClassifier) -> dict[str, objec
 
 
 def _detector_sha256(folder: str) -> str:
-  """The speck detector's parameters' hash: what its marks depend on."""
-  return _sha256(pathlib.Path(folder, speck_detector.PARAMS_FILE).read_bytes())
+  """The hash of the speck detector's parameters, and of its logit shift where it has one: what
+  its marks depend on."""
+  params = pathlib.Path(folder, speck_detector.PARAMS_FILE).read_bytes()
+  shift = speck_detector.load_shift(folder)
+  return _sha256(params + (repr(shift).encode() if shift else b""))
 
 
 def _sha256(text: str | bytes) -> str:

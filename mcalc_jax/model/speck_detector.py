@@ -342,8 +342,7 @@ def save(folder: str | os.PathLike, detector: SpeckDetector, meta: Mapping | Non
 def load(folder: str | os.PathLike) -> SpeckDetector:
   """The detector `save` wrote into `folder`; ValueError when its parameters do not fit."""
   with open(os.path.join(folder, CONFIG_FILE)) as f:
-    record = json.load(f)
-  config = record["config"]
+    config = json.load(f)["config"]
   detector = create(DetectorConfig(**config))
   with np.load(os.path.join(folder, PARAMS_FILE)) as stored:
     arrays = dict(stored)
@@ -355,7 +354,13 @@ def load(folder: str | os.PathLike) -> SpeckDetector:
     raise ValueError(f"{folder}: the saved parameters do not fit {CONFIG_FILE}'s architecture")
   treedef = jax.tree_util.tree_structure(state)
   loaded = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [arrays[p] for p in paths]))
-  return calibrated(loaded, record.get("logit_shift", 0.0))
+  return calibrated(loaded, load_shift(folder))
+
+
+def load_shift(folder: str | os.PathLike) -> float:
+  """The logit shift of the detector saved in `folder` (0: not calibrated)."""
+  with open(os.path.join(folder, CONFIG_FILE)) as f:
+    return float(json.load(f).get("logit_shift", 0.0))
 
 
 def _leaves(state: nnx.State) -> list:
