@@ -92,7 +92,7 @@ def test_a_cohorts_marks_are_classified_out_of_fold_and_the_classifier_is_saved(
     }
     for i in (0, 2, 4)
   ]
-  setting = marking.Marking(features=("max_peak", marks.TILE_FEATURE))
+  setting = marking.Marking(features=("max_peak", "tile_probability"))
   result = marking.mark_folds(tmp_path, assignment, setting, images, inputs, seed=0, resamples=20)
 
   assert result["counts"]["clusters"] == 6 and result["counts"]["marks_per_image"] == 2
@@ -210,6 +210,11 @@ def test_each_detector_is_calibrated_on_its_validation_patients_images_without_c
     (tmp_path / "run" / marking.DETECTOR_DIR / speck_detector.CONFIG_FILE).read_text()
   )
   assert saved["meta"]["calibration"]["images"] == 3  # the one for new images: everyone's
+  raw = speck_detector.calibrated(final, 0.0)  # what the raw map left above the threshold
+  values = np.concatenate(
+    [specks.network_speck_map(raw, d.mammogram).values for (d,) in normals.values()]
+  )
+  assert saved["meta"]["uncalibrated_fraction"] == np.mean(values[values > 0] > threshold)
   assert saved["logit_shift"] == final.logit_shift != 0
 
   def fail(*_):

@@ -13,7 +13,7 @@ by a cluster classifier that never saw its patient, judged by mark-level FROC.
 
 Fold k's classifier is fitted on the marks of its training patients, Platt-scaled on its
 validation patients' and applied to its test patients'. The tile path's probability under a mark
-(`marks.TILE_FEATURE`) comes from the out-of-fold tile grids (after the fold's reranker when the
+(`marks.TILE_FEATURES`) comes from the out-of-fold tile grids (after the fold's reranker when the
 CV reranks), so a training mark's tile feature is as unseen as a test mark's; the per-fold
 rerankers were fitted on every other fold, so fold k's test labels reach its training marks'
 tile feature at one remove (stacking's usual approximation). Its settings are the config's
@@ -39,6 +39,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from input_pipeline import speck_labels
 from input_pipeline.mammogram import Mammogram
@@ -326,6 +327,12 @@ def _calibrated(
     values = [network_speck_map(raw, source.read()[0]).values for source in sources]
     values = np.concatenate([v[v > 0] for v in values])
     shift = speck_detector.logit_shift(values, wanted["fraction"], wanted["threshold"])
+    # what the raw map left above the threshold: how far apart detectors trained apart are
+    meta["uncalibrated_fraction"] = float(np.mean(values > wanted["threshold"]))
+    logging.info("%s: %.2e of the breast above %g, logit shifted by %+.3f", folder,
+                 meta["uncalibrated_fraction"], wanted["threshold"], shift)  # fmt: skip
+  else:
+    meta.pop("uncalibrated_fraction", None)
   detector = speck_detector.calibrated(detector, shift)
   speck_detector.save(folder, detector, {**meta, "calibration": wanted})
   return detector

@@ -40,9 +40,6 @@ from mcalc_jax.whole_image.specks import (
 from mcalc_jax.whole_image.tiling import ImageScores
 
 HIT_DISTANCE_MM = 5.0  # how near a point annotation (no radius) a mark's centre must lie
-# The tile path's Task 1 probability where the mark is (`with_tiles`): what the tile network (or
-# its reranker) saw around the cluster, beside what the specks alone say.
-TILE_FEATURE = "tile_probability"
 # What a mark is among its image's marks (`with_context`): a mark in an image full of marks, or
 # fainter than the image's strongest, is less likely a cluster.
 CONTEXT_FEATURES: dict[
@@ -51,7 +48,14 @@ CONTEXT_FEATURES: dict[
   "marks_in_image": lambda mark, image: float(len(image)),
   "below_image_top": lambda mark, image: max(m["mean_value"] for m in image) - mark["mean_value"],
 }
-FEATURES = (*clusters.FEATURES, *CONTEXT_FEATURES, TILE_FEATURE)
+# What the tile path says (`with_tiles`, from the image's tile grids): its Task 1 probability
+# where the mark is (what the tile network, or its reranker, saw around the cluster, beside what
+# the specks alone say), and the image's highest (how suspicious the tile path finds the image).
+TILE_FEATURES: dict[str, Callable[[ImageScores, float, float], float]] = {
+  "tile_probability": lambda scores, row, col: tile_probability(scores, row, col),
+  "image_tile_top": lambda scores, row, col: image_tile_top(scores),
+}
+FEATURES = (*clusters.FEATURES, *CONTEXT_FEATURES, *TILE_FEATURES)
 DEFAULT_FEATURES = tuple(clusters.FEATURES)  # what a speck map alone gives
 
 
@@ -189,8 +193,8 @@ class ClusterClassifier:
 
   @property
   def needs_tiles(self) -> bool:
-    """Whether its features include the tile path's probability (`with_tiles`)."""
-    return TILE_FEATURE in self.model.features
+    """Whether its features include the tile path's (`with_tiles`)."""
+    return any(name in TILE_FEATURES for name in self.model.features)
 
   def probabilities(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
     """float64 [n]: P(a true cluster) of each mark's `features`."""
@@ -276,7 +280,7 @@ def mark_mammogram(
   mammogram: Mammogram, key: str, classifier: ClusterClassifier, scores: ImageScores | None = None
 ) -> list[Mark]:
   """The classified marks of one mammogram (`read_mammogram`'s), made by the classifier's rules;
-  `scores`, the image's tile grids, are needed when the classifier uses `TILE_FEATURE`."""
+  `scores`, the image's tile grids, are needed when the classifier uses `TILE_FEATURES`."""
   found = mark_image(
     speck_map_of(mammogram, classifier),
     key,
@@ -332,11 +336,17 @@ def with_context(marks: Sequence[Mark]) -> list[Mark]:
   ]
 
 
+def image_tile_top(scores: ImageScores) -> float:
+  """The image's highest Task 1 tile probability; 0 where no tile was scored."""
+  return 0.0 if scores.tiles_scored == 0 else float(np.nanmax(scores.task1))
+
+
 def with_tiles(marks: Sequence[Mark], scores: ImageScores) -> list[Mark]:
-  """`marks` with their `TILE_FEATURE`: the tile path's probability under each mark's centre."""
+  """`marks` with their `TILE_FEATURES`, from the image's tile grids `scores`."""
   return [
     dataclasses.replace(
-      m, features={**m.features, TILE_FEATURE: tile_probability(scores, m.row, m.col)}
+      m,
+      features={**m.features, **{k: f(scores, m.row, m.col) for k, f in TILE_FEATURES.items()}},
     )
     for m in marks
   ]
