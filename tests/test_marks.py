@@ -12,6 +12,7 @@ from input_pipeline.importers import import_mias
 from input_pipeline.mammogram import Mammogram, Orientation, read_mammogram, spacing_options
 from mcalc_jax.base import calibration
 from mcalc_jax.whole_image import clusters, froc, marks, reranking, specks
+from tests.test_froc import grid_image
 
 SPECK_MM = 0.4  # side of a hand-built speck
 
@@ -81,6 +82,18 @@ def test_each_mark_knows_how_many_marks_its_image_holds_and_how_far_below_the_to
   assert first.features["marks_in_image"] == second.features["marks_in_image"] == 2
   assert first.features["below_image_top"] == 0.0
   assert second.features["below_image_top"] == pytest.approx(5.0)
+
+
+def test_each_mark_knows_the_tile_probability_under_it_and_the_images_hottest_tile():
+  hot, cool = [(5, 5), (5, 8), (8, 5)], [(5, 35), (5, 38), (8, 35)]  # mm: one per tile
+  found = marks.mark_image(speck_map(hot + cool, 0.2), "k")
+  scores = grid_image([[0.9, 0.3, np.nan]], stride=150)  # 100-px tiles every 150 px
+  first, second = marks.with_tiles(found, scores)  # (the map's pixels are the image's)
+  assert first.features["tile_probability"] == pytest.approx(0.9)
+  assert second.features["tile_probability"] == pytest.approx(0.3)
+  assert first.features["image_tile_top"] == second.features["image_tile_top"] == pytest.approx(0.9)
+  unscored = grid_image([[np.nan]])
+  assert marks.with_tiles(found, unscored)[0].features["image_tile_top"] == 0.0
 
 
 def test_a_marks_centre_and_box_map_back_to_the_original_pixels_of_a_flipped_image():
