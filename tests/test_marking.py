@@ -143,6 +143,8 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   config.marks.detector_members = 3
   ensemble = marking.Marking.from_config(config)
   assert ensemble.detector.members == 3 and ensemble.cache != retrained.cache
+  config.marks.classifier_c = 0.1
+  assert marking.Marking.from_config(config).classifier_c == 0.1
   config.marks.detector_speck_fraction = 1e-3
   shifted = marking.Marking.from_config(config)
   assert shifted.detector_speck_fraction == 1e-3 and shifted.cache != ensemble.cache

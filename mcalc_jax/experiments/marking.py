@@ -76,6 +76,9 @@ class Marking:
   # Each detector's logits shifted so that this share of the breast lies above the threshold on
   # validation images without calcifications (`speck_detector.logit_shift`); 0: not shifted.
   detector_speck_fraction: float = 0.0
+  # The cluster classifier's inverse L2 strength (class-balanced logistic regression): 0.1
+  # against 1.0, 14.4 against 13.8 of MIAS's 18 clusters at 1 false mark (docs/results.md).
+  classifier_c: float = 0.1
 
   def __post_init__(self):
     marks.check_features(self.features)
@@ -100,6 +103,7 @@ class Marking:
       group.get("detector_negatives", cls.detector_negatives),
       speck_detector.DetectorConfig(members=group.get("detector_members", 1)),
       group.get("detector_speck_fraction", 0.0),
+      group.get("classifier_c", 1.0),  # what a config saved before the key was fitted with
     )
 
   @property
@@ -388,7 +392,11 @@ def _fitted(
   marking: Marking, train: Sequence[marks.MarkedImage], validation: Sequence[marks.MarkedImage]
 ) -> marks.ClusterClassifier:
   classifier = marks.fit_classifier(
-    train, validation, marking.features, hit_distance_mm=marking.hit_distance_mm
+    train,
+    validation,
+    marking.features,
+    c=marking.classifier_c,
+    hit_distance_mm=marking.hit_distance_mm,
   )
   return dataclasses.replace(
     classifier, speck_rule=marking.speck_rule, cluster_rule=marking.cluster_rule
