@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # its tile features, "stacked" with the network's logit as one more; comma-separated features.
   config.whole_image.rerank = "classical"
   config.whole_image.rerank_features = ",".join(reranking.DEFAULT_FEATURES)
+  config.whole_image.rerank_c = 1.0  # the tile reranker's inverse L2 strength
   # > 0: each evaluation once more with every image read against the other breast's
   # (mcalc_jax.whole_image.bilateral); 0: not.
   config.whole_image.bilateral_weight = bilateral.DEFAULT_WEIGHT

@@ -48,6 +48,7 @@ class WholeImagePass:
   overlays: bool = False
   rerank: str = "classical"  # "" none, "classical" tile features, "stacked" and the network's logit
   rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
+  rerank_c: float = 1.0  # the reranker's inverse L2 strength
   bilateral_weight: float = bilateral.DEFAULT_WEIGHT  # 0: no bilateral reading
   marks: marking.Marking | None = None  # None: no CAD marks
 
@@ -69,6 +70,7 @@ class WholeImagePass:
       overlays=group.overlays,
       rerank=group.rerank,
       rerank_features=tuple(filter(None, group.rerank_features.split(","))),
+      rerank_c=group.get("rerank_c", cls.rerank_c),
       bilateral_weight=group.bilateral_weight,
       marks=marking.Marking.from_config(config),
     )
@@ -142,10 +144,11 @@ def rerank_folds(
     names = (*names, reranking.NETWORK_FEATURE)
   features = reranking.image_features(images, inputs, names)
   fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
-  reranked, models = reranking.refit_folds(images, features, fold_of, names)
+  reranked, models = reranking.refit_folds(images, features, fold_of, names, whole.rerank_c)
   for k, model in models.items():
     reranking.save(workdir / f"fold_{k}" / RERANKER_FILE, model)
-  reranking.save(workdir / RERANKER_FILE, reranking.fit_images(images, features, names))
+  final = reranking.fit_images(images, features, names, whole.rerank_c)
+  reranking.save(workdir / RERANKER_FILE, final)
   title = f"tile reranker ({whole.rerank}), refitted per fold"
   out = workdir / "eval" / "froc_reranked"
   result = _evaluated(reranked, out, whole, seed, resamples, title)

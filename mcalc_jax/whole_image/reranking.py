@@ -289,12 +289,16 @@ def rerank_image(pixels: np.ndarray, scores: ImageScores, model: TileReranker) -
 
 
 def fit_images(
-  images: Sequence[froc.ScoredImage], features: Mapping[str, np.ndarray], names: Sequence[str]
+  images: Sequence[froc.ScoredImage],
+  features: Mapping[str, np.ndarray],
+  names: Sequence[str],
+  c: float = 1.0,
 ) -> TileReranker:
-  """A reranker fitted on every scored tile of `images` (`features`: their `tile_features`)."""
+  """A reranker fitted (inverse L2 strength `c`) on every scored tile of `images` (`features`:
+  their `tile_features`)."""
   x = np.concatenate([features[im.key][~np.isnan(im.scores.task1)] for im in images])
   y = np.concatenate([tile_labels(im)[~np.isnan(im.scores.task1)] for im in images])
-  return fit(x, y, names, field_of_view_mm=images[0].scores.geometry.field_of_view_mm)
+  return fit(x, y, names, c, field_of_view_mm=images[0].scores.geometry.field_of_view_mm)
 
 
 def refit_folds(
@@ -302,6 +306,7 @@ def refit_folds(
   features: Mapping[str, np.ndarray],
   fold_of: Mapping[str, int],
   names: Sequence[str],
+  c: float = 1.0,
 ) -> tuple[list[froc.ScoredImage], dict[int, TileReranker]]:
   """Per fold, a reranker fitted on the tiles of the other folds' patients' images and applied to
   the fold's own: every image reranked once, by a model fitted without its patient.
@@ -310,7 +315,7 @@ def refit_folds(
   fold = {im.key: fold_of[im.patient_id] for im in images}
   models, out = {}, {}
   for k in sorted(set(fold.values())):
-    models[k] = fit_images([im for im in images if fold[im.key] != k], features, names)
+    models[k] = fit_images([im for im in images if fold[im.key] != k], features, names, c)
     for im in images:
       if fold[im.key] == k:
         out[im.key] = dataclasses.replace(
