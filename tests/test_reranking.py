@@ -41,6 +41,9 @@ def test_the_logistic_regression_is_scikit_learns_balanced_one_and_survives_json
   z = StandardScaler().fit_transform(x)
   reference = LogisticRegression(class_weight="balanced").fit(z, y).decision_function(z)
   np.testing.assert_allclose(model.logits(x), reference, atol=5e-3)  # solvers stop at a tolerance
+  shrunk = reranking.fit(x, y, reranking.DEFAULT_FEATURES[:3], c=0.1)  # stronger L2, as C=0.1
+  reference = LogisticRegression(C=0.1, class_weight="balanced").fit(z, y).decision_function(z)
+  np.testing.assert_allclose(shrunk.logits(x), reference, atol=5e-3)
   again = reranking.TileReranker.from_json(model.to_json())
   np.testing.assert_array_equal(again.logits(x), model.logits(x))
 
