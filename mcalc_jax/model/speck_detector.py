@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from scipy import special
 
 from input_pipeline import speck_labels
 from mcalc_jax.base import files
@@ -302,11 +303,7 @@ def logit_shift(values: np.ndarray, fraction: float, threshold: float) -> float:
   if not 0 < threshold < 1:
     raise ValueError(f"a detector's threshold is a probability, not {threshold}")
   quantile = np.clip(float(np.quantile(values, 1 - fraction)), _P_FLOOR, 1 - _P_FLOOR)
-  return float(_logit(threshold) - _logit(quantile))
-
-
-def _logit(p: float) -> float:
-  return float(np.log(p) - np.log1p(-p))
+  return float(special.logit(threshold) - special.logit(quantile))
 
 
 def calibrated(detector: SpeckDetector, shift: float) -> SpeckDetector:
@@ -342,7 +339,8 @@ def save(folder: str | os.PathLike, detector: SpeckDetector, meta: Mapping | Non
 def load(folder: str | os.PathLike) -> SpeckDetector:
   """The detector `save` wrote into `folder`; ValueError when its parameters do not fit."""
   with open(os.path.join(folder, CONFIG_FILE)) as f:
-    config = json.load(f)["config"]
+    record = json.load(f)
+  config = record["config"]
   detector = create(DetectorConfig(**config))
   with np.load(os.path.join(folder, PARAMS_FILE)) as stored:
     arrays = dict(stored)
@@ -354,13 +352,17 @@ def load(folder: str | os.PathLike) -> SpeckDetector:
     raise ValueError(f"{folder}: the saved parameters do not fit {CONFIG_FILE}'s architecture")
   treedef = jax.tree_util.tree_structure(state)
   loaded = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, [arrays[p] for p in paths]))
-  return calibrated(loaded, load_shift(folder))
+  return calibrated(loaded, _shift(record))
 
 
 def load_shift(folder: str | os.PathLike) -> float:
   """The logit shift of the detector saved in `folder` (0: not calibrated)."""
   with open(os.path.join(folder, CONFIG_FILE)) as f:
-    return float(json.load(f).get("logit_shift", 0.0))
+    return _shift(json.load(f))
+
+
+def _shift(record: Mapping) -> float:
+  return float(record.get("logit_shift", 0.0))
 
 
 def _leaves(state: nnx.State) -> list:
