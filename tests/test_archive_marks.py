@@ -271,6 +271,7 @@ def test_mcalc_froc_writes_the_marks_froc_with_the_hand_checked_hits(mias, tmp_p
     "froc.csv",
     "froc.json",
     "froc.png",
+    "images.csv",
   ]
   evaluation = json.loads((folder / "froc.json").read_text())
   rows = rows_of(root / "scores" / "marks.csv")
@@ -286,7 +287,8 @@ def test_mcalc_froc_writes_the_marks_froc_with_the_hand_checked_hits(mias, tmp_p
   )
   assert evaluation["counts"]["false_positive_regions"] == len(rows) - 2
   assert evaluation["counts"]["images"] == 4 and evaluation["hit_rule"] == marks.HIT_RULE
-  assert all(c["patient_id"].startswith("patient-") for c in evaluation["clusters"])
+  pseudonyms = [row["patient_id"] for row in evaluation["clusters"] + evaluation["images"]]
+  assert all(p.startswith("patient-") for p in pseudonyms)
   printed = json.loads(result.stdout)
   assert printed["marks"]["metrics"] == evaluation["metrics"] and "metrics" in printed
 

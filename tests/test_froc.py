@@ -11,6 +11,7 @@ import pytest
 
 from input_pipeline.manifest import Finding
 from mcalc_jax.archives import scored
+from mcalc_jax.base import metrics
 from mcalc_jax.whole_image import froc
 from mcalc_jax.whole_image.tiling import ImageScores, TileGeometry
 
@@ -98,6 +99,20 @@ def test_evaluation_writes_json_csv_and_plot_with_bootstrap_intervals(two_images
   assert {"low", "high"} <= set(saved["ci"]["sensitivity_at_1_fp"])
   assert (tmp_path / "clusters.csv").read_text().splitlines()[1].startswith("a,P1,found,")
   assert (tmp_path / "froc.png").stat().st_size > 0
+
+
+def test_images_csv_holds_the_scores_the_image_auc_ranks(two_images, tmp_path):
+  evaluation = froc.evaluate(two_images, resamples=5)
+  scored.write_froc(tmp_path, evaluation)
+  with open(tmp_path / "images.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["image"], r["patient_id"], r["clusters"]) for r in rows] == [
+    ("a", "P1", "2"),
+    ("b", "P2", "0"),
+  ]
+  positive = np.array([int(r["clusters"]) > 0 for r in rows], int)
+  auc = metrics.roc_auc(positive, [float(r["score"]) for r in rows])
+  assert auc == evaluation["metrics"]["image_auc"]
 
 
 def test_only_trusted_calcification_findings_are_clusters():

@@ -6,8 +6,9 @@ maths is `mcalc_jax.whole_image.froc`), and `write_froc` writes an evaluation as
   froc.json     the evaluation (`froc.evaluate`), JSON-safe
   froc.csv      the curve: threshold, sensitivity, false positives per image
   clusters.csv  one row per annotated cluster: where it was found and its rank
+  images.csv    one row per image: its clusters and its score (the image AUC's), for ROC tools
   froc.png      the curve with the registry's operating points
-and, where `mcalc-score --mark_classifier` left a marks.csv, the same four files of the CAD marks'
+and, where `mcalc-score --mark_classifier` left a marks.csv, the same five files of the CAD marks'
 FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ inside them.
 Every CSV is written by the csv module (an id with a comma or a newline stays one cell), and no
 output carries the manifest's patient ids unless asked (`keep_identifiers`): each patient is
@@ -39,6 +40,7 @@ from mcalc_jax.base import csvlog, files, plots
 from mcalc_jax.whole_image import froc, heatmaps, marks, reranking, tiling
 
 CLUSTER_COLUMNS = ("image", "patient_id", "finding_id", "label", "found_at_score", "rank")
+IMAGE_COLUMNS = ("image", "patient_id", "clusters", "score")
 MARKS_FILE = "marks.csv"  # what `mcalc-score --mark_classifier` writes (marks.CSV_COLUMNS)
 MARKS_FOLDER = "froc_marks"  # the marks' FROC, inside the tiles' FROC folder
 
@@ -48,7 +50,8 @@ class ScoredFolderError(UserError):
 
 
 def write_froc(out_dir: str | os.PathLike, evaluation: dict, title: str = "") -> None:
-  """froc.json, froc.csv (the curve), clusters.csv and froc.png into `out_dir`."""
+  """froc.json, froc.csv (the curve), clusters.csv, images.csv (each image's score) and
+  froc.png into `out_dir`."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   text = json.dumps(_finite(evaluation), indent=2, allow_nan=False)
@@ -58,6 +61,8 @@ def write_froc(out_dir: str | os.PathLike, evaluation: dict, title: str = "") ->
   _write_csv(os.path.join(out_dir, "froc.csv"), ("threshold", "sensitivity", "fp_per_image"), rows)
   clusters = ([c[k] for k in CLUSTER_COLUMNS] for c in evaluation["clusters"])
   _write_csv(os.path.join(out_dir, "clusters.csv"), CLUSTER_COLUMNS, clusters)
+  images = ([im[k] for k in IMAGE_COLUMNS] for im in evaluation["images"])
+  _write_csv(os.path.join(out_dir, "images.csv"), IMAGE_COLUMNS, images)
   found = evaluation["metrics"]
   counts = evaluation["counts"]
   plots.plot_froc(
@@ -172,8 +177,10 @@ def pseudonymised(evaluation: dict, manifest_path: str | os.PathLike) -> dict:
     digest = hashlib.blake2b(patient_id.encode(), key=salt, digest_size=8).hexdigest()
     return f"patient-{digest}"
 
-  clusters = [c | {"patient_id": pseudonym(c["patient_id"])} for c in evaluation["clusters"]]
-  return evaluation | {"clusters": clusters}
+  return evaluation | {
+    part: [row | {"patient_id": pseudonym(row["patient_id"])} for row in evaluation[part]]
+    for part in ("clusters", "images")
+  }
 
 
 def evaluate_scored_folder(
@@ -191,7 +198,7 @@ def evaluate_scored_folder(
   (`froc.against_other_breast`). Where the folder holds a marks.csv, its CAD marks too, each
   image alone (`marks.evaluate_marks`; every mark counts, the reported ones and the rest).
 
-  Writes froc.json, froc.csv, clusters.csv and froc.png into `output` (default SCORES_DIR/froc),
+  Writes froc.json, froc.csv, clusters.csv, images.csv and froc.png into `output` (default SCORES_DIR/froc),
   and the marks' into OUTPUT/froc_marks, patients keyed by a salted hash (`pseudonymised`)
   unless `keep_identifiers`; returns what it wrote, the marks' under "marks".
   """

@@ -338,6 +338,16 @@ def evaluate_results(
       for r in results
       for c, s, rank in zip(r.clusters, r.cluster_scores, r.cluster_ranks, strict=True)
     ],
+    # each image's score (its hottest detection), what the image AUC ranks: for ROC tools
+    "images": [
+      {
+        "image": r.key,
+        "patient_id": r.patient_id,
+        "clusters": len(r.clusters),
+        "score": r.max_score,
+      }
+      for r in results
+    ],
   }
 
 
