@@ -45,7 +45,7 @@ def rows_of(path: pathlib.Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def test_odd_entries_each_give_one_error_row_and_the_batch_goes_on(tmp_path, monkeypatch):
+def test_odd_entries_each_give_one_error_row_and_the_batch_goes_on(tmp_path, monkeypatch, caplog):
   root = tmp_path / "archive"
   good = [good_png(root / "a.png", 0), good_png(root / "z" / "b.png", 1)]
   os.mkfifo(root / "fifo.dcm")
@@ -76,6 +76,7 @@ def test_odd_entries_each_give_one_error_row_and_the_batch_goes_on(tmp_path, mon
   assert "(a FIFO)" in reasons["fifo.dcm"] and "(a FIFO)" in reasons["pipe"]
   assert "symbolic links" in reasons["loop"] and "no such file" in reasons["gone"]
   assert "neither DICOM" in reasons["caf\\udce9.png"]
+  assert "caf\\udce9.png" in caplog.text.encode().decode()  # the log stays UTF-8 too
   assert "the folder cannot be listed (Permission denied)" in reasons["locked"]
   assert [i.relative_path for i in discovery.find_inputs(str(good[1]))] == ["b.png"]
 

@@ -274,7 +274,7 @@ class _Outputs:
       reason = error.reason if isinstance(error, MammogramError) else reason
       reason = reason.replace(item.path, "<image>").replace(item.relative_path, "<image>")
     self.errors.append([item.key, *self._identity(item), type(error).__name__, reason])
-    logging.warning("%s (%s) failed: %s", item.key, type(error).__name__, reason)
+    logging.warning("%s (%s) failed: %s", item.key, type(error).__name__, files.printable(reason))
     self._progress.update()
 
   def _identity(self, item: InputLike) -> list[str]:

@@ -40,7 +40,7 @@ class CsvLog:
     csv.writer(text, lineterminator="\n").writerow(
       [str(v).replace("\n", " ").replace("\r", " ") for v in row]
     )
-    line = text.getvalue().encode(errors="backslashreplace")  # a non-UTF-8 file name stays text
+    line = files.printable(text.getvalue()).encode()
     with files.named(self._path):
       while line:  # one write in practice; a short write (disk nearly full) continues the line
         line = line[os.write(self._fd, line) :]

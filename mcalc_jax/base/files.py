@@ -18,6 +18,12 @@ from typing import IO
 _SUFFIX = ".tmp"
 
 
+def printable(text: str) -> str:
+  """`text` with the undecodable bytes of a file name (surrogate escapes) written as backslash
+  escapes: a log or CSV line that names such a file stays valid UTF-8."""
+  return text.encode(errors="backslashreplace").decode()
+
+
 def temporary_path(path: str | os.PathLike) -> str:
   """The hidden file this process writes `path` to before the rename (left only by a kill)."""
   head, tail = os.path.split(os.fspath(path))
