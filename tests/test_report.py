@@ -165,6 +165,11 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
   counts = {**summary["whole_image"]["counts"], "marks_per_image": 2.9}
   summary["whole_image"]["marks"] = {**reranked, "counts": counts}
   summary["whole_image"]["marks"]["bilateral"] = {**reranked["bilateral"], "counts": counts}
+  summary["whole_image"]["image_reading"] = {
+    "counts": summary["whole_image"]["counts"],
+    "metrics": {"image_auc": 0.97},
+    "ci": {"image_auc": {"low": 0.9, "high": 1.0}},
+  }
   pathlib.Path("runs/t1_alexnet/cv_summary.json").write_text(json.dumps(summary))
   text = report.markdown_report([report.load_evaluation(r) for r in runs])
   assert "## Whole images, out of fold" in text
@@ -180,14 +185,16 @@ def test_localised_cross_validations_add_a_whole_image_table(runs):
   )
   assert f"{bilateral} | 0.50" in text and "| 0.95 (0.25–1.00) |" in text
   rows = [line for line in text.splitlines() if line.startswith("| runs/t1_alexnet | 1 | Top-hat")]
-  assert [row.split(" | ")[2] for row in rows][-5:] == [
+  assert [row.split(" | ")[2] for row in rows][-6:] == [
     "Top-hat floor",
     "Top-hat floor + tile reranker (classical)",
     "Top-hat floor + tile reranker (classical) + other breast (0.5)",
     "Top-hat floor + CAD marks",
     "Top-hat floor + CAD marks + other breast (0.5)",
+    "Top-hat floor + marks and tiles read together",
   ]
-  assert rows[-2].endswith("16 patients, 2.9 marks per image |")
+  assert rows[-3].endswith("16 patients, 2.9 marks per image |")
+  assert "| n/a | 0.97 (0.90–1.00) | n/a |" in rows[-1]  # an image AUC, no FROC of its own
 
 
 def test_a_whole_image_metric_added_to_the_froc_registry_reaches_the_report(runs, monkeypatch):

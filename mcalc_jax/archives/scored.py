@@ -61,8 +61,7 @@ def write_froc(out_dir: str | os.PathLike, evaluation: dict, title: str = "") ->
   _write_csv(os.path.join(out_dir, "froc.csv"), ("threshold", "sensitivity", "fp_per_image"), rows)
   clusters = ([c[k] for k in CLUSTER_COLUMNS] for c in evaluation["clusters"])
   _write_csv(os.path.join(out_dir, "clusters.csv"), CLUSTER_COLUMNS, clusters)
-  images = ([im[k] for k in IMAGE_COLUMNS] for im in evaluation["images"])
-  _write_csv(os.path.join(out_dir, "images.csv"), IMAGE_COLUMNS, images)
+  _write_images(out_dir, evaluation)
   found = evaluation["metrics"]
   counts = evaluation["counts"]
   plots.plot_froc(
@@ -91,6 +90,26 @@ def write_bilateral(
   title = f"{title}, against the other breast (weight {weight:g})"
   write_froc(out_dir.with_name(out_dir.name + "_bilateral"), evaluation, title=title)
   return {"weight": weight, **summary(evaluation)}
+
+
+def read_images(folder: str | os.PathLike) -> list[dict[str, str]]:
+  """The images.csv rows of an evaluation folder `write_froc` wrote."""
+  with open(os.path.join(folder, "images.csv"), newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def write_image_reading(out_dir: str | os.PathLike, evaluation: dict) -> None:
+  """An image reading (`image_reading.evaluate`) as image_reading.json and images.csv."""
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  text = json.dumps(_finite(evaluation), indent=2, allow_nan=False)
+  files.write_text(os.path.join(out_dir, "image_reading.json"), text)
+  _write_images(out_dir, evaluation)
+
+
+def _write_images(out_dir: str, evaluation: dict) -> None:
+  rows = ([im[k] for k in IMAGE_COLUMNS] for im in evaluation["images"])
+  _write_csv(os.path.join(out_dir, "images.csv"), IMAGE_COLUMNS, rows)
 
 
 def _write_csv(path: str, header: Sequence[str], rows) -> None:

@@ -10,6 +10,7 @@ breast; each is evaluated pooled (`mcalc_jax.whole_image.froc`).
   WORKDIR/eval/froc_reranked/            ... after the tile reranker
   WORKDIR/eval/froc*_bilateral/          ... each image read against the other breast's
   WORKDIR/eval/froc_marks/, marks/       CAD marks, classified out of fold (`marking`)
+  WORKDIR/eval/image_reading/            each image read by its marks and tiles together
 
 Its settings are the config's `whole_image` and `marks` groups (configs/default.py).
 """
@@ -30,7 +31,7 @@ from mcalc_jax.archives import archive, discovery, scored
 from mcalc_jax.base import calibration
 from mcalc_jax.experiments import marking
 from mcalc_jax.model import inference
-from mcalc_jax.whole_image import bilateral, froc, heatmaps, reranking, scoring
+from mcalc_jax.whole_image import bilateral, froc, heatmaps, image_reading, reranking, scoring
 from mcalc_jax.whole_image.tiling import ImageScores
 
 IMAGES_DIR = "images"
@@ -122,7 +123,25 @@ def localize_folds(
     result["marks"] = marking.mark_folds(
       workdir, assignment, whole.marks, images, by_key, seed, resamples, whole.bilateral_weight
     )
+    if "skipped" not in result["marks"]:
+      result["image_reading"] = read_together(workdir / "eval", whole, seed, resamples)
   return result
+
+
+def read_together(
+  eval_dir: pathlib.Path, whole: WholeImagePass, seed: int, resamples: int
+) -> dict[str, Any]:
+  """Each image read by its marks and its tiles together (`image_reading`), the tiles as the
+  pass's last reading left them (reranked, against the other breast), into EVAL/image_reading."""
+  tiles = "froc" + "_reranked" * bool(whole.rerank) + "_bilateral" * bool(whole.bilateral_weight)
+  evaluation = image_reading.evaluate(
+    scored.read_images(eval_dir / tiles),
+    scored.read_images(eval_dir / "froc_marks"),
+    resamples=resamples,
+    seed=seed,
+  )
+  scored.write_image_reading(eval_dir / "image_reading", evaluation)
+  return {"tiles": tiles, **{k: evaluation[k] for k in ("reading", "counts", "metrics", "ci")}}
 
 
 def rerank_folds(

@@ -201,7 +201,8 @@ def _fold_spread_section(evaluations: Sequence[dict], digits: int) -> list[str]:
 def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[str]]:
   """One row per cross-validation whose folds scored their test patients' whole images, one more
   for its tile reranker where it has one, after each its bilateral reading where there is one,
-  and its CAD marks (mark FROC: false marks per image) where it made them."""
+  its CAD marks (mark FROC: false marks per image) where it made them, and the image AUC of the
+  marks and tiles read together (`image_reading`)."""
   rows = []
   for evaluation in sorted(evaluations, key=_sort_key):
     whole = evaluation.get("cv", {}).get("whole_image")
@@ -213,6 +214,8 @@ def whole_image_rows(evaluations: Sequence[dict], digits: int = 2) -> list[list[
       named.append((f"{network} + tile reranker ({whole['reranked']['mode']})", whole["reranked"]))
     if "metrics" in whole.get("marks", {}):
       named.append((f"{network} + CAD marks", whole["marks"]))
+    if "image_reading" in whole:  # an image AUC only: no detections of its own
+      named.append((f"{network} + marks and tiles read together", whole["image_reading"]))
     for name, result in named:
       rows.append(_whole_image_row(evaluation, result, name, digits))
       if "bilateral" in result:
@@ -265,7 +268,8 @@ def _whole_image_section(evaluations: Sequence[dict], digits: int) -> list[str]:
     "(mcalc_jax.whole_image.froc): cluster sensitivity at mean false-positive regions per image, image and breast AUC from the",
     "maximum tile score, each cluster's rank among its image's tiles (1: the hottest); 95% patient",
     "bootstrap CIs in parentheses. A CAD marks row (mcalc_jax.experiments.marking) counts false",
-    "marks per image, takes the AUC from the top mark and the rank among the image's marks.",
+    "marks per image, takes the AUC from the top mark and the rank among the image's marks; the",
+    "marks and tiles read together give an image AUC only (mcalc_jax.whole_image.image_reading).",
     "",
     markdown_table(columns, rows),
   ]
