@@ -24,11 +24,11 @@ from PIL import Image
 from input_pipeline import manifest
 from input_pipeline.importers import import_mias
 from input_pipeline.mammogram import read_mammogram, spacing_options
-from mcalc_jax.archives import archive, dicom_results, discovery, domain, output_folder
+from mcalc_jax.archives import archive, dicom_results, discovery, domain, output_folder, scored
 from mcalc_jax.base import csvlog, parallel
 from mcalc_jax.configs import default
 from mcalc_jax.model import speck_detector
-from mcalc_jax.whole_image import froc, marks, reranking, specks
+from mcalc_jax.whole_image import froc, image_reading, marks, reranking, specks
 from tests.conftest import shared_dataset
 from tests.test_dicom_results import CLUSTER, IDENTITY, right_breast  # noqa: F401 (a fixture)
 from tests.test_score_cli import checkpoint, rows_of, speck_scorer  # noqa: F401
@@ -291,6 +291,15 @@ def test_mcalc_froc_writes_the_marks_froc_with_the_hand_checked_hits(mias, tmp_p
   assert all(p.startswith("patient-") for p in pseudonyms)
   printed = json.loads(result.stdout)
   assert printed["marks"]["metrics"] == evaluation["metrics"] and "metrics" in printed
+  # the marks and the tiles read together: each image's two scores, summed as logits
+  together = scored.read_images(tmp_path / scored.READING_FOLDER)
+  tile_rows, mark_rows = scored.read_images(tmp_path), scored.read_images(folder)
+  assert [row["image"] for row in together] == [row["image"] for row in tile_rows]
+  assert [float(row["score"]) for row in together] == pytest.approx(
+    [row["score"] for row in image_reading.combined(tile_rows, mark_rows)]
+  )
+  assert all(row["patient_id"].startswith("patient-") for row in together)
+  assert printed["image_reading"]["metrics"]["image_auc"] is not None
 
 
 def test_in_domain_says_what_the_image_and_the_run_record(openrem_dir, cbis_dir):

@@ -9,7 +9,8 @@ maths is `mcalc_jax.whole_image.froc`), and `write_froc` writes an evaluation as
   images.csv    one row per image: its clusters and its score (the image AUC's), for ROC tools
   froc.png      the curve with the registry's operating points
 and, where `mcalc-score --mark_classifier` left a marks.csv, the same five files of the CAD marks'
-FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ inside them.
+FROC (`mcalc_jax.whole_image.marks.evaluate_marks`) in froc_marks/ inside them, and the marks
+and tiles read together (`mcalc_jax.whole_image.image_reading`) in image_reading/.
 Every CSV is written by the csv module (an id with a comma or a newline stays one cell), and no
 output carries the manifest's patient ids unless asked (`keep_identifiers`): each patient is
 keyed by a salted hash. A folder's grids are checked as they are read (a damaged npz names its
@@ -37,12 +38,13 @@ from input_pipeline.errors import UserError
 from input_pipeline.mammogram import Mammogram
 from mcalc_jax.archives import discovery
 from mcalc_jax.base import csvlog, files, plots
-from mcalc_jax.whole_image import froc, heatmaps, marks, reranking, tiling
+from mcalc_jax.whole_image import froc, heatmaps, image_reading, marks, reranking, tiling
 
 CLUSTER_COLUMNS = ("image", "patient_id", "finding_id", "label", "found_at_score", "rank")
 IMAGE_COLUMNS = ("image", "patient_id", "clusters", "score")
 MARKS_FILE = "marks.csv"  # what `mcalc-score --mark_classifier` writes (marks.CSV_COLUMNS)
 MARKS_FOLDER = "froc_marks"  # the marks' FROC, inside the tiles' FROC folder
+READING_FOLDER = "image_reading"  # the marks and tiles read together (`image_reading`), beside it
 
 
 class ScoredFolderError(UserError):
@@ -218,14 +220,17 @@ def evaluate_scored_folder(
   image alone (`marks.evaluate_marks`; every mark counts, the reported ones and the rest).
 
   Writes froc.json, froc.csv, clusters.csv, images.csv and froc.png into `output` (default SCORES_DIR/froc),
-  and the marks' into OUTPUT/froc_marks, patients keyed by a salted hash (`pseudonymised`)
-  unless `keep_identifiers`; returns what it wrote, the marks' under "marks".
+  the marks' into OUTPUT/froc_marks and both read together (`image_reading`) into
+  OUTPUT/image_reading, patients keyed by a salted hash (`pseudonymised`) unless
+  `keep_identifiers`; returns what it wrote, the marks' under "marks", the reading's under
+  "image_reading".
   """
   output = os.fspath(output or os.path.join(scores_dir, "froc"))
   with_marks = os.path.exists(os.path.join(scores_dir, MARKS_FILE))
-  for folder in (output, os.path.join(output, MARKS_FOLDER)) if with_marks else (output,):
+  inside = (MARKS_FOLDER, READING_FOLDER) if with_marks else ()
+  for folder in (output, *(os.path.join(output, name) for name in inside)):
     os.makedirs(folder, exist_ok=True)
-    files.check_writable(os.path.join(folder, "froc.json"))  # before the bootstrap, not after
+    files.check_writable(os.path.join(folder, "images.csv"))  # before the bootstrap, not after
   images, _ = read_scored_folder(scores_dir, manifest_path)
   compared = froc.against_other_breast(images, bilateral_weight) if bilateral_weight else images
   evaluation = froc.evaluate(compared, resamples=resamples, seed=seed)
@@ -237,6 +242,11 @@ def evaluate_scored_folder(
     title = f"CAD marks: {found['counts']['clusters']} clusters, {len(marked)} images"
     folder = os.path.join(output, MARKS_FOLDER)
     evaluation["marks"] = _written(folder, found, manifest_path, keep_identifiers, title)
+    read = image_reading.evaluate(
+      evaluation["images"], evaluation["marks"]["images"], resamples=resamples, seed=seed
+    )
+    write_image_reading(os.path.join(output, READING_FOLDER), read)
+    evaluation["image_reading"] = read
   return evaluation
 
 

@@ -10,7 +10,9 @@ against the same view of the other breast (`mcalc_jax.whole_image.bilateral`; th
 laterality and view columns pair them). The outputs key patients by a salted hash of the
 manifest's patient_id unless --keep_identifiers (`mcalc_jax.archives.scored.pseudonymised`).
 Where mcalc-score --mark_classifier left a marks.csv, the CAD marks' FROC too, in
-OUTPUT/froc_marks (`mcalc_jax.archives.scored.evaluate_scored_folder`; each image alone).
+OUTPUT/froc_marks (`mcalc_jax.archives.scored.evaluate_scored_folder`; each image alone), and the
+image AUC of the marks and tiles read together in OUTPUT/image_reading
+(`mcalc_jax.whole_image.image_reading`).
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def main(argv: list[str]) -> None:
 
 
 def _summary(evaluation: dict) -> dict:
-  """The counts and metrics of the tiles' FROC and, where there are marks, of the marks'."""
+  """The counts and metrics of the tiles' FROC and, where there are marks, of the marks' and of
+  both read together."""
   summary = {"counts": evaluation["counts"], "metrics": evaluation["metrics"]}
-  if "marks" in evaluation:
-    summary["marks"] = _summary(evaluation["marks"])
+  for part in ("marks", "image_reading"):
+    if part in evaluation:
+      summary[part] = _summary(evaluation[part])
   return summary
 
 
