@@ -133,6 +133,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.marks.hit_distance_mm = marks.HIT_DISTANCE_MM  # to a point annotation without a radius
   config.marks.false_marks_per_image = 0.5  # the operating point, chosen out of fold
   config.marks.classifier_c = 0.1  # the cluster classifier's inverse L2 strength (docs/results.md)
+  # The tile grids the marks' tile features read: "reranked" (mcalc-score --reranker's) or
+  # "network" (the network's own: score new images without --reranker then).
+  config.marks.tiles = "reranked"
   # Inserted cohorts' folders, comma-separated (input_pipeline.insertion, clusters in the
   # cohorts' own images): specks from a detector trained per fold on its training patients'
   # inserted specks and on every image of a patient outside the CV (mcalc_jax.model.speck_detector)

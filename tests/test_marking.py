@@ -126,6 +126,8 @@ def test_marks_are_skipped_with_a_reason_when_a_fold_has_nothing_to_learn_from(t
 def test_an_unknown_feature_is_refused():
   with pytest.raises(reranking.RerankerError, match="unknown cluster features"):
     marking.Marking(features=("specks", "colour"))
+  with pytest.raises(ValueError, match="marks' tiles must be one of"):
+    marking.Marking(tiles="calibrated")
 
 
 def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
@@ -145,6 +147,8 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   assert ensemble.detector.members == 3 and ensemble.cache != retrained.cache
   config.marks.classifier_c = 0.1
   assert marking.Marking.from_config(config).classifier_c == 0.1
+  config.marks.tiles = "network"  # tile features from the network's grids, not the reranker's
+  assert marking.Marking.from_config(config).tiles == "network"
   config.marks.detector_speck_fraction = 1e-3
   shifted = marking.Marking.from_config(config)
   assert shifted.detector_speck_fraction == 1e-3 and shifted.cache != ensemble.cache

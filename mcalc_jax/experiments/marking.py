@@ -57,6 +57,7 @@ from mcalc_jax.whole_image.specks import (
 MARKS_DIR = "marks"
 DETECTOR_DIR = "speck_detector"
 CLASSIFIER_FILE = "mark_classifier.json"
+TILE_GRIDS = ("reranked", "network")  # the grids a mark's tile features may come from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +80,14 @@ class Marking:
   # The cluster classifier's inverse L2 strength (class-balanced logistic regression): 0.1
   # against 1.0, 14.4 against 13.8 of MIAS's 18 clusters at 1 false mark (docs/results.md).
   classifier_c: float = 0.1
+  # Which tile grids give the marks their tile features: "reranked" (after the tile reranker,
+  # as `mcalc-score --reranker` writes them) or "network" (the network's own, no reranker).
+  tiles: str = "reranked"
 
   def __post_init__(self):
     marks.check_features(self.features)
+    if self.tiles not in TILE_GRIDS:
+      raise ValueError(f"marks' tiles must be one of {TILE_GRIDS}, not {self.tiles!r}")
     if not self.false_marks_per_image > 0:
       raise ValueError(f"false_marks_per_image must be > 0, not {self.false_marks_per_image}")
 
@@ -104,6 +110,7 @@ class Marking:
       speck_detector.DetectorConfig(members=group.get("detector_members", 1)),
       group.get("detector_speck_fraction", 0.0),
       group.get("classifier_c", 1.0),  # what a config saved before the key was fitted with
+      group.get("tiles", cls.tiles),
     )
 
   @property
