@@ -33,6 +33,21 @@ def test_tile_features_count_the_specks_of_each_tile():
   np.testing.assert_allclose(features[0, 0, 4:7], [0.2, 0.5, 0.3 + 3 * 0.2 / 400])
 
 
+def test_relative_specks_read_film_and_its_four_times_brighter_twin_alike():
+  """Fine structure four times as bright (FFDM against film) changes the absolute speck counts,
+  not the relative ones: specks are counted against the image's own top-hat level."""
+  rng = np.random.default_rng(0)
+  film = 0.3 + 0.005 * rng.standard_normal((40, 40))  # grain
+  for row, col in [(5, 5), (12, 14), (30, 8), (25, 30)]:
+    film[row, col] += 0.01  # specks below 0.02 of the range on film
+  brighter = 0.3 + 4 * (film - 0.3)
+  names = ("specks_0.02", "relative_specks_1", "relative_specks_2", "relative_tophat_max")
+  one, four = (reranking.tile_features(p, scores_of(p, 20), names) for p in (film, brighter))
+  assert (four[..., 0] > one[..., 0]).any()  # above 0.02 of the range: more on the brighter
+  np.testing.assert_allclose(four[..., 1:], one[..., 1:], rtol=1e-6)
+  assert "relative_specks_1" not in reranking.DEFAULT_FEATURES  # measured, not the default
+
+
 def test_the_logistic_regression_is_scikit_learns_balanced_one_and_survives_json():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(300, 3))

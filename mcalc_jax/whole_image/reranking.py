@@ -46,16 +46,31 @@ class Readable(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class TileView:
-  """One tile: its pixels and white top-hat (both as fractions of the intensity range)."""
+  """One tile: its pixels and white top-hat (both as fractions of the intensity range), and its
+  image's fine-structure level (`LEVEL_QUANTILE` of the top-hat over the scored tiles)."""
 
   pixels: np.ndarray
   tophat: np.ndarray
   pixel_spacing_mm: float
+  level: float = 1.0
+
+
+# The top-hat quantile over an image's scored tiles that the relative features divide by: film
+# and FFDM differ four-fold in how bright their fine structure is (docs/realism.md), so a speck
+# "above 0.03 of the range" is rare on film and everywhere on FFDM; above a multiple of the
+# image's own level it means the same on both.
+LEVEL_QUANTILE = 0.99
+_LEVEL_FLOOR = 1e-3  # a flat image's level: its relative features stay finite
 
 
 def _specks(threshold: float) -> Callable[[TileView], float]:
   """log(1 + connected top-hat specks above `threshold` of the range): clusters have several."""
   return lambda t: float(np.log1p(ndimage.label(t.tophat > threshold)[1]))
+
+
+def _relative_specks(multiple: float) -> Callable[[TileView], float]:
+  """log(1 + connected top-hat specks above `multiple` times the image's level)."""
+  return lambda t: float(np.log1p(ndimage.label(t.tophat > multiple * t.level)[1]))
 
 
 def _largest_speck_mm2(t: TileView) -> float:
@@ -114,8 +129,13 @@ FEATURES: dict[str, Callable[[TileView], float]] = {
   "speck_line": _speck_line,
   "bright_fraction": lambda t: float(np.mean(t.pixels >= 0.95)),
   "straight_edge": _straight_edge,
+  "relative_specks_1": _relative_specks(1.0),
+  "relative_specks_2": _relative_specks(2.0),
+  "relative_specks_3": _relative_specks(3.0),
+  "relative_tophat_max": lambda t: float(t.tophat.max() / t.level),
 }
-DEFAULT_FEATURES = tuple(FEATURES)  # all of them: each shape one helped in both MIAS CVs
+# The absolute ones: each shape one helped in both MIAS CVs (the relative ones: docs/results.md)
+DEFAULT_FEATURES = tuple(name for name in FEATURES if not name.startswith("relative_"))
 
 
 def check_features(names: Sequence[str]) -> None:
@@ -142,13 +162,23 @@ def tile_features(
   tophat = white_tophat(pixels, spacing)
   logits = calibration.logit(grid)
   size = geometry.patch_size
+  scored = list(zip(*np.nonzero(~np.isnan(grid)), strict=True))
+  rows, cols = geometry.tile_rows, geometry.tile_cols
+  windows = [np.s_[rows[i] : rows[i] + size, cols[j] : cols[j] + size] for i, j in scored]
+  level = fine_structure_level([tophat[w] for w in windows])
   out = np.full((*grid.shape, len(names)), np.nan)
-  for i, j in zip(*np.nonzero(~np.isnan(grid)), strict=True):
-    top, left = geometry.tile_rows[i], geometry.tile_cols[j]
-    window = np.s_[top : top + size, left : left + size]
-    view = TileView(pixels[window], tophat[window], spacing)
+  for (i, j), window in zip(scored, windows, strict=True):
+    view = TileView(pixels[window], tophat[window], spacing, level)
     out[i, j] = [logits[i, j] if n == NETWORK_FEATURE else FEATURES[n](view) for n in names]
   return out
+
+
+def fine_structure_level(tophats: Sequence[np.ndarray]) -> float:
+  """`LEVEL_QUANTILE` of the scored tiles' top-hat (at least `_LEVEL_FLOOR`)."""
+  if not tophats:
+    return 1.0
+  values = np.concatenate([np.ravel(t) for t in tophats])
+  return max(float(np.quantile(values, LEVEL_QUANTILE)), _LEVEL_FLOOR)
 
 
 def image_features(
