@@ -206,8 +206,10 @@ def _print_summary(
     print(f"  {f'heatmaps, {result.label} ({count} images)':32s} {result.heatmaps}")
     print(f"  {'  FROC, cluster ranks':32s} {os.path.join(result.heatmaps, 'froc')}")
     if "marks" in result.found:
+      froc_dir = os.path.join(result.heatmaps, "froc")
+      print(f"  {'  marks.csv, mark FROC':32s} {os.path.join(froc_dir, scored.MARKS_FOLDER)}")
       print(
-        f"  {'  marks.csv, mark FROC':32s} {os.path.join(result.heatmaps, 'froc', 'froc_marks')}"
+        f"  {'  marks and tiles read together':32s} {os.path.join(froc_dir, scored.READING_FOLDER)}"
       )
 
 
