@@ -41,7 +41,14 @@ def test_relative_specks_read_film_and_its_four_times_brighter_twin_alike():
   for row, col in [(5, 5), (12, 14), (30, 8), (25, 30)]:
     film[row, col] += 0.01  # specks below 0.02 of the range on film
   brighter = 0.3 + 4 * (film - 0.3)
-  names = ("specks_0.02", "relative_specks_1", "relative_specks_2", "relative_tophat_max")
+  names = (
+    "specks_0.02",
+    "relative_specks_1",
+    "relative_specks_2",
+    "relative_tophat_max",
+    "relative_largest_speck_mm2",
+    "relative_speck_line",
+  )
   one, four = (reranking.tile_features(p, scores_of(p, 20), names) for p in (film, brighter))
   assert (four[..., 0] > one[..., 0]).any()  # above 0.02 of the range: more on the brighter
   np.testing.assert_allclose(four[..., 1:], one[..., 1:], rtol=1e-6)

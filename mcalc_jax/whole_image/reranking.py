@@ -73,23 +73,37 @@ def _relative_specks(multiple: float) -> Callable[[TileView], float]:
   return lambda t: float(np.log1p(ndimage.label(t.tophat > multiple * t.level)[1]))
 
 
-def _largest_speck_mm2(t: TileView) -> float:
-  """log(1 + area of the largest top-hat speck above 0.03, mm^2): labels, vessels and large
-  benign calcifications are bigger than a microcalcification."""
-  labels, n = ndimage.label(t.tophat > 0.03)
-  area = np.bincount(labels.ravel())[1:].max() if n else 0
-  return float(np.log1p(area * max(t.pixel_spacing_mm, 0.0) ** 2))
+def _largest_speck_mm2(relative: bool) -> Callable[[TileView], float]:
+  """log(1 + area of the largest top-hat speck above 0.03, or above twice the image's level
+  when `relative`, mm^2): labels, vessels and large benign calcifications are bigger than a
+  microcalcification."""
+
+  def feature(t: TileView) -> float:
+    labels, n = ndimage.label(t.tophat > _speck_threshold(t, relative))
+    area = np.bincount(labels.ravel())[1:].max() if n else 0
+    return float(np.log1p(area * max(t.pixel_spacing_mm, 0.0) ** 2))
+
+  return feature
 
 
-def _speck_line(t: TileView) -> float:
-  """How collinear the specks above 0.03 lie (1 - minor / major spread of their centres; 0 below
-  three specks): vascular calcifications line up, clusters do not."""
-  labels, n = ndimage.label(t.tophat > 0.03)
-  if n < 3:
-    return 0.0
-  return linearity(
-    np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, range(1, n + 1)))
-  )
+def _speck_line(relative: bool) -> Callable[[TileView], float]:
+  """How collinear the specks above 0.03 (twice the image's level when `relative`) lie (1 -
+  minor / major spread of their centres; 0 below three specks): vascular calcifications line
+  up, clusters do not."""
+
+  def feature(t: TileView) -> float:
+    labels, n = ndimage.label(t.tophat > _speck_threshold(t, relative))
+    if n < 3:
+      return 0.0
+    return linearity(
+      np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, range(1, n + 1)))
+    )
+
+  return feature
+
+
+def _speck_threshold(t: TileView, relative: bool) -> float:
+  return 2.0 * t.level if relative else 0.03
 
 
 def linearity(points: np.ndarray) -> float:
@@ -125,14 +139,16 @@ FEATURES: dict[str, Callable[[TileView], float]] = {
   "tophat_max": lambda t: float(t.tophat.max()),
   "tile_max": lambda t: float(t.pixels.max()),
   "tile_mean": lambda t: float(t.pixels.mean()),
-  "largest_speck_mm2": _largest_speck_mm2,
-  "speck_line": _speck_line,
+  "largest_speck_mm2": _largest_speck_mm2(relative=False),
+  "speck_line": _speck_line(relative=False),
   "bright_fraction": lambda t: float(np.mean(t.pixels >= 0.95)),
   "straight_edge": _straight_edge,
   "relative_specks_1": _relative_specks(1.0),
   "relative_specks_2": _relative_specks(2.0),
   "relative_specks_3": _relative_specks(3.0),
   "relative_tophat_max": lambda t: float(t.tophat.max() / t.level),
+  "relative_largest_speck_mm2": _largest_speck_mm2(relative=True),
+  "relative_speck_line": _speck_line(relative=True),
 }
 # The absolute ones: each shape one helped in both MIAS CVs (the relative ones: docs/results.md)
 DEFAULT_FEATURES = tuple(name for name in FEATURES if not name.startswith("relative_"))
