@@ -56,8 +56,7 @@ def write_froc(out_dir: str | os.PathLike, evaluation: dict, title: str = "") ->
   froc.png into `out_dir`."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  text = json.dumps(_finite(evaluation), indent=2, allow_nan=False)
-  files.write_text(os.path.join(out_dir, "froc.json"), text)
+  _write_json(os.path.join(out_dir, "froc.json"), evaluation)
   curve = evaluation["curve"]
   rows = zip(curve["threshold"], curve["sensitivity"], curve["fp_per_image"], strict=True)
   _write_csv(os.path.join(out_dir, "froc.csv"), ("threshold", "sensitivity", "fp_per_image"), rows)
@@ -104,9 +103,12 @@ def write_image_reading(out_dir: str | os.PathLike, evaluation: dict) -> None:
   """An image reading (`image_reading.evaluate`) as image_reading.json and images.csv."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  text = json.dumps(_finite(evaluation), indent=2, allow_nan=False)
-  files.write_text(os.path.join(out_dir, "image_reading.json"), text)
+  _write_json(os.path.join(out_dir, "image_reading.json"), evaluation)
   _write_images(out_dir, evaluation)
+
+
+def _write_json(path: str, evaluation: dict) -> None:
+  files.write_text(path, json.dumps(_finite(evaluation), indent=2, allow_nan=False))
 
 
 def _write_images(out_dir: str, evaluation: dict) -> None:

@@ -115,13 +115,13 @@ def localize_folds(
   images = froc.scored_images(whole.findings, keys, grids)
   result = _evaluated(images, workdir / "eval" / "froc", whole, seed, resamples)
   by_key = {item.key: item for item in inputs}
-  grids = {"network": images}
+  read_by = {"network": images}  # the scored images by the tile reading that gave their grids
   if whole.rerank:
-    result["reranked"], grids["reranked"] = rerank_folds(
+    result["reranked"], read_by["reranked"] = rerank_folds(
       workdir, assignment, whole, images, by_key, seed, resamples
     )
   if whole.marks:  # on the grids `mcalc-score` writes (one image alone: no other breast)
-    tiled = grids.get(whole.marks.tiles, images)  # (no reranker: the network's are all there are)
+    tiled = read_by.get(whole.marks.tiles, images)  # (no reranker: the network's are all there are)
     result["marks"] = marking.mark_folds(
       workdir, assignment, whole.marks, tiled, by_key, seed, resamples, whole.bilateral_weight
     )

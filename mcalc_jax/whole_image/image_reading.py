@@ -32,7 +32,7 @@ def combined(tiles: Sequence[Mapping], marks: Sequence[Mapping]) -> list[dict]:
   `READING`."""
   top_mark = {row["image"]: float(row["score"]) for row in marks}
   return [
-    {**row, "score": float(_logit(float(row["score"])) + _logit(top_mark[row["image"]]))}
+    {**row, "score": _logit(float(row["score"])) + _logit(top_mark[row["image"]])}
     for row in tiles
     if row["image"] in top_mark
   ]

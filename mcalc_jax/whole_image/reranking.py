@@ -47,7 +47,8 @@ class Readable(Protocol):
 @dataclasses.dataclass(frozen=True)
 class TileView:
   """One tile: its pixels and white top-hat (both as fractions of the intensity range), and its
-  image's fine-structure level (`LEVEL_QUANTILE` of the top-hat over the scored tiles)."""
+  image's fine-structure level (`LEVEL_QUANTILE` of the top-hat over the scored tiles; 1.0 where
+  no `RELATIVE_FEATURES` are read)."""
 
   pixels: np.ndarray
   tophat: np.ndarray
@@ -63,36 +64,41 @@ LEVEL_QUANTILE = 0.99
 _LEVEL_FLOOR = 1e-3  # a flat image's level: its relative features stay finite
 
 
-def _specks(threshold: float) -> Callable[[TileView], float]:
-  """log(1 + connected top-hat specks above `threshold` of the range): clusters have several."""
-  return lambda t: float(np.log1p(ndimage.label(t.tophat > threshold)[1]))
+Threshold = Callable[[TileView], float]  # a tile's speck threshold, a fraction of the range
 
 
-def _relative_specks(multiple: float) -> Callable[[TileView], float]:
-  """log(1 + connected top-hat specks above `multiple` times the image's level)."""
-  return lambda t: float(np.log1p(ndimage.label(t.tophat > multiple * t.level)[1]))
+def _absolute(threshold: float) -> Threshold:
+  return lambda t: threshold
 
 
-def _largest_speck_mm2(relative: bool) -> Callable[[TileView], float]:
-  """log(1 + area of the largest top-hat speck above 0.03, or above twice the image's level
-  when `relative`, mm^2): labels, vessels and large benign calcifications are bigger than a
-  microcalcification."""
+def _relative(multiple: float) -> Threshold:
+  """`multiple` times the tile's image's fine-structure level (`TileView.level`)."""
+  return lambda t: multiple * t.level
+
+
+def _specks(above: Threshold) -> Callable[[TileView], float]:
+  """log(1 + connected top-hat specks above the threshold): clusters have several."""
+  return lambda t: float(np.log1p(ndimage.label(t.tophat > above(t))[1]))
+
+
+def _largest_speck_mm2(above: Threshold) -> Callable[[TileView], float]:
+  """log(1 + area of the largest top-hat speck above the threshold, mm^2): labels, vessels and
+  large benign calcifications are bigger than a microcalcification."""
 
   def feature(t: TileView) -> float:
-    labels, n = ndimage.label(t.tophat > _speck_threshold(t, relative))
+    labels, n = ndimage.label(t.tophat > above(t))
     area = np.bincount(labels.ravel())[1:].max() if n else 0
     return float(np.log1p(area * max(t.pixel_spacing_mm, 0.0) ** 2))
 
   return feature
 
 
-def _speck_line(relative: bool) -> Callable[[TileView], float]:
-  """How collinear the specks above 0.03 (twice the image's level when `relative`) lie (1 -
-  minor / major spread of their centres; 0 below three specks): vascular calcifications line
-  up, clusters do not."""
+def _speck_line(above: Threshold) -> Callable[[TileView], float]:
+  """How collinear the specks above the threshold lie (1 - minor / major spread of their
+  centres; 0 below three specks): vascular calcifications line up, clusters do not."""
 
   def feature(t: TileView) -> float:
-    labels, n = ndimage.label(t.tophat > _speck_threshold(t, relative))
+    labels, n = ndimage.label(t.tophat > above(t))
     if n < 3:
       return 0.0
     return linearity(
@@ -100,10 +106,6 @@ def _speck_line(relative: bool) -> Callable[[TileView], float]:
     )
 
   return feature
-
-
-def _speck_threshold(t: TileView, relative: bool) -> float:
-  return 2.0 * t.level if relative else 0.03
 
 
 def linearity(points: np.ndarray) -> float:
@@ -132,26 +134,28 @@ def _straight_edge(t: TileView) -> float:
 
 # Every tile feature a reranker may use, by name (the registry a config's `features` picks from).
 FEATURES: dict[str, Callable[[TileView], float]] = {
-  "specks_0.02": _specks(0.02),
-  "specks_0.03": _specks(0.03),
-  "specks_0.04": _specks(0.04),
-  "specks_0.06": _specks(0.06),
+  "specks_0.02": _specks(_absolute(0.02)),
+  "specks_0.03": _specks(_absolute(0.03)),
+  "specks_0.04": _specks(_absolute(0.04)),
+  "specks_0.06": _specks(_absolute(0.06)),
   "tophat_max": lambda t: float(t.tophat.max()),
   "tile_max": lambda t: float(t.pixels.max()),
   "tile_mean": lambda t: float(t.pixels.mean()),
-  "largest_speck_mm2": _largest_speck_mm2(relative=False),
-  "speck_line": _speck_line(relative=False),
+  "largest_speck_mm2": _largest_speck_mm2(_absolute(0.03)),
+  "speck_line": _speck_line(_absolute(0.03)),
   "bright_fraction": lambda t: float(np.mean(t.pixels >= 0.95)),
   "straight_edge": _straight_edge,
-  "relative_specks_1": _relative_specks(1.0),
-  "relative_specks_2": _relative_specks(2.0),
-  "relative_specks_3": _relative_specks(3.0),
+  "relative_specks_1": _specks(_relative(1.0)),
+  "relative_specks_2": _specks(_relative(2.0)),
+  "relative_specks_3": _specks(_relative(3.0)),
   "relative_tophat_max": lambda t: float(t.tophat.max() / t.level),
-  "relative_largest_speck_mm2": _largest_speck_mm2(relative=True),
-  "relative_speck_line": _speck_line(relative=True),
+  "relative_largest_speck_mm2": _largest_speck_mm2(_relative(2.0)),
+  "relative_speck_line": _speck_line(_relative(2.0)),
 }
-# The absolute ones: each shape one helped in both MIAS CVs (the relative ones: docs/results.md)
-DEFAULT_FEATURES = tuple(name for name in FEATURES if not name.startswith("relative_"))
+# The ones that read the image's fine-structure level (docs/results.md: not the default).
+RELATIVE_FEATURES = tuple(name for name in FEATURES if name.startswith("relative_"))
+# The absolute ones: each shape one helped in both MIAS CVs.
+DEFAULT_FEATURES = tuple(name for name in FEATURES if name not in RELATIVE_FEATURES)
 
 
 def check_features(names: Sequence[str]) -> None:
@@ -181,7 +185,8 @@ def tile_features(
   scored = list(zip(*np.nonzero(~np.isnan(grid)), strict=True))
   rows, cols = geometry.tile_rows, geometry.tile_cols
   windows = [np.s_[rows[i] : rows[i] + size, cols[j] : cols[j] + size] for i, j in scored]
-  level = fine_structure_level([tophat[w] for w in windows])
+  relative = any(name in RELATIVE_FEATURES for name in names)  # else the level is not read
+  level = fine_structure_level([tophat[w] for w in windows]) if relative else 1.0
   out = np.full((*grid.shape, len(names)), np.nan)
   for (i, j), window in zip(scored, windows, strict=True):
     view = TileView(pixels[window], tophat[window], spacing, level)
