@@ -118,6 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.whole_image.rerank = "classical"
   config.whole_image.rerank_features = ",".join(reranking.DEFAULT_FEATURES)
   config.whole_image.rerank_c = 1.0  # the tile reranker's inverse L2 strength
+  # Inserted cohorts of digital (FFDM) backgrounds, comma-separated (input_pipeline.insertion):
+  # WORKDIR/reranker_digital.json, the reranker for digital archives, fitted on them; "": none.
+  config.whole_image.digital_cohort = ""
   # > 0: each evaluation once more with every image read against the other breast's
   # (mcalc_jax.whole_image.bilateral); 0: not.
   config.whole_image.bilateral_weight = bilateral.DEFAULT_WEIGHT

@@ -19,9 +19,9 @@ from input_pipeline.manifest import read_manifest, write_manifest
 from mcalc_jax.archives import discovery
 from mcalc_jax.base import csvlog
 from mcalc_jax.configs import data, default
-from mcalc_jax.experiments import cv, folds, localization
+from mcalc_jax.experiments import cv, folds, localization, marking
 from mcalc_jax.reports import report
-from mcalc_jax.whole_image import bilateral, reranking
+from mcalc_jax.whole_image import bilateral, marks, reranking
 from tests.test_tfds_builder import NUM_PATIENTS, build, write_cohort
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -172,6 +172,9 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   cv.cross_validate(config, tmp_path / "run", FOLDS, seed=0)
   config.whole_image.update(source="manifest", location=str(tmp_path / "manifest.csv"))
   config.whole_image.batch_size = 16
+  # a reranker for digital archives, fitted on a cohort of clusters (this one, standing in for
+  # insertions into real FFDM)
+  config.whole_image.digital_cohort = str(tmp_path)
   config.cv.update(mining_rounds=1, mining_per_image=1)
   # the same run given whole images and a round of mining goes on from its folds
   summary = cv.cross_validate(config, tmp_path / "run", FOLDS, seed=0)
@@ -208,6 +211,16 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
     assert (tmp_path / "run" / "eval" / name / "froc.json").exists()
   for i in range(FOLDS):
     reranking.load(tmp_path / "run" / f"fold_{i}" / localization.RERANKER_FILE)
+  digital = reranking.load(tmp_path / "run" / localization.DIGITAL_RERANKER_FILE)
+  assert digital.features == reranking.DEFAULT_FEATURES
+  # its inserted clusters found out of background image (each image by one fitted on the others')
+  assert reranked["digital"]["counts"]["images"] == 2 * NUM_PATIENTS  # scored by fold 0's model
+  assert reranked["digital"]["counts"]["clusters"] == NUM_PATIENTS
+  digital_marks = summary["whole_image"]["marks"]["digital"]
+  if "skipped" not in digital_marks:
+    marks.load(tmp_path / "run" / marking.DIGITAL_CLASSIFIER_FILE)
+    assert digital_marks["counts"]["clusters"] == NUM_PATIENTS
+  assert len(list((tmp_path / "run" / localization.DIGITAL_DIR).rglob("*.npz"))) == 2 * NUM_PATIENTS
   recorded = json.loads((tmp_path / "run" / "config.json").read_text())
   assert recorded["whole_image"]["source"] == "manifest" and recorded["cv"]["mining_rounds"] == 1
   assert cv.rerun(tmp_path / "run") == summary  # from the folder alone

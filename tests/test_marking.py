@@ -114,6 +114,26 @@ def test_a_cohorts_marks_are_classified_out_of_fold_and_the_classifier_is_saved(
   assert (tmp_path / "eval" / "froc_marks_bilateral" / "froc.json").exists()
 
 
+def test_a_digital_cohort_gives_its_own_classifier_chosen_out_of_background(tmp_path):
+  """Clusters inserted into a few real FFDM backgrounds: each background's marks are classified
+  by a classifier fitted on the other backgrounds', and the one saved for digital archives
+  takes the operating point those out-of-background marks give."""
+  images, inputs = cohort(4)  # (here drawn: four backgrounds, one insertion each)
+  setting = marking.Marking(features=("max_peak", "tile_probability"))
+  result = marking.mark_digital(tmp_path, setting, images, inputs, seed=0, resamples=20)
+
+  assert result["counts"]["clusters"] == 4
+  assert result["metrics"]["sensitivity_at_0.5_fp"] == 1.0  # every true mark above every false
+  saved = marks.load(tmp_path / marking.DIGITAL_CLASSIFIER_FILE)
+  assert saved.operating_point.threshold == pytest.approx(result["operating_point"]["threshold"])
+  assert list((tmp_path / marking.DIGITAL_DIR / marking.MARKS_DIR).rglob("i0.json"))  # cached
+  assert (tmp_path / marking.DIGITAL_DIR / "froc_marks" / "froc.json").exists()
+  # a background whose removal leaves nothing to learn from says so
+  alone = [images[0], *(dataclasses.replace(im, clusters=()) for im in images[1:])]
+  skipped = marking.mark_digital(tmp_path / "b", setting, alone, inputs, seed=0, resamples=20)
+  assert "no cluster classifier can be fitted" in skipped["skipped"]
+
+
 def test_marks_are_skipped_with_a_reason_when_a_fold_has_nothing_to_learn_from(tmp_path):
   images, inputs = cohort(4)
   images = [dataclasses.replace(im, clusters=()) for im in images]  # no cluster annotated

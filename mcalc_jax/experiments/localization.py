@@ -5,6 +5,10 @@ breast; each is evaluated pooled (`mcalc_jax.whole_image.froc`).
   WORKDIR/fold_<i>/images/               the fold's test images scored (mcalc_jax.archives layout)
   WORKDIR/fold_<i>/reranker.json         the fold's tile reranker, fitted on the other folds' images
   WORKDIR/reranker.json                  one fitted on every image (`mcalc-score --reranker`)
+  WORKDIR/reranker_digital.json          with `whole_image.digital_cohort`: one for digital
+                                         mammograms, fitted on clusters inserted into real FFDM
+  WORKDIR/digital/images/                ... those images, scored by fold 0's model
+  WORKDIR/mark_classifier_digital.json   ... and a cluster classifier for digital archives
   WORKDIR/eval/froc/                     the pooled whole-image evaluation: every image localised
                                          once, by the model that never saw its patient
   WORKDIR/eval/froc_reranked/            ... after the tile reranker
@@ -25,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from input_pipeline import sources
+from input_pipeline import manifest, sources
 from input_pipeline.manifest import Finding
 from mcalc_jax.archives import archive, discovery, scored
 from mcalc_jax.base import calibration
@@ -36,6 +40,8 @@ from mcalc_jax.whole_image.tiling import ImageScores
 
 IMAGES_DIR = "images"
 RERANKER_FILE = "reranker.json"
+DIGITAL_RERANKER_FILE = "reranker_digital.json"
+DIGITAL_DIR = marking.DIGITAL_DIR
 RERANK_MODES = ("", "classical", "stacked")
 
 
@@ -52,6 +58,8 @@ class WholeImagePass:
   rerank_c: float = 1.0  # the reranker's inverse L2 strength
   bilateral_weight: float = bilateral.DEFAULT_WEIGHT  # 0: no bilateral reading
   marks: marking.Marking | None = None  # None: no CAD marks
+  # Inserted cohorts of digital (FFDM) backgrounds, comma-separated: a reranker for digital images.
+  digital_cohort: str = ""
 
   def __post_init__(self):
     if self.rerank not in RERANK_MODES:
@@ -74,6 +82,7 @@ class WholeImagePass:
       rerank_c=group.get("rerank_c", cls.rerank_c),
       bilateral_weight=group.bilateral_weight,
       marks=marking.Marking.from_config(config),
+      digital_cohort=group.get("digital_cohort", ""),
     )
 
   def scorer(self, run_dir: pathlib.Path) -> scoring.Scorer:
@@ -120,6 +129,10 @@ def localize_folds(
     result["reranked"], read_by["reranked"] = rerank_folds(
       workdir, assignment, whole, images, by_key, seed, resamples
     )
+    if whole.digital_cohort:
+      result["reranked"]["digital"], *digital = rerank_digital(
+        workdir, whole, run_dirs[0], seed, resamples
+      )
   if whole.marks:  # on the grids `mcalc-score` writes (one image alone: no other breast)
     tiled = read_by.get(whole.marks.tiles, images)  # (no reranker: the network's are all there are)
     result["marks"] = marking.mark_folds(
@@ -127,6 +140,10 @@ def localize_folds(
     )
     if "skipped" not in result["marks"]:
       result["image_reading"] = read_together(workdir / "eval", whole, seed, resamples)
+    if whole.rerank and whole.digital_cohort and whole.marks.tiles == "reranked":
+      result["marks"]["digital"] = marking.mark_digital(
+        workdir, whole.marks, *digital, seed, resamples
+      )
   return result
 
 
@@ -160,9 +177,7 @@ def rerank_folds(
   to WORKDIR/eval/froc_reranked, and the reranked images are returned beside it. Stacked, the training tiles' logits come from the other folds'
   models, as a test tile's comes from its own fold's. WORKDIR/reranker.json, fitted on every
   image, is the one `mcalc-score --reranker` applies to new images."""
-  names = whole.rerank_features
-  if whole.rerank == "stacked":
-    names = (*names, reranking.NETWORK_FEATURE)
+  names = _rerank_names(whole)
   features = reranking.image_features(images, inputs, names)
   fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
   reranked, models = reranking.refit_folds(images, features, fold_of, names, whole.rerank_c)
@@ -174,6 +189,51 @@ def rerank_folds(
   out = workdir / "eval" / "froc_reranked"
   result = _evaluated(reranked, out, whole, seed, resamples, title)
   return {"mode": whole.rerank, "features": list(names), **result}, reranked
+
+
+def rerank_digital(
+  workdir: pathlib.Path, whole: WholeImagePass, run_dir: pathlib.Path, seed: int, resamples: int
+) -> tuple[dict[str, Any], list[froc.ScoredImage], dict[str, discovery.Input]]:
+  """WORKDIR/reranker_digital.json: the pass's reranker fitted on the images of
+  `whole.digital_cohort` (clusters inserted into real FFDM, `input_pipeline.insertion`), scored by
+  `run_dir`'s model into WORKDIR/digital/images (resumable). Film's reranker, fitted on MIAS,
+  reads FFDM's bright fine structure as specks and flags most of the breast (docs/results.md);
+  `mcalc-score --reranker` applies this one to digital archives. Also returned: the cohort's
+  images reranked out of background (each background image's tiles by a reranker fitted on the
+  others': its FROC, of inserted clusters, goes to WORKDIR/digital/froc_reranked) and their inputs."""
+  folders = tuple(filter(None, whole.digital_cohort.split(",")))
+  findings = [f for d in folders for f in manifest.read_manifest(os.path.join(d, "manifest.csv"))]
+  base = os.path.commonpath([os.path.abspath(d) for d in folders])
+  inputs = discovery.inputs_from_findings(findings, base)
+  out = workdir / DIGITAL_DIR / IMAGES_DIR
+  archive.score_archive(whole.scorer(run_dir), inputs, os.fspath(out), overlays=False)
+  grids = {
+    item.key: heatmaps.read_scores(out / f"{item.key}.npz")
+    for item in inputs
+    if (out / f"{item.key}.npz").exists()
+  }
+  images = froc.scored_images(findings, {item.path: item.key for item in inputs}, grids)
+  names = _rerank_names(whole)
+  by_key = {item.key: item for item in inputs}
+  features = reranking.image_features(images, by_key, names)
+  reranking.save(
+    workdir / DIGITAL_RERANKER_FILE,
+    reranking.fit_images(images, features, names, whole.rerank_c),
+  )
+  # (a background's patient id is the same in every cohort inserted into it)
+  background = {p: k for k, p in enumerate(sorted({image.patient_id for image in images}))}
+  reranked, _ = reranking.refit_folds(images, features, background, names, whole.rerank_c)
+  evaluation = froc.evaluate(reranked, resamples=resamples, seed=seed)
+  title = "tile reranker on inserted clusters, out of background image"
+  scored.write_froc(workdir / DIGITAL_DIR / "froc_reranked", evaluation, title=title)
+  summary = {"cohorts": list(folders), **scored.summary(evaluation)}
+  return summary, reranked, by_key
+
+
+def _rerank_names(whole: WholeImagePass) -> tuple[str, ...]:
+  """The reranker's features: the pass's, and stacked the network's logit."""
+  stacked = (reranking.NETWORK_FEATURE,) if whole.rerank == "stacked" else ()
+  return (*whole.rerank_features, *stacked)
 
 
 def _evaluated(

@@ -57,6 +57,8 @@ from mcalc_jax.whole_image.specks import (
 MARKS_DIR = "marks"
 DETECTOR_DIR = "speck_detector"
 CLASSIFIER_FILE = "mark_classifier.json"
+DIGITAL_CLASSIFIER_FILE = "mark_classifier_digital.json"
+DIGITAL_DIR = "digital"
 TILE_GRIDS = ("reranked", "network")  # the grids a mark's tile features may come from
 
 
@@ -209,6 +211,57 @@ def mark_folds(
     )
     summary["bilateral"] = scored.write_bilateral(out_dir, evaluation, bilateral_weight, title)
   return {"features": list(marking.features), **summary}
+
+
+def mark_digital(
+  workdir: pathlib.Path,
+  marking: Marking,
+  images: Sequence[froc.ScoredImage],
+  inputs: Mapping[str, reranking.Readable],
+  seed: int,
+  resamples: int,
+) -> dict[str, Any]:
+  """WORKDIR/mark_classifier_digital.json: a cluster classifier for digital archives, fitted on
+  the marks of `images` (a digital cohort's: clusters inserted into real FFDM, their tiles
+  reranked out of background), with its operating point chosen out of background (each
+  background image's marks classified by one fitted on the others'). On FFDM film's classifier
+  reads other tile probabilities and speck contrasts, and misplaces its threshold
+  (docs/results.md). Its specks come from the detector for new images, which trained on these
+  images' crops (so these false marks are fewer than new FFDM's), or the classical map; the
+  marks are cached in WORKDIR/digital/marks/, their FROC written to WORKDIR/digital/froc_marks."""
+  speck_map = mammogram_speck_map
+  if marking.detector_cohort:
+    speck_map = functools.partial(network_speck_map, speck_detector.load(workdir / DETECTOR_DIR))
+  folder = workdir / DIGITAL_DIR
+  marked = [marked_image(folder, marking, im, inputs[im.key], speck_map) for im in images]
+  out = []
+  for background in sorted({im.patient_id for im in marked}):
+    train = [im for im in marked if im.patient_id != background]
+    labels = np.concatenate([np.zeros(0, bool)] + [marks.labels(im) for im in train])
+    if labels.all() or not labels.any():
+      return {"skipped": f"without {background}, {labels.sum()} marks hit a cluster and "
+              f"{(~labels).sum()} do not: no cluster classifier can be fitted"}  # fmt: skip
+    classifier = _fitted(marking, train, train)
+    out += [
+      dataclasses.replace(im, marks=tuple(marks.classified(im.marks, classifier)))
+      for im in marked
+      if im.patient_id == background
+    ]
+  point = operating_point(out, marking.false_marks_per_image, marking.hit_distance_mm)
+  final = _final(marking, marked, point)
+  if marking.detector_cohort:
+    final = dataclasses.replace(final, detector=DETECTOR_DIR)
+  reranking.save(workdir / DIGITAL_CLASSIFIER_FILE, final)
+  evaluation = marks.evaluate_marks(
+    out, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
+  )
+  title = "marks of inserted clusters, out of background image"
+  scored.write_froc(folder / "froc_marks", evaluation, title=title)
+  at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
+  return {
+    **scored.summary(evaluation),
+    "operating_point": {**dataclasses.asdict(point), **at_point},
+  }
 
 
 def fit_on(
