@@ -118,6 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.whole_image.rerank = "classical"
   config.whole_image.rerank_features = ",".join(reranking.DEFAULT_FEATURES)
   config.whole_image.rerank_c = 1.0  # the tile reranker's inverse L2 strength
+  # The saved rerankers' threshold (reranker.json's): their out-of-fold FROC's at this many false
+  # positives per image (tools/ffdm_check flags tiles from it).
+  config.whole_image.rerank_false_positives = 1.0
   # Inserted cohorts of digital (FFDM) backgrounds, comma-separated (input_pipeline.insertion):
   # WORKDIR/reranker_digital.json, the reranker for digital archives, fitted on them; "": none.
   config.whole_image.digital_cohort = ""

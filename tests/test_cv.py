@@ -211,8 +211,13 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
     assert (tmp_path / "run" / "eval" / name / "froc.json").exists()
   for i in range(FOLDS):
     reranking.load(tmp_path / "run" / f"fold_{i}" / localization.RERANKER_FILE)
+  # each saved reranker carries the threshold of the out-of-fold FROC at 1 FP per image
+  assert reranking.load(tmp_path / "run" / localization.RERANKER_FILE).threshold == pytest.approx(
+    reranked["threshold"]
+  )
   digital = reranking.load(tmp_path / "run" / localization.DIGITAL_RERANKER_FILE)
   assert digital.features == reranking.DEFAULT_FEATURES
+  assert digital.threshold == pytest.approx(reranked["digital"]["threshold"])
   # its inserted clusters found out of background image (each image by one fitted on the others')
   assert reranked["digital"]["counts"]["images"] == 2 * NUM_PATIENTS  # scored by fold 0's model
   assert reranked["digital"]["counts"]["clusters"] == NUM_PATIENTS

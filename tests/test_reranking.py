@@ -68,6 +68,11 @@ def test_the_logistic_regression_is_scikit_learns_balanced_one_and_survives_json
   np.testing.assert_allclose(shrunk.logits(x), reference, atol=5e-3)
   again = reranking.TileReranker.from_json(model.to_json())
   np.testing.assert_array_equal(again.logits(x), model.logits(x))
+  assert again.threshold == 0.5  # mcalc-score's, until one is chosen out of fold
+  chosen = dataclasses.replace(model, threshold=0.93)
+  assert reranking.TileReranker.from_json(chosen.to_json()).threshold == 0.93
+  saved_before = {k: v for k, v in json.loads(chosen.to_json()).items() if k != "threshold"}
+  assert reranking.TileReranker.from_json(json.dumps(saved_before)).threshold == 0.5
 
 
 def speckled_image(rng, key: str, patient: str, cluster_tile: int) -> tuple:
@@ -143,6 +148,7 @@ def test_a_straight_edge_across_the_tile_stands_out_from_a_curved_boundary_and_s
     (lambda d: d | {"std": [1.0, 0.0]}, "std is not positive"),
     (lambda d: d | {"mean": [0.0]}, "one number for each of 2 features"),
     (lambda d: d | {"features": ["specks_0.03", "shoe_size"]}, "unknown tile features"),
+    (lambda d: d | {"threshold": 1.5}, "threshold 1.5 is not a probability"),
   ],
 )
 def test_a_damaged_reranker_json_names_its_file_and_what_is_wrong(tmp_path, edit, message):

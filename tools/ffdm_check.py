@@ -5,7 +5,8 @@
 
 Scores the eight NYU FFDM images of ../shared/data/nyu-ffdm-png (16-bit PNG, no pixel spacing:
 the reader's assumed 0.07 mm) with the run, tile by tile as `mcalc-score` does, and reports per
-image the share of breast tiles at or above the operating threshold and above 0.9. For NYU exam 0
+image the share of breast tiles at or above the operating threshold (the reranker's, chosen out
+of fold; 0.5 without one) and above 0.9. For NYU exam 0
 (`gmic_exam0/`, evaluation only: never trained or fitted on) it also reports, in each left view
 (no known finding), the tiles at or above the threshold, and in each right view the rank of the
 benign calcification cluster's tile (ties counted against it: 1 + the tiles scoring at least as
@@ -36,7 +37,7 @@ from input_pipeline.mammogram import read_mammogram
 from mcalc_jax.model import inference, speck_detector
 from mcalc_jax.whole_image import froc, marks, reranking, scoring, specks
 
-THRESHOLD = 0.5  # mcalc-score's until runs carry one chosen on validation
+THRESHOLD = 0.5  # mcalc-score's; a reranker carries its own, chosen out of fold
 # (row, col, radius) in original pixels of exam 0's right-breast cluster, annotated by eye.
 EXAM0_CLUSTERS = {
   "gmic_exam0/0_R-CC.png": (1440.0, 360.0, 45.0),
@@ -66,19 +67,21 @@ def image_report(
   name: str, scores, reranker: reranking.TileReranker | None, pixels: np.ndarray
 ) -> tuple[dict, object]:
   """One image's shares of hot tiles and, for exam 0, its left-view count or cluster rank; and
-  the (reranked) scores."""
+  the (reranked) scores. Tiles are flagged from the reranker's threshold (0.5 without one)."""
+  threshold = THRESHOLD
   if reranker is not None:
     scores = reranking.rerank_image(pixels, scores, reranker)
+    threshold = reranker.threshold
   grid = scores.task1
   values = grid[~np.isnan(grid)]
   report = {
     "image": name,
     "breast_tiles": int(values.size),
-    "share_at_threshold": float(np.mean(values >= THRESHOLD)) if values.size else None,
+    "share_at_threshold": float(np.mean(values >= threshold)) if values.size else None,
     "share_above_0.9": float(np.mean(values > 0.9)) if values.size else None,
   }
   if name.startswith("gmic_exam0/0_L"):
-    report["tiles_at_threshold"] = int(np.sum(values >= THRESHOLD))
+    report["tiles_at_threshold"] = int(np.sum(values >= threshold))
   if name in EXAM0_CLUSTERS:
     row, col, radius = EXAM0_CLUSTERS[name]
     cluster = froc.Cluster("exam0_right", "benign", row, col, radius)
@@ -165,7 +168,7 @@ def check(
   return found | {
     "run": os.fspath(run),
     "reranker": reranker_path,
-    "threshold": THRESHOLD,
+    "threshold": reranker.threshold if reranker is not None else THRESHOLD,
     "images": images,
     "exam0_left_tiles_at_threshold": left,
     "exam0_right_cluster_ranks": ranks,
@@ -196,7 +199,7 @@ def main() -> None:
     shown += ("detector_marks", "detector_top", "detector_cluster_rank")
     extra = {k: v for k, v in image.items() if k in shown}
     print(
-      f"{image['image']:38s} tiles {image['breast_tiles']:4d}  >= {THRESHOLD}: "
+      f"{image['image']:38s} tiles {image['breast_tiles']:4d}  >= {report['threshold']:.3g}: "
       f"{image['share_at_threshold']:.2f}  > 0.9: {image['share_above_0.9']:.2f}  {extra or ''}"
     )
   print(json.dumps(report["targets_met"]), json.dumps(report.get("marks_targets_met", {})))

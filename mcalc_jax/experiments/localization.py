@@ -56,6 +56,8 @@ class WholeImagePass:
   rerank: str = "classical"  # "" none, "classical" tile features, "stacked" and the network's logit
   rerank_features: tuple[str, ...] = reranking.DEFAULT_FEATURES
   rerank_c: float = 1.0  # the reranker's inverse L2 strength
+  # The saved rerankers' threshold: the out-of-fold FROC's at this many false positives per image.
+  rerank_false_positives: float = 1.0
   bilateral_weight: float = bilateral.DEFAULT_WEIGHT  # 0: no bilateral reading
   marks: marking.Marking | None = None  # None: no CAD marks
   # Inserted cohorts of digital (FFDM) backgrounds, comma-separated: a reranker for digital images.
@@ -80,6 +82,7 @@ class WholeImagePass:
       rerank=group.rerank,
       rerank_features=tuple(filter(None, group.rerank_features.split(","))),
       rerank_c=group.get("rerank_c", cls.rerank_c),
+      rerank_false_positives=group.get("rerank_false_positives", cls.rerank_false_positives),
       bilateral_weight=group.bilateral_weight,
       marks=marking.Marking.from_config(config),
       digital_cohort=group.get("digital_cohort", ""),
@@ -181,14 +184,18 @@ def rerank_folds(
   features = reranking.image_features(images, inputs, names)
   fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
   reranked, models = reranking.refit_folds(images, features, fold_of, names, whole.rerank_c)
+  threshold = froc.threshold_at(reranked, whole.rerank_false_positives)
   for k, model in models.items():
-    reranking.save(workdir / f"fold_{k}" / RERANKER_FILE, model)
+    reranking.save(
+      workdir / f"fold_{k}" / RERANKER_FILE, dataclasses.replace(model, threshold=threshold)
+    )
   final = reranking.fit_images(images, features, names, whole.rerank_c)
-  reranking.save(workdir / RERANKER_FILE, final)
+  reranking.save(workdir / RERANKER_FILE, dataclasses.replace(final, threshold=threshold))
   title = f"tile reranker ({whole.rerank}), refitted per fold"
   out = workdir / "eval" / "froc_reranked"
   result = _evaluated(reranked, out, whole, seed, resamples, title)
-  return {"mode": whole.rerank, "features": list(names), **result}, reranked
+  summary = {"mode": whole.rerank, "features": list(names), "threshold": threshold}
+  return summary | result, reranked
 
 
 def rerank_digital(
@@ -216,17 +223,16 @@ def rerank_digital(
   names = _rerank_names(whole)
   by_key = {item.key: item for item in inputs}
   features = reranking.image_features(images, by_key, names)
-  reranking.save(
-    workdir / DIGITAL_RERANKER_FILE,
-    reranking.fit_images(images, features, names, whole.rerank_c),
-  )
   # (a background's patient id is the same in every cohort inserted into it)
   background = {p: k for k, p in enumerate(sorted({image.patient_id for image in images}))}
   reranked, _ = reranking.refit_folds(images, features, background, names, whole.rerank_c)
+  threshold = froc.threshold_at(reranked, whole.rerank_false_positives)
+  model = reranking.fit_images(images, features, names, whole.rerank_c)
+  reranking.save(workdir / DIGITAL_RERANKER_FILE, dataclasses.replace(model, threshold=threshold))
   evaluation = froc.evaluate(reranked, resamples=resamples, seed=seed)
   title = "tile reranker on inserted clusters, out of background image"
   scored.write_froc(workdir / DIGITAL_DIR / "froc_reranked", evaluation, title=title)
-  summary = {"cohorts": list(folders), **scored.summary(evaluation)}
+  summary = {"cohorts": list(folders), "threshold": threshold, **scored.summary(evaluation)}
   return summary, reranked, by_key
 
 

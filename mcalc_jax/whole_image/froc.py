@@ -177,6 +177,14 @@ def sensitivity_at(sensitivity: np.ndarray, fp_rate: np.ndarray, rate: float) ->
   return float(allowed.max()) if allowed.size else 0.0
 
 
+def threshold_at(images: Sequence[ScoredImage], rate: float) -> float:
+  """The lowest threshold of the images' FROC curve with at most `rate` false positives per
+  image (1.0, nothing flagged, where even its highest has more)."""
+  thresholds, _, fp_rate = froc_curve([evaluate_image(image) for image in images])
+  allowed = thresholds[fp_rate <= rate]
+  return float(allowed.min()) if allowed.size else 1.0
+
+
 def _level_auc(results: Sequence[ImageResult], unit: str) -> float | None:
   """Image- (unit 'key') or breast-level ('breast') AUC of the maximum score; None if undefined."""
   score: dict[str, float] = {}

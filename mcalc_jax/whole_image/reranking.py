@@ -235,6 +235,9 @@ class TileReranker:
   mean: np.ndarray
   std: np.ndarray
   field_of_view_mm: float = 0.0  # the tiles' side it was fitted on (0: native pixels)
+  # The probability from which a tile is flagged: chosen out of fold by false positives per image
+  # (`localization`), or 0.5, mcalc-score's, where it was not.
+  threshold: float = 0.5
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return ((x - self.mean) / self.std) @ self.weights + self.bias
@@ -256,6 +259,7 @@ class TileReranker:
         "mean": self.mean.tolist(),
         "std": self.std.tolist(),
         "field_of_view_mm": self.field_of_view_mm,
+        "threshold": self.threshold,
         "speck_radius_mm": SPECK_RADIUS_MM,
       },
       indent=2,
@@ -274,6 +278,7 @@ class TileReranker:
         tuple(str(name) for name in d["features"]),
         bias=float(d["bias"]),
         field_of_view_mm=float(d.get("field_of_view_mm", 0.0)),
+        threshold=float(d.get("threshold", cls.threshold)),
         **array,
       )
     except KeyError as e:
@@ -286,7 +291,8 @@ class TileReranker:
 
   def check(self) -> None:
     """Raises RerankerError unless every number is usable: one finite weight, mean and positive
-    scale per feature, a finite bias and a field of view of 0 (native pixels) or more."""
+    scale per feature, a finite bias, a field of view of 0 (native pixels) or more and a
+    threshold in [0, 1]."""
     n = len(self.features)
     arrays = (self.weights, self.mean, self.std)
     if any(a.shape != (n,) for a in arrays):
@@ -297,6 +303,8 @@ class TileReranker:
       raise RerankerError("a feature's std is not positive")
     if not (np.isfinite(self.field_of_view_mm) and self.field_of_view_mm >= 0):
       raise RerankerError(f"field_of_view_mm {self.field_of_view_mm} is not 0 or more")
+    if not 0 <= self.threshold <= 1:
+      raise RerankerError(f"threshold {self.threshold} is not a probability")
 
 
 def fit(
