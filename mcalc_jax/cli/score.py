@@ -76,13 +76,15 @@ _DICOM_RESULTS = flags.DEFINE_bool(
 _RERANKER = flags.DEFINE_string(
   "reranker",
   "",
-  "A tile reranker (an mcalc-cv run's reranker.json) that rescores each image's Task 1 tiles.",
+  "A tile reranker (an mcalc-cv run's reranker.json; reranker_digital.json for a digital "
+  "archive) that rescores each image's Task 1 tiles.",
 )
 _MARK_CLASSIFIER = flags.DEFINE_string(
   "mark_classifier",
   "",
   "A cluster classifier's JSON (marks.fit_classifier, saved by reranking.save): CAD marks per "
-  "image into OUTPUT/marks.csv, the reported ones onto the overlays and into the SRs.",
+  "image into OUTPUT/marks.csv, the reported ones onto the overlays and into the SRs (an mcalc-cv "
+  "run's mark_classifier.json; mark_classifier_digital.json for a digital archive).",
 )
 _MAX_MEGAPIXELS = flags.DEFINE_float(
   "max_megapixels",
