@@ -60,9 +60,10 @@ def test_froc_counts_false_positive_regions_per_image_over_every_image(two_image
   summary = froc.summarize(results)
   assert summary["sensitivity_at_0.5_fp"] == 0.5 and summary["sensitivity_at_2_fp"] == 0.5
   # an operating threshold: the lowest with at most that many false positives per image
-  assert froc.threshold_at(two_images, 0.5) == pytest.approx(0.8)
-  assert froc.threshold_at(two_images, 1.0) == pytest.approx(0.5)
-  assert froc.threshold_at(two_images, 0.4) == 1.0  # even 0.9 has more: nothing flagged
+  evaluation = froc.evaluate(two_images, resamples=10)
+  assert froc.threshold_at(evaluation, 0.5) == pytest.approx(0.8)
+  assert froc.threshold_at(evaluation, 1.0) == pytest.approx(0.5)
+  assert froc.threshold_at(evaluation, 0.4) == 1.0  # even 0.9 has more: nothing flagged
   assert summary["image_auc"] == 1.0 and summary["median_cluster_rank"] == np.inf
 
 

@@ -118,14 +118,10 @@ def localize_folds(
     mine = [item for item in inputs if patient[item.path] in test]
     out = workdir / f"fold_{i}" / IMAGES_DIR
     archive.score_archive(whole.scorer(run_dirs[i]), mine, os.fspath(out), overlays=whole.overlays)
-    grids |= {
-      item.key: _calibrated_grid(heatmaps.read_scores(out / f"{item.key}.npz"), maps, i)
-      for item in mine
-      if (out / f"{item.key}.npz").exists()
-    }
+    grids |= {key: _calibrated_grid(scores, maps, i) for key, scores in _grids(out, mine).items()}
   keys = {item.path: item.key for item in inputs}
   images = froc.scored_images(whole.findings, keys, grids)
-  result = _evaluated(images, workdir / "eval" / "froc", whole, seed, resamples)
+  result, _ = _evaluated(images, workdir / "eval" / "froc", whole, seed, resamples)
   by_key = {item.key: item for item in inputs}
   read_by = {"network": images}  # the scored images by the tile reading that gave their grids
   if whole.rerank:
@@ -184,16 +180,16 @@ def rerank_folds(
   features = reranking.image_features(images, inputs, names)
   fold_of = {p: k for k, fold in enumerate(assignment) for p in fold["test"]}
   reranked, models = reranking.refit_folds(images, features, fold_of, names, whole.rerank_c)
-  threshold = froc.threshold_at(reranked, whole.rerank_false_positives)
+  title = f"tile reranker ({whole.rerank}), refitted per fold"
+  out = workdir / "eval" / "froc_reranked"
+  result, evaluation = _evaluated(reranked, out, whole, seed, resamples, title)
+  threshold = froc.threshold_at(evaluation, whole.rerank_false_positives)
   for k, model in models.items():
     reranking.save(
       workdir / f"fold_{k}" / RERANKER_FILE, dataclasses.replace(model, threshold=threshold)
     )
   final = reranking.fit_images(images, features, names, whole.rerank_c)
   reranking.save(workdir / RERANKER_FILE, dataclasses.replace(final, threshold=threshold))
-  title = f"tile reranker ({whole.rerank}), refitted per fold"
-  out = workdir / "eval" / "froc_reranked"
-  result = _evaluated(reranked, out, whole, seed, resamples, title)
   summary = {"mode": whole.rerank, "features": list(names), "threshold": threshold}
   return summary | result, reranked
 
@@ -214,11 +210,7 @@ def rerank_digital(
   inputs = discovery.inputs_from_findings(findings, base)
   out = workdir / DIGITAL_DIR / IMAGES_DIR
   archive.score_archive(whole.scorer(run_dir), inputs, os.fspath(out), overlays=False)
-  grids = {
-    item.key: heatmaps.read_scores(out / f"{item.key}.npz")
-    for item in inputs
-    if (out / f"{item.key}.npz").exists()
-  }
+  grids = _grids(out, inputs)
   images = froc.scored_images(findings, {item.path: item.key for item in inputs}, grids)
   names = _rerank_names(whole)
   by_key = {item.key: item for item in inputs}
@@ -226,10 +218,10 @@ def rerank_digital(
   # (a background's patient id is the same in every cohort inserted into it)
   background = {p: k for k, p in enumerate(sorted({image.patient_id for image in images}))}
   reranked, _ = reranking.refit_folds(images, features, background, names, whole.rerank_c)
-  threshold = froc.threshold_at(reranked, whole.rerank_false_positives)
+  evaluation = froc.evaluate(reranked, resamples=resamples, seed=seed)
+  threshold = froc.threshold_at(evaluation, whole.rerank_false_positives)
   model = reranking.fit_images(images, features, names, whole.rerank_c)
   reranking.save(workdir / DIGITAL_RERANKER_FILE, dataclasses.replace(model, threshold=threshold))
-  evaluation = froc.evaluate(reranked, resamples=resamples, seed=seed)
   title = "tile reranker on inserted clusters, out of background image"
   scored.write_froc(workdir / DIGITAL_DIR / "froc_reranked", evaluation, title=title)
   summary = {"cohorts": list(folders), "threshold": threshold, **scored.summary(evaluation)}
@@ -249,18 +241,29 @@ def _evaluated(
   seed: int,
   resamples: int,
   title: str = "",
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """The pooled whole-image evaluation of `images` into `out_dir`, and with a bilateral weight
-  once more, each image read against the other breast's, into `out_dir`_bilateral."""
+  once more, each image read against the other breast's, into `out_dir`_bilateral: its summary,
+  and the plain evaluation itself."""
   evaluation = froc.evaluate(images, resamples=resamples, seed=seed)
   scored.write_froc(out_dir, evaluation, title=title)
   result = scored.summary(evaluation)
   weight = whole.bilateral_weight
   if weight:
     compared = froc.against_other_breast(images, weight)
-    evaluation = froc.evaluate(compared, resamples=resamples, seed=seed)
-    result["bilateral"] = scored.write_bilateral(out_dir, evaluation, weight, title or "network")
-  return result
+    result["bilateral"] = scored.write_bilateral(
+      out_dir, froc.evaluate(compared, resamples=resamples, seed=seed), weight, title or "network"
+    )
+  return result, evaluation
+
+
+def _grids(out: pathlib.Path, inputs: Sequence[discovery.Input]) -> dict[str, ImageScores]:
+  """The grids `archive.score_archive` wrote into `out` for `inputs` (by key; failed ones left out)."""
+  return {
+    item.key: heatmaps.read_scores(out / f"{item.key}.npz")
+    for item in inputs
+    if (out / f"{item.key}.npz").exists()
+  }
 
 
 def _calibrated_grid(

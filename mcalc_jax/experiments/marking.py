@@ -179,31 +179,21 @@ def mark_folds(
     def of(name: str, part=part) -> list[marks.MarkedImage]:
       return [im for im in marked if im.patient_id in part[name]]
 
-    labels = np.concatenate([np.zeros(0, bool)] + [marks.labels(im) for im in of("train")])
-    if labels.all() or not labels.any():  # no marks, or of one kind: nothing to learn from
-      return {
-        "skipped": f"fold {k}'s training images have {labels.sum()} marks on a cluster "
-        f"and {(~labels).sum()} elsewhere: no cluster classifier can be fitted"
-      }
+    unlearnable = _one_kind(of("train"))
+    if unlearnable:
+      return {"skipped": f"fold {k}'s training images have {unlearnable}"}
     classifier = _fitted(marking, of("train"), of("validation"))
     out += [
       dataclasses.replace(im, marks=tuple(marks.classified(im.marks, classifier)))
       for im in of("test")
     ]
-  evaluation = marks.evaluate_marks(
-    out, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
-  )
-  point = operating_point(out, marking.false_marks_per_image, marking.hit_distance_mm)
-  at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
-  evaluation["operating_point"] = {**dataclasses.asdict(point), **at_point}
+  title = f"marks ({len(marking.features)} features, out of fold)"
+  out_dir = workdir / "eval" / "froc_marks"
+  point, summary = _judged(out, marking, out_dir, title, seed, resamples)
   final = _final(marking, marked, point)
   if marking.detector_cohort:  # new images' specks: the detector trained on every crop
     final = dataclasses.replace(final, detector=DETECTOR_DIR)
   reranking.save(workdir / CLASSIFIER_FILE, final)
-  title = f"marks ({len(marking.features)} features, out of fold)"
-  out_dir = workdir / "eval" / "froc_marks"
-  scored.write_froc(out_dir, evaluation, title=title)
-  summary = {**scored.summary(evaluation), "operating_point": evaluation["operating_point"]}
   if bilateral_weight:
     compared = marks.against_other_breast(out, froc.partners(images), bilateral_weight)
     evaluation = marks.evaluate_marks(
@@ -237,31 +227,54 @@ def mark_digital(
   out = []
   for background in sorted({im.patient_id for im in marked}):
     train = [im for im in marked if im.patient_id != background]
-    labels = np.concatenate([np.zeros(0, bool)] + [marks.labels(im) for im in train])
-    if labels.all() or not labels.any():
-      return {"skipped": f"without {background}, {labels.sum()} marks hit a cluster and "
-              f"{(~labels).sum()} do not: no cluster classifier can be fitted"}  # fmt: skip
+    unlearnable = _one_kind(train)
+    if unlearnable:
+      return {"skipped": f"the images without {background} have {unlearnable}"}
     classifier = _fitted(marking, train, train)
     out += [
       dataclasses.replace(im, marks=tuple(marks.classified(im.marks, classifier)))
       for im in marked
       if im.patient_id == background
     ]
-  point = operating_point(out, marking.false_marks_per_image, marking.hit_distance_mm)
+  title = "marks of inserted clusters, out of background image"
+  point, summary = _judged(out, marking, folder / "froc_marks", title, seed, resamples)
   final = _final(marking, marked, point)
   if marking.detector_cohort:
     final = dataclasses.replace(final, detector=DETECTOR_DIR)
   reranking.save(workdir / DIGITAL_CLASSIFIER_FILE, final)
+  return summary
+
+
+def _one_kind(images: Sequence[marks.MarkedImage]) -> str:
+  """What no cluster classifier can be fitted on, in words ('': the images' marks are of both
+  kinds, some on a cluster and some elsewhere)."""
+  labels = np.concatenate([np.zeros(0, bool)] + [marks.labels(im) for im in images])
+  if labels.all() or not labels.any():
+    return (
+      f"{labels.sum()} marks on a cluster and {(~labels).sum()} elsewhere: "
+      "no cluster classifier can be fitted"
+    )
+  return ""
+
+
+def _judged(
+  images: Sequence[marks.MarkedImage],
+  marking: Marking,
+  out_dir: pathlib.Path,
+  title: str,
+  seed: int,
+  resamples: int,
+) -> tuple[marks.OperatingPoint, dict[str, Any]]:
+  """The classified `images`' mark FROC into `out_dir`, with the operating point the marking's
+  false marks per image give (and what is found there); the point and a summary."""
   evaluation = marks.evaluate_marks(
-    out, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
+    images, hit_distance_mm=marking.hit_distance_mm, resamples=resamples, seed=seed
   )
-  title = "marks of inserted clusters, out of background image"
-  scored.write_froc(folder / "froc_marks", evaluation, title=title)
-  at_point = at_operating_point(out, point.threshold, marking.hit_distance_mm)
-  return {
-    **scored.summary(evaluation),
-    "operating_point": {**dataclasses.asdict(point), **at_point},
-  }
+  point = operating_point(images, marking.false_marks_per_image, marking.hit_distance_mm)
+  at_point = at_operating_point(images, point.threshold, marking.hit_distance_mm)
+  evaluation["operating_point"] = {**dataclasses.asdict(point), **at_point}
+  scored.write_froc(out_dir, evaluation, title=title)
+  return point, {**scored.summary(evaluation), "operating_point": evaluation["operating_point"]}
 
 
 def fit_on(

@@ -177,11 +177,11 @@ def sensitivity_at(sensitivity: np.ndarray, fp_rate: np.ndarray, rate: float) ->
   return float(allowed.max()) if allowed.size else 0.0
 
 
-def threshold_at(images: Sequence[ScoredImage], rate: float) -> float:
-  """The lowest threshold of the images' FROC curve with at most `rate` false positives per
-  image (1.0, nothing flagged, where even its highest has more)."""
-  thresholds, _, fp_rate = froc_curve([evaluate_image(image) for image in images])
-  allowed = thresholds[fp_rate <= rate]
+def threshold_at(evaluation: Mapping[str, Any], rate: float) -> float:
+  """The lowest threshold of an evaluation's FROC curve (`evaluate`'s) with at most `rate` false
+  positives per image (1.0, nothing flagged, where even its highest has more)."""
+  curve = evaluation["curve"]
+  allowed = np.asarray(curve["threshold"])[np.asarray(curve["fp_per_image"]) <= rate]
   return float(allowed.min()) if allowed.size else 1.0
 
 
