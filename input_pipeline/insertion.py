@@ -1050,6 +1050,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     default="",
     help="a number, or 'auto': the backgrounds' detail_gain (default: 1 for film, else auto)",
   )
+  insert.add_argument(
+    "--clusters_per_image",
+    default="1,2",
+    help="LOW,HIGH: each background draws this many clusters, uniformly (default 1,2)",
+  )
   insert.add_argument("--seed", type=int, default=0)
   insert.add_argument("--limit", type=int, help="at most this many background images")
   args = parser.parse_args(argv)
@@ -1065,7 +1070,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   if scale == "auto":
     scale = _cohort_gain(findings, args.limit)
     logging.info("contrast scale (the backgrounds' detail gain over MIAS film): %.2f", scale)
-  options = InsertionOptions.for_format(args.format, contrast_scale=round(float(scale), 3))
+  low, high = (int(n) for n in args.clusters_per_image.split(","))
+  options = InsertionOptions.for_format(
+    args.format, contrast_scale=round(float(scale), 3), clusters_per_image=(low, high)
+  )
   print(insert_cohort(findings, args.out, seed=args.seed, options=options, limit=args.limit))
 
 

@@ -272,6 +272,33 @@ def test_a_tile_reranker_rescores_every_grid_before_it_is_written(
     archive.score_job(options)
 
 
+def test_scores_csv_counts_the_tiles_flagged_at_the_rerankers_operating_threshold(
+  synthetic_archive, tmp_path
+):
+  """Without a reranker a tile is flagged from the scorer's task1_threshold; with one, from
+  the threshold its cross-validation chose."""
+  inputs = [i for i in discovery.find_inputs(str(synthetic_archive)) if "broken" not in i.path]
+  model = reranking.TileReranker(
+    features=(reranking.NETWORK_FEATURE,),
+    weights=np.array([1.0]),
+    bias=0.0,
+    mean=np.zeros(1),
+    std=np.ones(1),
+    threshold=0.0,  # every tile: the identity reranker then flags more than the scorer's 0.5
+  )
+  archive.score_archive(speck_scorer(), inputs, str(tmp_path / "plain"))
+  archive.score_archive(speck_scorer(), inputs, str(tmp_path / "reranked"), reranker=model)
+  for name, threshold in (("plain", 0.5), ("reranked", 0.0)):
+    for row in rows_of(tmp_path / name / "scores.csv"):
+      task1 = heatmaps.read_scores(tmp_path / name / f"{row['key']}.npz").task1
+      assert int(row["tiles_flagged"]) == np.sum(task1 >= threshold) <= int(row["tiles_scored"])
+  flagged = {
+    name: [int(r["tiles_flagged"]) for r in rows_of(tmp_path / name / "scores.csv")]
+    for name in ("plain", "reranked")
+  }
+  assert 0 < sum(flagged["plain"]) < sum(flagged["reranked"])
+
+
 def test_mcalc_rerank_fits_on_a_scored_manifest_and_puts_each_cluster_first(tmp_path):
   """Score a labelled archive, fit a reranker on it with the CLI, and its clusters outrank the
   lone bright specks that the (speck-counting) network scores as high."""

@@ -68,7 +68,7 @@ def image_report(
 ) -> tuple[dict, object]:
   """One image's shares of hot tiles and, for exam 0, its left-view count or cluster rank; and
   the (reranked) scores. Tiles are flagged from the reranker's threshold (0.5 without one)."""
-  threshold = flagging_threshold(reranker)
+  threshold = reranking.flagging_threshold(reranker, THRESHOLD)
   if reranker is not None:
     scores = reranking.rerank_image(pixels, scores, reranker)
   grid = scores.task1
@@ -88,11 +88,6 @@ def image_report(
     best = max(holding) if holding else -np.inf
     report["cluster_rank"] = int(np.sum(values >= best)) if holding else None
   return report, scores
-
-
-def flagging_threshold(reranker: reranking.TileReranker | None) -> float:
-  """The probability from which a tile is flagged: the reranker's, else mcalc-score's."""
-  return reranker.threshold if reranker is not None else THRESHOLD
 
 
 def marks_report(name: str, found: list[marks.Mark], classifier: marks.ClusterClassifier) -> dict:
@@ -172,7 +167,7 @@ def check(
   return found | {
     "run": os.fspath(run),
     "reranker": reranker_path,
-    "threshold": flagging_threshold(reranker),
+    "threshold": reranking.flagging_threshold(reranker, THRESHOLD),
     "images": images,
     "exam0_left_tiles_at_threshold": left,
     "exam0_right_cluster_ranks": ranks,

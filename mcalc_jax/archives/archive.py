@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import jax
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -94,6 +95,9 @@ SCORE_COLUMNS = (
   "marks_reported",  # at or above the mark classifier's operating point; '' without one
   "in_domain",  # yes | no | unknown (`domain.TrainingDomain.check`)
   "domain_reason",  # why not, or what is unknown
+  # breast tiles at or above the tile threshold: the reranker's operating threshold (chosen out
+  # of fold, its JSON's "threshold") with --reranker, else task1_threshold
+  "tiles_flagged",
 )
 ERROR_COLUMNS = ("key", "error", "reason")
 _WRITES_IN_FLIGHT = 4  # images held by the writer thread at most
@@ -173,6 +177,7 @@ class _Outputs:
     stages: Journal,
     results: DicomResults | None = None,
     marking: MarkOptions = MarkOptions(),
+    tile_threshold: float = 0.5,
   ):
     identity = ("path",) if keep_identifiers else ()
     self.scores = csvlog.CsvLog(
@@ -191,6 +196,7 @@ class _Outputs:
       progress,
     )
     self._stages, self._results, self._marking = stages, results, marking
+    self._tile_threshold = tile_threshold
     self._warned = False  # about an image outside the training domain, once a run
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
     self._pending: collections.deque = collections.deque()
@@ -248,7 +254,8 @@ class _Outputs:
     for mark in found:
       self.marks.append(marks.to_row(mark, classifier.operating_point.threshold))
     reported = len(shown) if classifier is not None else ""
-    row = [*_score_row(decoded, scores), reported, *self._domain(decoded)]
+    flagged = int(np.count_nonzero(scores.task1 >= self._tile_threshold))  # NaN: not flagged
+    row = [*_score_row(decoded, scores), reported, *self._domain(decoded), flagged]
     self.scores.append([item.key, *self._identity(item), *row])
     self._progress.update()
 
@@ -466,10 +473,21 @@ def _score_share(
     len(share) - len(todo),
     len(suspects),
   )
+  tile_threshold = reranking.flagging_threshold(reranker, scorer.task1_threshold)
+  logging.info("tiles_flagged counts the breast tiles at or above %.4g.", tile_threshold)
   clock = decoding.DecodeClock(max(workers, 1))
   stages = Journal(os.path.join(output, _own("journal")))
   with tqdm(total=len(todo), unit="image", desc="mcalc-score") as progress:
-    outputs = _Outputs(output, keep_identifiers, overlays, progress, stages, results, marking)
+    outputs = _Outputs(
+      output,
+      keep_identifiers,
+      overlays,
+      progress,
+      stages,
+      results,
+      marking,
+      tile_threshold,
+    )
     pipeline = _Pipeline(scorer, outputs, stages, progress, clock, workers, reranker)
     try:
       for item in todo:

@@ -77,7 +77,8 @@ _RERANKER = flags.DEFINE_string(
   "reranker",
   "",
   "A tile reranker (an mcalc-cv run's reranker.json; reranker_digital.json for a digital "
-  "archive) that rescores each image's Task 1 tiles.",
+  "archive) that rescores each image's Task 1 tiles; scores.csv's tiles_flagged counts them "
+  "at its operating threshold (chosen out of fold) instead of --task1_threshold.",
 )
 _MARK_CLASSIFIER = flags.DEFINE_string(
   "mark_classifier",

@@ -340,6 +340,12 @@ def rescored(scores: ImageScores, features: np.ndarray, model: TileReranker) -> 
   return dataclasses.replace(scores, task1=grid.astype(np.float32))
 
 
+def flagging_threshold(model: TileReranker | None, unreranked: float) -> float:
+  """The probability from which a tile is flagged: the reranker's operating threshold, else
+  `unreranked` (the scorer's)."""
+  return model.threshold if model is not None else unreranked
+
+
 def rerank_image(pixels: np.ndarray, scores: ImageScores, model: TileReranker) -> ImageScores:
   """One scored image reranked (`pixels`: canonical, as fractions of the intensity range); its
   tiles must cover the millimetres the reranker was fitted on."""
