@@ -212,6 +212,23 @@ def test_every_inserted_speck_and_cluster_is_in_the_manifest_and_specks_csv(
     insertion.insert_cohort(normal, out_dir, seed=2, options=OPTIONS)
 
 
+def test_the_command_line_inserts_the_clusters_per_image_it_is_asked_for(tmp_path):
+  for count in (1, 3):
+    out_dir = tmp_path / f"clusters_{count}"
+    insertion.main(
+      [
+        "insert",
+        "--source=mias",
+        f"--location={shared_dataset('mias')}",
+        f"--out={out_dir}",
+        "--limit=1",
+        f"--clusters_per_image={count},{count}",
+      ]
+    )
+    rows = manifest.read_manifest(str(out_dir / "manifest.csv"))
+    assert sum(r.note == insertion.INSERTED_NOTE for r in rows) == count
+
+
 def test_written_images_differ_from_their_source_only_at_inserted_specks(mias_findings, tmp_path):
   normal = [f for f in mias_findings if f.abnormality == "none"][:1]
   path = insertion.insert_cohort(normal, tmp_path, seed=0, options=OPTIONS)
