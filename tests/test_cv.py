@@ -225,7 +225,7 @@ def test_the_classical_floor_cross_validates_mines_and_localises_every_image_onc
   if "skipped" not in digital_marks:
     marks.load(tmp_path / "run" / marking.DIGITAL_CLASSIFIER_FILE)
     assert digital_marks["counts"]["clusters"] == NUM_PATIENTS
-  assert len(list((tmp_path / "run" / localization.DIGITAL_DIR).rglob("*.npz"))) == 2 * NUM_PATIENTS
+  assert len(list((tmp_path / "run" / marking.DIGITAL_DIR).rglob("*.npz"))) == 2 * NUM_PATIENTS
   recorded = json.loads((tmp_path / "run" / "config.json").read_text())
   assert recorded["whole_image"]["source"] == "manifest" and recorded["cv"]["mining_rounds"] == 1
   assert cv.rerun(tmp_path / "run") == summary  # from the folder alone

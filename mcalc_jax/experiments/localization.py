@@ -41,7 +41,6 @@ from mcalc_jax.whole_image.tiling import ImageScores
 IMAGES_DIR = "images"
 RERANKER_FILE = "reranker.json"
 DIGITAL_RERANKER_FILE = "reranker_digital.json"
-DIGITAL_DIR = marking.DIGITAL_DIR
 RERANK_MODES = ("", "classical", "stacked")
 
 
@@ -208,7 +207,7 @@ def rerank_digital(
   findings = [f for d in folders for f in manifest.read_manifest(os.path.join(d, "manifest.csv"))]
   base = os.path.commonpath([os.path.abspath(d) for d in folders])
   inputs = discovery.inputs_from_findings(findings, base)
-  out = workdir / DIGITAL_DIR / IMAGES_DIR
+  out = workdir / marking.DIGITAL_DIR / IMAGES_DIR
   archive.score_archive(whole.scorer(run_dir), inputs, os.fspath(out), overlays=False)
   grids = _grids(out, inputs)
   images = froc.scored_images(findings, {item.path: item.key for item in inputs}, grids)
@@ -223,7 +222,7 @@ def rerank_digital(
   model = reranking.fit_images(images, features, names, whole.rerank_c)
   reranking.save(workdir / DIGITAL_RERANKER_FILE, dataclasses.replace(model, threshold=threshold))
   title = "tile reranker on inserted clusters, out of background image"
-  scored.write_froc(workdir / DIGITAL_DIR / "froc_reranked", evaluation, title=title)
+  scored.write_froc(workdir / marking.DIGITAL_DIR / "froc_reranked", evaluation, title=title)
   summary = {"cohorts": list(folders), "threshold": threshold, **scored.summary(evaluation)}
   return summary, reranked, by_key
 
