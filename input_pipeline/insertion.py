@@ -1052,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   )
   insert.add_argument(
     "--clusters_per_image",
+    type=_count_range,
     default="1,2",
     help="LOW,HIGH: each background draws this many clusters, uniformly (default 1,2)",
   )
@@ -1070,11 +1071,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   if scale == "auto":
     scale = _cohort_gain(findings, args.limit)
     logging.info("contrast scale (the backgrounds' detail gain over MIAS film): %.2f", scale)
-  low, high = (int(n) for n in args.clusters_per_image.split(","))
   options = InsertionOptions.for_format(
-    args.format, contrast_scale=round(float(scale), 3), clusters_per_image=(low, high)
+    args.format, contrast_scale=round(float(scale), 3), clusters_per_image=args.clusters_per_image
   )
   print(insert_cohort(findings, args.out, seed=args.seed, options=options, limit=args.limit))
+
+
+def _count_range(text: str) -> tuple[int, int]:
+  """'LOW,HIGH' as two whole numbers (argparse's type: a bad value is a one-line usage error)."""
+  try:
+    low, high = (int(n) for n in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"expected LOW,HIGH (two whole numbers), not {text!r}"
+    ) from None
+  return low, high
 
 
 def _cohort_gain(findings: Sequence[Finding], limit: int | None, images: int = 8) -> float:

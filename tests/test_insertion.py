@@ -212,7 +212,7 @@ def test_every_inserted_speck_and_cluster_is_in_the_manifest_and_specks_csv(
     insertion.insert_cohort(normal, out_dir, seed=2, options=OPTIONS)
 
 
-def test_the_command_line_inserts_the_clusters_per_image_it_is_asked_for(tmp_path):
+def test_the_command_line_inserts_the_clusters_per_image_it_is_asked_for(tmp_path, capsys):
   for count in (1, 3):
     out_dir = tmp_path / f"clusters_{count}"
     insertion.main(
@@ -227,6 +227,9 @@ def test_the_command_line_inserts_the_clusters_per_image_it_is_asked_for(tmp_pat
     )
     rows = manifest.read_manifest(str(out_dir / "manifest.csv"))
     assert sum(r.note == insertion.INSERTED_NOTE for r in rows) == count
+  with pytest.raises(SystemExit):  # one number is not a range: a usage error, nothing written
+    insertion.main(["insert", "--source=mias", "--location=.", "--out=x", "--clusters_per_image=3"])
+  assert "expected LOW,HIGH (two whole numbers), not '3'" in capsys.readouterr().err
 
 
 def test_written_images_differ_from_their_source_only_at_inserted_specks(mias_findings, tmp_path):
