@@ -154,6 +154,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Share of the breast above the threshold, on validation images without calcifications, that
   # each detector's logits are shifted to give (speck_detector.logit_shift); 0: no shift.
   config.marks.detector_speck_fraction = 0.0
+  # Crops around each annotated cluster of a fold's training patients, its brightest specks
+  # labelled (input_pipeline.speck_labels.weakly_labelled), beside the cohorts'; 0: none.
+  config.marks.detector_real_crops = 0
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = -1  # -1: at every evaluation

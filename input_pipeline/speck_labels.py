@@ -16,6 +16,10 @@ blur), nor anything outside the breast less `EDGE_MARGIN_MM` (where speck maps a
 Crops (`crops`) are cut around every inserted cluster (jittered) and at random and at the
 brightest top-hat spots of the breast elsewhere (hard negatives), each with `halo` pixels of
 context around the labelled square, deterministic from the seed and the image's name.
+
+Real clusters known only as circles (mini-MIAS) label specks weakly (`weakly_labelled`): the
+spots that are hard negatives elsewhere, the brightest top-hat pixels of the breast, are specks
+inside an annotated circle; the circle's other pixels are unknown (faint specks or tissue).
 """
 
 from __future__ import annotations
@@ -203,7 +207,62 @@ def crops(
   ]
   if not parts:
     raise ValueError("no cohort image of the given patients")
+  return joined(parts)
+
+
+def joined(parts: Sequence[Crops]) -> Crops:
+  """One set of crops from several (at least one)."""
   return Crops(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+
+def weakly_labelled(
+  m: mammogram.Mammogram,
+  name: str,
+  patient_id: str,
+  circles: np.ndarray,
+  margin_mm: float = EDGE_MARGIN_MM,
+) -> LabelledImage:
+  """A real mammogram (`read_mammogram`'s) whose clusters are known as circles only, `circles`
+  [k, 3] (row, col, radius in ORIGINAL pixels), on the detector's grid, canonical, weakly
+  labelled (module docstring): inside a circle a pixel whose top-hat reaches the breast's
+  `BRIGHT_QUANTILE` is a speck, the circle's other pixels carry no weight, and the breast outside
+  every circle is background. `name` seeds its crops."""
+  spacing = float(np.mean(m.pixel_spacing_mm))
+  pixels = to_grid(m.pixels / np.float32(m.max_value), spacing).astype(np.float32)
+  inner = inner_mask(m.pixels, spacing, margin_mm).astype(np.uint8)
+  mask = to_grid(inner, spacing, order=0) > 0
+  on_grid = _canonical_points(m, np.asarray(circles, np.float64).reshape(-1, 3))
+  on_grid[:, 2] *= spacing / PIXEL_MM
+  rows, cols = np.ogrid[: pixels.shape[0], : pixels.shape[1]]
+  inside = np.zeros(pixels.shape, bool)
+  for row, col, radius in on_grid:
+    inside |= (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+  specks = inside & _bright_spots(pixels, mask)
+  ring = ndimage.binary_dilation(specks, np.ones((3, 3), bool)) & ~specks
+  weights = mask & ~ring & (~inside | specks)
+  image = CohortImage(name, patient_id, spacing, tuple(map(tuple, circles)), (), np.zeros((0, 3)))
+  return LabelledImage(
+    image,
+    pixels,
+    mask,
+    specks.astype(np.float32),
+    weights.astype(np.float32),
+    on_grid,
+    image.specks,
+  )
+
+
+def cluster_crops(
+  images: Sequence[LabelledImage],
+  *,
+  per_cluster: int,
+  size: int = 48,
+  halo: int = 24,
+  seed: int = 0,
+) -> Crops:
+  """`per_cluster` crops around each of the images' clusters (centres jittered as `crops`'s), no
+  others: what weakly labelled real clusters add to a cohort's crops."""
+  return joined([_image_crops(image, size, halo, (per_cluster, 0, 0), seed) for image in images])
 
 
 def _image_crops(
@@ -217,11 +276,19 @@ def _image_crops(
   inside = np.argwhere(image.mask)
   if inside.size:
     centres.append(inside[rng.integers(len(inside), size=random_count)])
-    tophat = morphology.white_tophat_mm(image.pixels, PIXEL_MM, insertion.SPECK_RADIUS_MM)
-    bright = np.argwhere(image.mask & (tophat >= np.quantile(tophat[image.mask], BRIGHT_QUANTILE)))
+  if inside.size and bright_count:
+    bright = np.argwhere(_bright_spots(image.pixels, image.mask))
     centres.append(bright[rng.integers(len(bright), size=bright_count)])
   corners = np.round(np.concatenate(centres) - size / 2).astype(int)
   return _cut(image, corners, size, halo)
+
+
+def _bright_spots(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """bool: the mask's pixels whose top-hat reaches its `BRIGHT_QUANTILE` (none if it is empty)."""
+  if not mask.any():
+    return np.zeros_like(mask)
+  tophat = morphology.white_tophat_mm(pixels, PIXEL_MM, insertion.SPECK_RADIUS_MM)
+  return mask & (tophat >= np.quantile(tophat[mask], BRIGHT_QUANTILE))
 
 
 def _cut(image: LabelledImage, corners: np.ndarray, size: int, halo: int) -> Crops:

@@ -172,6 +172,9 @@ def test_a_trained_speck_map_takes_its_own_threshold_and_cache():
   config.marks.detector_speck_fraction = 1e-3
   shifted = marking.Marking.from_config(config)
   assert shifted.detector_speck_fraction == 1e-3 and shifted.cache != ensemble.cache
+  config.marks.detector_real_crops = 16  # crops around each real cluster, weakly labelled
+  weak = marking.Marking.from_config(config)
+  assert weak.detector_real_crops == 16 and weak.cache != shifted.cache
   config.marks.enabled = False
   assert marking.Marking.from_config(config) is None
 
@@ -211,6 +214,29 @@ def test_fold_detectors_learn_from_their_training_patients_and_every_patient_out
   crops = [meta(folder)["crops"] for folder in ("fold_0", "fold_1", ".")]
   assert crops == [3 * per_image, 3 * per_image, 4 * per_image]  # "ffdm" trains every fold
   assert meta("fold_0")["cohorts"] == cohorts
+
+
+def test_real_clusters_weakly_train_only_the_folds_that_hold_their_patients_for_training(tmp_path):
+  setting = dataclasses.replace(tiny_detector_marking(tmp_path), detector_real_crops=2)
+  images, inputs = cohort(3)  # p0, p1, p2: one annotated cluster each
+  clustered = {image.patient_id: [(image, inputs[image.key])] for image in images}
+  assignment = [
+    {"train": ["p0", "p1"], "validation": [], "test": ["p2"]},
+    {"train": ["p1", "p2"], "validation": [], "test": ["p0"]},
+  ]
+
+  def crops(setting: marking.Marking) -> list[int]:
+    marking.detectors(tmp_path / "run", setting, assignment, clustered=clustered)
+    folders = [tmp_path / "run" / f / marking.DETECTOR_DIR for f in ("fold_0", "fold_1", ".")]
+    return [
+      json.loads((f / speck_detector.CONFIG_FILE).read_text())["meta"]["crops"] for f in folders
+    ]
+
+  per_image = 4 + 1 + 1  # each cohort image's crops (as above)
+  assert crops(setting) == [2 * per_image + 2 * 2, 2 * per_image + 2 * 2, 3 * per_image + 3 * 2]
+  unweighted = dataclasses.replace(setting, detector_real_crops=0)  # retrained, not reused
+  assert crops(unweighted) == [2 * per_image, 2 * per_image, 3 * per_image]
+  assert unweighted.cache != setting.cache
 
 
 def test_each_detector_is_calibrated_on_its_validation_patients_images_without_calcifications(

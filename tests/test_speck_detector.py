@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -181,6 +183,33 @@ def test_crop_labels_line_up_with_the_inserted_specks_and_faint_ones_are_ignored
     assert (inputs[5:-5, 5:-5, 0][labels > 0] == 200 / 255).all()
   with pytest.raises(ValueError, match="no cohort image"):
     speck_labels.crops([image], patients={"8"}, halo=5)
+
+
+def test_a_real_cluster_known_as_a_circle_labels_its_brightest_spots_and_leaves_the_rest_unknown():
+  pixels = breast_image((200, 200))
+  inside, outside = [(100, 150), (105, 156), (111, 152)], (60, 170)
+  for r, c in [*inside, outside]:
+    pixels[r - 1 : r + 2, c - 1 : c + 2] = 200
+  m = read_mammogram_of(pixels)
+  circle = (105.0, 153.0, 10.0)  # ORIGINAL pixels: the breast was on the right
+  labelled = speck_labels.weakly_labelled(m, "mdb001.png", "1", np.array([circle]))
+  flip = 199  # canonical col = width - 1 - original col
+  found = {(int(r), int(c)) for r, c in np.argwhere(labelled.labels)}
+  specks = {(r + dr, flip - c - dc) for r, c in inside for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
+  assert found == specks  # each 3x3 speck in the circle, nothing else
+  assert labelled.weights[105, flip - 145] == 0  # plain tissue in the circle: unknown
+  r, c = outside
+  assert labelled.labels[r, flip - c] == 0 and labelled.weights[r, flip - c] == 1  # background
+  crops = speck_labels.cluster_crops([labelled], per_cluster=3, size=16, halo=5)
+  assert crops.labels.shape == (3, 16, 16) and crops.patients.tolist() == ["1"] * 3
+  assert all(labels.sum() > 0 for labels in crops.labels)  # each crop holds the cluster's specks
+
+
+def read_mammogram_of(pixels: np.ndarray):
+  """`pixels` read as a 0.2-mm film mammogram (flipped to the canonical form)."""
+  path = os.path.join(tempfile.mkdtemp(), "film.png")
+  Image.fromarray(pixels).save(path)
+  return read_mammogram(path, spacing_options(0.2))
 
 
 def passing_cnr(detector: speck_detector.SpeckDetector) -> speck_detector.SpeckDetector:

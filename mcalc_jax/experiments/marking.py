@@ -23,8 +23,10 @@ Specks come from the classical speck map, or, given inserted cohorts (`detector_
 `input_pipeline.insertion`'s folders, clusters inserted into the cohorts' own images), from a
 speck detector trained per fold on the specks inserted into its training patients' images, and
 into every image of a patient outside the cross-validation (another cohort's backgrounds, such as
-real FFDM), and run on its test patients' (no real cluster trains it). The classifier for new
-images is fitted on those out-of-fold marks and paired with a detector trained on every crop.
+real FFDM), and run on its test patients'; with `detector_real_crops`, also on crops around its
+training patients' annotated clusters, weakly labelled (`speck_labels.weakly_labelled`; else no
+real cluster trains it). The classifier for new images is fitted on those out-of-fold marks and
+paired with a detector trained on every crop.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class Marking:
   # Each detector's logits shifted so that this share of the breast lies above the threshold on
   # validation images without calcifications (`speck_detector.logit_shift`); 0: not shifted.
   detector_speck_fraction: float = 0.0
+  # Crops around each annotated cluster of a fold's training patients, weakly labelled
+  # (`speck_labels.weakly_labelled`), beside the cohorts' crops; 0: no real cluster trains it.
+  detector_real_crops: int = 0
   # The cluster classifier's inverse L2 strength (class-balanced logistic regression): 0.1
   # against 1.0, 14.4 against 13.8 of MIAS's 18 clusters at 1 false mark (docs/results.md).
   classifier_c: float = 0.1
@@ -111,6 +116,7 @@ class Marking:
       group.get("detector_negatives", cls.detector_negatives),
       speck_detector.DetectorConfig(members=group.get("detector_members", 1)),
       group.get("detector_speck_fraction", 0.0),
+      group.get("detector_real_crops", 0),
       group.get("classifier_c", 1.0),  # what a config saved before the key was fitted with
       group.get("tiles", cls.tiles),
     )
@@ -133,6 +139,7 @@ class Marking:
           self.detector_training.steps,
           dataclasses.asdict(self.detector),
           *([self.detector_speck_fraction] if self.detector_speck_fraction else []),
+          *([{"real_crops": self.detector_real_crops}] if self.detector_real_crops else []),
         ]
         if self.detector_cohort
         else []
@@ -158,8 +165,8 @@ def mark_folds(
   why."""
   maps: dict[str, SpeckMapOf] = {}
   if marking.detector_cohort:  # (the detector for new images is trained and saved here too)
-    normals = _normals(images, inputs)
-    per_fold, _ = detectors(workdir, marking, assignment, normals)
+    normals, clustered = _by_patient(images, inputs)
+    per_fold, _ = detectors(workdir, marking, assignment, normals, clustered)
     for fold, detector in zip(assignment, per_fold, strict=True):
       maps |= dict.fromkeys(fold["test"], functools.partial(network_speck_map, detector))
   marked = [
@@ -303,20 +310,28 @@ def detectors(
   marking: Marking,
   assignment: Sequence[Mapping[str, Sequence[str]]],
   normals: Mapping[str, Sequence[reranking.Readable]] | None = None,
+  clustered: Mapping[str, Sequence[tuple[froc.ScoredImage, reranking.Readable]]] | None = None,
 ) -> tuple[list[speck_detector.SpeckDetector], speck_detector.SpeckDetector]:
   """Each fold's speck detector, and the one for new images, each trained unless a run with the
   same cohorts and training saved it. Fold k's trains on its training patients' crops and on
-  those of every cohort patient outside the cross-validation (another cohort's backgrounds);
-  the one for new images on every crop. With `marking.detector_speck_fraction`, each is
-  calibrated on `normals` (a patient's images without calcifications): fold k's on its
-  validation patients', the one for new images on everyone's."""
-  everyone = functools.cache(functools.partial(_cohort_crops, marking))
+  those of every cohort patient outside the cross-validation (another cohort's backgrounds),
+  and with `marking.detector_real_crops` on its training patients' annotated clusters in
+  `clustered` (a patient's scored images with clusters, and their inputs), weakly labelled; the
+  one for new images on every crop. With `marking.detector_speck_fraction`, each is calibrated on
+  `normals` (a patient's images without calcifications): fold k's on its validation patients',
+  the one for new images on everyone's."""
+  cohorts = functools.cache(functools.partial(_cohort_crops, marking))
+  real = functools.cache(functools.partial(_real_crops, marking, clustered or {}))
   in_cv = {p for fold in assignment for part in fold.values() for p in part}
   normals = normals or {}
 
   def of(patients: Sequence[str]) -> speck_labels.Crops:
-    crops = everyone()
-    return crops.of([*patients, *(set(crops.patients) - in_cv)])
+    crops = cohorts()
+    chosen = crops.of([*patients, *(set(crops.patients) - in_cv)])
+    return speck_labels.joined([chosen, real().of(patients)]) if real() else chosen
+
+  def everyone() -> speck_labels.Crops:
+    return speck_labels.joined([cohorts(), real()]) if real() else cohorts()
 
   def calibrated(folder: pathlib.Path, crops: Callable, patients: Sequence[str]):
     sources = [source for patient in patients for source in normals.get(patient, ())]
@@ -333,15 +348,44 @@ def detectors(
   return found, calibrated(workdir / DETECTOR_DIR, everyone, sorted(in_cv))
 
 
-def _normals(
+def _by_patient(
   images: Sequence[froc.ScoredImage], inputs: Mapping[str, reranking.Readable]
-) -> dict[str, list[reranking.Readable]]:
-  """Each patient's images without an annotated cluster (what a detector is calibrated on)."""
-  out: dict[str, list[reranking.Readable]] = {}
+) -> tuple[
+  dict[str, list[reranking.Readable]], dict[str, list[tuple[froc.ScoredImage, reranking.Readable]]]
+]:
+  """Each patient's images without an annotated cluster (what a detector is calibrated on), and
+  with one (with their inputs: what weak labels come from)."""
+  normals: dict[str, list[reranking.Readable]] = {}
+  clustered: dict[str, list[tuple[froc.ScoredImage, reranking.Readable]]] = {}
   for image in images:
-    if not image.clusters:
-      out.setdefault(image.patient_id, []).append(inputs[image.key])
-  return out
+    if image.clusters:
+      clustered.setdefault(image.patient_id, []).append((image, inputs[image.key]))
+    else:
+      normals.setdefault(image.patient_id, []).append(inputs[image.key])
+  return normals, clustered
+
+
+def _real_crops(
+  marking: Marking, clustered: Mapping[str, Sequence[tuple[froc.ScoredImage, reranking.Readable]]]
+) -> speck_labels.Crops | None:
+  """Crops around every annotated cluster with an extent in `clustered`, weakly labelled (None
+  without `marking.detector_real_crops`, or without such a cluster)."""
+  if not marking.detector_real_crops:
+    return None
+  labelled = [
+    speck_labels.weakly_labelled(
+      source.read()[0],
+      image.key,
+      image.patient_id,
+      np.array([(c.row, c.col, c.radius) for c in image.clusters if c.radius > 0]),
+    )
+    for found in clustered.values()
+    for image, source in found
+    if any(c.radius > 0 for c in image.clusters)  # a point says nothing of where specks lie
+  ]
+  if not labelled:
+    return None
+  return speck_labels.cluster_crops(labelled, per_cluster=marking.detector_real_crops)
 
 
 def _cohort_crops(marking: Marking) -> speck_labels.Crops:
@@ -362,11 +406,13 @@ def _detector(
     "cohorts": list(marking.cohorts),
     "negatives": marking.detector_negatives,
     "training": dataclasses.asdict(marking.detector_training),
+    "real_crops": marking.detector_real_crops,
   }
   if (folder / speck_detector.CONFIG_FILE).exists():
     saved = json.loads((folder / speck_detector.CONFIG_FILE).read_text())
+    before = {"real_crops": 0}  # what a detector saved before the key was trained with
     if speck_detector.DetectorConfig(**saved["config"]) == marking.detector and all(
-      saved["meta"].get(k) == v for k, v in meta.items()
+      saved["meta"].get(k, before.get(k)) == v for k, v in meta.items()
     ):
       return speck_detector.load(folder)
   training = crops()
