@@ -62,8 +62,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, optimize, stats
 
-from input_pipeline import breast, importers, mammogram, morphology, synthetic
-from input_pipeline.manifest import Finding, read_manifest, write_manifest
+from input_pipeline import breast, importers, mammogram, morphology, sources, synthetic
+from input_pipeline.manifest import Finding, write_manifest
 
 # ---------------------------------------------------------------------------------------------
 # Options.
@@ -1029,8 +1029,7 @@ def _source_findings(source: str, location: str, spacing_mm: float | None) -> li
   if source == "mias":
     return importers.import_mias(location)
   if source == "manifest":
-    path = os.path.join(location, "manifest.csv") if os.path.isdir(location) else location
-    return read_manifest(path)
+    return sources.read_manifest_at(location)
   return importers.import_folder(location, spacing_mm)
 
 

@@ -40,8 +40,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from input_pipeline import breast, importers, insertion, mammogram  # noqa: E402
-from input_pipeline.manifest import Finding, read_manifest  # noqa: E402
+from input_pipeline import breast, importers, insertion, mammogram, sources  # noqa: E402
+from input_pipeline.manifest import Finding  # noqa: E402
 
 FINE_SIGMA_MM = 0.3
 TOPHAT_MM = 0.6  # the disk's radius
@@ -72,8 +72,7 @@ def load_set(location: str, spacing_mm: float | None = None) -> list[Image]:
   if os.path.isfile(os.path.join(location, "Info.txt")):
     findings = importers.import_mias(location)
   elif location.endswith(".csv") or os.path.isfile(os.path.join(location, "manifest.csv")):
-    path = location if location.endswith(".csv") else os.path.join(location, "manifest.csv")
-    findings = read_manifest(path)
+    findings = sources.read_manifest_at(location)
   else:
     findings = importers.import_folder(location, spacing_mm)
   by_image: dict[str, list[Finding]] = {}

@@ -17,7 +17,7 @@ import os
 import pathlib
 import time
 
-from input_pipeline import manifest, prepare
+from input_pipeline import manifest, prepare, sources
 from mcalc_jax.archives import archive, scored
 from mcalc_jax.configs import data as configs_data
 from mcalc_jax.configs import default as configs_default
@@ -68,11 +68,7 @@ def split_mammograms(
   """Writes a manifest of (up to `count`) mammograms of the `splits`' patients, those with
   calcifications first, with all their findings; returns its path and how many it holds."""
   patients = {p for p, info in builder.info.metadata["patients"].items() if info["split"] in splits}
-  findings = [
-    f
-    for f in manifest.read_manifest(os.path.join(cohort, "manifest.csv"))
-    if f.patient_id in patients
-  ]
+  findings = [f for f in sources.read_manifest_at(cohort) if f.patient_id in patients]
   with_clusters = {f.image_path for f in findings if f.abnormality == "calcification"}
   ordered = sorted(
     dict.fromkeys(f.image_path for f in findings), key=lambda p: p not in with_clusters

@@ -29,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from input_pipeline import manifest, sources
+from input_pipeline import sources
 from input_pipeline.manifest import Finding
 from mcalc_jax.archives import archive, discovery, scored
 from mcalc_jax.base import calibration
@@ -204,7 +204,7 @@ def rerank_digital(
   images reranked out of background (each background image's tiles by a reranker fitted on the
   others': its FROC, of inserted clusters, goes to WORKDIR/digital/froc_reranked) and their inputs."""
   folders = tuple(filter(None, whole.digital_cohort.split(",")))
-  findings = [f for d in folders for f in manifest.read_manifest(os.path.join(d, "manifest.csv"))]
+  findings = [f for d in folders for f in sources.read_manifest_at(d)]
   base = os.path.commonpath([os.path.abspath(d) for d in folders])
   inputs = discovery.inputs_from_findings(findings, base)
   out = workdir / marking.DIGITAL_DIR / IMAGES_DIR
