@@ -151,9 +151,7 @@ def inner_mask(
 def labelled(image: CohortImage, margin_mm: float = EDGE_MARGIN_MM) -> LabelledImage:
   """One cohort image on the detector's grid, canonical, with its labels and weights."""
   m = mammogram.read_mammogram(image.path, mammogram.spacing_options(image.pixel_mm))
-  pixels = to_grid(m.pixels / np.float32(m.max_value), image.pixel_mm).astype(np.float32)
-  inner = inner_mask(m.pixels, image.pixel_mm, margin_mm).astype(np.uint8)
-  mask = to_grid(inner, image.pixel_mm, order=0) > 0
+  pixels, mask = _grid_pixels_and_mask(m, image.pixel_mm, margin_mm)
   specks_mask = np.zeros(m.pixels.shape, bool)
   for path in image.masks:
     specks_mask |= mammogram.read_mask(path, like=m)
@@ -162,9 +160,24 @@ def labelled(image: CohortImage, margin_mm: float = EDGE_MARGIN_MM) -> LabelledI
   visible = _visible_pixels(on_grid, specks)
   ring = ndimage.binary_dilation(on_grid, np.ones((3, 3), bool)) & ~visible
   weights = (mask & ~ring).astype(np.float32)
-  clusters = _canonical_points(m, np.array(image.clusters, np.float64).reshape(-1, 3))
-  clusters[:, 2] *= image.pixel_mm / PIXEL_MM
+  clusters = _grid_circles(m, image.clusters, image.pixel_mm)
   return LabelledImage(image, pixels, mask, visible.astype(np.float32), weights, clusters, specks)
+
+
+def _grid_pixels_and_mask(
+  m: mammogram.Mammogram, pixel_mm: float, margin_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """A mammogram's pixels (fractions of the range) and its breast less `margin_mm`, on the grid."""
+  pixels = to_grid(m.pixels / np.float32(m.max_value), pixel_mm).astype(np.float32)
+  inner = inner_mask(m.pixels, pixel_mm, margin_mm).astype(np.uint8)
+  return pixels, to_grid(inner, pixel_mm, order=0) > 0
+
+
+def _grid_circles(m: mammogram.Mammogram, circles, pixel_mm: float) -> np.ndarray:
+  """[k, 3] circles (row, col, radius) of original pixels as circles on the canonical grid."""
+  out = _canonical_points(m, np.array(circles, np.float64).reshape(-1, 3))
+  out[:, 2] *= pixel_mm / PIXEL_MM
+  return out
 
 
 def _canonical_points(m: mammogram.Mammogram, points: np.ndarray) -> np.ndarray:
@@ -228,11 +241,8 @@ def weakly_labelled(
   `BRIGHT_QUANTILE` is a speck, the circle's other pixels carry no weight, and the breast outside
   every circle is background. `name` seeds its crops."""
   spacing = float(np.mean(m.pixel_spacing_mm))
-  pixels = to_grid(m.pixels / np.float32(m.max_value), spacing).astype(np.float32)
-  inner = inner_mask(m.pixels, spacing, margin_mm).astype(np.uint8)
-  mask = to_grid(inner, spacing, order=0) > 0
-  on_grid = _canonical_points(m, np.asarray(circles, np.float64).reshape(-1, 3))
-  on_grid[:, 2] *= spacing / PIXEL_MM
+  pixels, mask = _grid_pixels_and_mask(m, spacing, margin_mm)
+  on_grid = _grid_circles(m, circles, spacing)
   rows, cols = np.ogrid[: pixels.shape[0], : pixels.shape[1]]
   inside = np.zeros(pixels.shape, bool)
   for row, col, radius in on_grid:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -185,12 +183,14 @@ def test_crop_labels_line_up_with_the_inserted_specks_and_faint_ones_are_ignored
     speck_labels.crops([image], patients={"8"}, halo=5)
 
 
-def test_a_real_cluster_known_as_a_circle_labels_its_brightest_spots_and_leaves_the_rest_unknown():
+def test_a_real_cluster_known_as_a_circle_labels_its_brightest_spots_and_leaves_the_rest_unknown(
+  tmp_path,
+):
   pixels = breast_image((200, 200))
   inside, outside = [(100, 150), (105, 156), (111, 152)], (60, 170)
   for r, c in [*inside, outside]:
     pixels[r - 1 : r + 2, c - 1 : c + 2] = 200
-  m = read_mammogram_of(pixels)
+  m = read_mammogram_of(pixels, tmp_path)
   circle = (105.0, 153.0, 10.0)  # ORIGINAL pixels: the breast was on the right
   labelled = speck_labels.weakly_labelled(m, "mdb001.png", "1", np.array([circle]))
   flip = 199  # canonical col = width - 1 - original col
@@ -205,11 +205,10 @@ def test_a_real_cluster_known_as_a_circle_labels_its_brightest_spots_and_leaves_
   assert all(labels.sum() > 0 for labels in crops.labels)  # each crop holds the cluster's specks
 
 
-def read_mammogram_of(pixels: np.ndarray):
-  """`pixels` read as a 0.2-mm film mammogram (flipped to the canonical form)."""
-  path = os.path.join(tempfile.mkdtemp(), "film.png")
-  Image.fromarray(pixels).save(path)
-  return read_mammogram(path, spacing_options(0.2))
+def read_mammogram_of(pixels: np.ndarray, folder):
+  """`pixels` saved into `folder` and read as a 0.2-mm film mammogram (flipped to canonical)."""
+  Image.fromarray(pixels).save(folder / "film.png")
+  return read_mammogram(str(folder / "film.png"), spacing_options(0.2))
 
 
 def passing_cnr(detector: speck_detector.SpeckDetector) -> speck_detector.SpeckDetector:

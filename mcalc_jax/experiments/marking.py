@@ -328,10 +328,10 @@ def detectors(
   def of(patients: Sequence[str]) -> speck_labels.Crops:
     crops = cohorts()
     chosen = crops.of([*patients, *(set(crops.patients) - in_cv)])
-    return speck_labels.joined([chosen, real().of(patients)]) if real() else chosen
+    return _with(chosen, real(), patients)
 
   def everyone() -> speck_labels.Crops:
-    return speck_labels.joined([cohorts(), real()]) if real() else cohorts()
+    return _with(cohorts(), real())
 
   def calibrated(folder: pathlib.Path, crops: Callable, patients: Sequence[str]):
     sources = [source for patient in patients for source in normals.get(patient, ())]
@@ -346,6 +346,17 @@ def detectors(
     for k, fold in enumerate(assignment)
   ]
   return found, calibrated(workdir / DETECTOR_DIR, everyone, sorted(in_cv))
+
+
+def _with(
+  crops: speck_labels.Crops,
+  real: speck_labels.Crops | None,
+  patients: Sequence[str] | None = None,
+) -> speck_labels.Crops:
+  """`crops` and the real clusters' crops (of `patients`; None: all), where there are any."""
+  if real is None:
+    return crops
+  return speck_labels.joined([crops, real if patients is None else real.of(patients)])
 
 
 def _by_patient(
@@ -372,17 +383,15 @@ def _real_crops(
   without `marking.detector_real_crops`, or without such a cluster)."""
   if not marking.detector_real_crops:
     return None
-  labelled = [
-    speck_labels.weakly_labelled(
-      source.read()[0],
-      image.key,
-      image.patient_id,
-      np.array([(c.row, c.col, c.radius) for c in image.clusters if c.radius > 0]),
-    )
-    for found in clustered.values()
-    for image, source in found
-    if any(c.radius > 0 for c in image.clusters)  # a point says nothing of where specks lie
-  ]
+  labelled = []
+  for image, source in (item for found in clustered.values() for item in found):
+    # (a point annotation says nothing of where specks lie)
+    circles = [(c.row, c.col, c.radius) for c in image.clusters if c.radius > 0]
+    if circles:
+      read, _ = source.read()
+      labelled.append(
+        speck_labels.weakly_labelled(read, image.key, image.patient_id, np.array(circles))
+      )
   if not labelled:
     return None
   return speck_labels.cluster_crops(labelled, per_cluster=marking.detector_real_crops)
